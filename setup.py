@@ -1,0 +1,27 @@
+"""dptext: word-level differential privacy for text corpora, as an Apache Beam pipeline."""
+from setuptools import setup
+
+VERSION = "0.1.0"
+
+setup(
+    name="dptext",
+    version=VERSION,
+    description="Privatize text corpora with word-level differential privacy on Apache Beam",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=["pipeline", "transforms", "transforms.mechanisms"],
+    install_requires=[
+        "apache-beam==2.77.0",
+        "annoy==1.17.3",
+        "numpy>=1.26",
+        "scipy>=1.11",
+        "dp-accounting==0.6.0",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"],
+    },
+    entry_points={"console_scripts": ["dptext = pipeline.cli:main"]},
+)
