@@ -1,7 +1,9 @@
 """dptext: word-level differential privacy for text corpora, as an Apache Beam pipeline."""
+import re
+
 from setuptools import setup
 
-VERSION = "0.1.0"
+VERSION = re.search(r"__version__ = \"(.+?)\"", open("pipeline/__init__.py").read()).group(1)
 
 setup(
     name="dptext",

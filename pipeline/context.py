@@ -1,0 +1,42 @@
+"""The report's corpus-independent context, fixed on the driver."""
+from __future__ import annotations
+
+import apache_beam as beam
+import numpy as np
+
+from pipeline.options import DPTextOptions
+from pipeline.report import ReportContext
+
+
+def _json_safe(value):
+    """Floats, lists and dicts only (numpy scalars and inf made JSON-safe)."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return value if np.isfinite(value) else str(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def report_context(opts: DPTextOptions, index, mechanism) -> ReportContext:
+    from pipeline import __version__
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    manifest = index.manifest
+    runner = opts.view_as(StandardOptions).runner or "DirectRunner"
+    return ReportContext(
+        mechanism=mechanism.name,
+        parameters=_json_safe(mechanism.params()),
+        guarantee=_json_safe(mechanism.guarantee()),
+        index={"path": str(opts.index), "embedding_id": manifest["embedding_id"],
+               "vectors_sha256": manifest["files"]["vectors.f32"]["sha256"],
+               "n": manifest["n"], "d": manifest["d"], "dmin": manifest["dmin"], "dmax": manifest["dmax"],
+               "neighbours": manifest["neighbours"], "source": manifest.get("source", {})},
+        oov_policy=opts.oov, placeholder=opts.oov_placeholder, delta=opts.delta,
+        test_seed_used=opts.test_seed is not None,
+        versions={"dptext": __version__, "apache_beam": beam.__version__, "numpy": np.__version__},
+        runner=str(runner), input=opts.input, output=opts.output)

@@ -1,0 +1,78 @@
+"""DPTextOptions: every dptext pipeline parameter, and the one function that validates them.
+
+The CLI, `dptext run --help` and (later) the Flex Template metadata all come from this class.
+"""
+from __future__ import annotations
+
+import math
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from transforms.beam import OOV_POLICIES
+
+FORMATS = ("auto", "text", "jsonl")
+SEARCHES = ("auto", "annoy", "exact")
+
+
+class DPTextOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        add = parser.add_argument
+        add("--input", help="Input file, directory glob or pattern (e.g. corpus/*.jsonl). One document "
+                            "per line (text) or one JSON object per line (jsonl).")
+        add("--output", help="Output prefix: shards PREFIX-SSSSS-of-NNNNN.EXT, PREFIX.dead_letter-*.jsonl, "
+                             "PREFIX.privacy_report.json and .md.")
+        add("--index", help="Index directory built by `dptext build-index`.")
+        add("--mechanism", default="truncated_gumbel", help="Mechanism name (default truncated_gumbel).")
+        add("--epsilon", type=float, help="Privacy parameter of the mechanism (> 0).")
+        add("--format", dest="input_format", default="auto", choices=FORMATS,
+            help="Input format; auto: .jsonl/.json/.ndjson is jsonl, anything else text.")
+        add("--text-field", "--text_field", dest="text_field", default="text",
+            help="JSONL field holding the text (default text); other fields are carried through.")
+        add("--oov", default="placeholder", choices=OOV_POLICIES,
+            help="Out-of-vocabulary tokens: placeholder (default), random vocabulary word, or keep "
+                 "(no protection for those tokens; the report says so).")
+        add("--oov-placeholder", "--oov_placeholder", dest="oov_placeholder", default="<unk>",
+            help="The placeholder token for --oov placeholder.")
+        add("--max-doc-chars", "--max_doc_chars", dest="max_doc_chars", type=int, default=1_000_000,
+            help="Documents longer than this go to the dead letter (default 1,000,000 characters).")
+        add("--batch-chars", "--batch_chars", dest="batch_chars", type=int, default=65536,
+            help="Characters of text per perturbation batch (many documents per mechanism call).")
+        add("--search", default="auto", choices=SEARCHES,
+            help="multivariate_laplace nearest-word search: exact, annoy, or auto (exact for small vocabularies).")
+        add("--search-k", "--search_k", dest="search_k", type=int, default=-1,
+            help="multivariate_laplace with --search annoy: Annoy's search_k (-1: Annoy's default).")
+        add("--delta", type=float, default=1e-6,
+            help="delta for the composed per-document bound in the report (default 1e-6).")
+        add("--test-seed", "--test_seed", dest="test_seed", type=int, default=None,
+            help="TESTS ONLY: fixed seed; outputs are reproducible and not private; the report says so.")
+
+
+class OptionsError(ValueError):
+    """A dptext option is missing or invalid."""
+
+
+def mechanism_params(opts: DPTextOptions) -> dict:
+    """The mechanism-specific options that apply to the chosen mechanism."""
+    if opts.mechanism == "multivariate_laplace":
+        return {"search": opts.search, "search_k": opts.search_k}
+    return {}
+
+
+def validate(opts: DPTextOptions) -> None:
+    """Validate every dptext option at the door, with a message naming the option."""
+    from transforms import mechanisms
+
+    for name in ("input", "output", "index", "epsilon"):
+        if getattr(opts, name) is None:
+            raise OptionsError(f"--{name} is required")
+    if not math.isfinite(opts.epsilon) or opts.epsilon <= 0:
+        raise OptionsError(f"--epsilon must be a finite number > 0, got {opts.epsilon}")
+    if opts.mechanism not in mechanisms.NAMES:
+        raise OptionsError(f"--mechanism {opts.mechanism!r} is unknown; valid: {', '.join(mechanisms.NAMES)}")
+    if opts.max_doc_chars < 1 or opts.batch_chars < 1:
+        raise OptionsError("--max-doc-chars and --batch-chars must be >= 1")
+    if not 0 < opts.delta < 1:
+        raise OptionsError(f"--delta must be in (0, 1), got {opts.delta}")
+    if not opts.text_field:
+        raise OptionsError("--text-field must not be empty")

@@ -1,0 +1,179 @@
+"""The corpus privacy report (JSON + Markdown) from the combined accounting side output.
+
+The driver fixes everything that does not depend on the corpus (mechanism, parameters,
+guarantee, index identity) in a ReportContext; workers only combine counts. Nothing here ever
+sees document text.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import apache_beam as beam
+
+from transforms.accounting import CorpusAccount, basic_bound, composed_bound
+
+OOV_STATEMENT = {
+    "placeholder": "replaced by the fixed placeholder {placeholder!r}; the output shows where they were",
+    "random": "replaced by a uniformly random vocabulary word, independent of the token",
+    "keep": "KEPT AS THEY ARE: these tokens got no protection at all",
+}
+
+
+@dataclass(frozen=True)
+class ReportContext:
+    mechanism: str
+    parameters: dict
+    guarantee: dict
+    index: dict            # embedding id, sha256, n, d, Dmin, Dmax, source
+    oov_policy: str
+    placeholder: str
+    delta: float
+    test_seed_used: bool
+    versions: dict
+    runner: str
+    input: str
+    output: str
+
+
+class CorpusAccountCombineFn(beam.CombineFn):
+    def create_accumulator(self):
+        return CorpusAccount()
+
+    def add_input(self, accumulator, doc):
+        return accumulator.add(doc)
+
+    def merge_accumulators(self, accumulators):
+        merged = CorpusAccount()
+        for acc in accumulators:
+            merged.merge(acc)
+        return merged
+
+    def extract_output(self, accumulator):
+        return accumulator
+
+
+def build_report(account: CorpusAccount, ctx: ReportContext) -> dict:
+    per_token = ctx.guarantee.get("per_token_pure_epsilon")
+    percentiles = account.perturbed_percentiles()
+    if per_token is None:
+        bounds = {"per_token_pure_epsilon": None,
+                  "note": ("no vocabulary-wide per-token bound holds for this mechanism (see guarantee: "
+                           "audited local figures), so no per-document bound is composed")}
+    else:
+        bounds = {
+            "per_token_pure_epsilon": per_token,
+            "basic": {k: basic_bound(v, per_token) for k, v in percentiles.items()},
+            "composed_at_delta": {k: composed_bound(v, per_token, ctx.delta) for k, v in percentiles.items()},
+            "delta": ctx.delta,
+            "note": ("per document: basic composition (tokens x per-token epsilon, pure DP) and "
+                     "dp_accounting's PLD composition of the same per-token events at delta"),
+        }
+    return {
+        "mechanism": ctx.mechanism,
+        "parameters": ctx.parameters,
+        "guarantee": ctx.guarantee,
+        "index": ctx.index,
+        "counts": {
+            "documents": account.documents, "tokens": account.tokens,
+            "perturbed": account.perturbed, "oov": account.oov,
+        },
+        "oov_policy": ctx.oov_policy,
+        "per_document_tokens_perturbed": percentiles,
+        "per_document_bound": bounds,
+        "quality_figures": {
+            "note": "data-dependent figures of this corpus, NOT privacy guarantees",
+            "fraction_of_perturbed_tokens_changed": (account.changed / account.perturbed
+                                                     if account.perturbed else None),
+        },
+        "randomness": ("TEST SEED USED: outputs are reproducible and NOT private; never publish them"
+                       if ctx.test_seed_used else "OS entropy (numpy SeedSequence), fresh per worker process"),
+        "statement": plain_statement(ctx, account),
+        "versions": ctx.versions,
+        "runner": ctx.runner,
+        "input": ctx.input,
+        "output": ctx.output,
+    }
+
+
+def plain_statement(ctx: ReportContext, account: CorpusAccount) -> list[str]:
+    g = ctx.guarantee
+    lines = [g.get("statement", "")]
+    oov = OOV_STATEMENT[ctx.oov_policy].format(placeholder=ctx.placeholder)
+    lines.append(f"Out-of-vocabulary tokens ({account.oov} of {account.tokens}) are {oov}.")
+    lines.append("Not protected: " + "; ".join(g.get("not_protected", [])) + ".")
+    lines.append("The guarantee is per token; a document's words together leak more (see per_document_bound), "
+                 "and the same person writing many documents composes further.")
+    if ctx.test_seed_used:
+        lines.append("A test seed was used: this output is not private.")
+    return lines
+
+
+def render_markdown(report: dict) -> str:
+    c = report["counts"]
+    idx = report["index"]
+    out = [f"# dptext privacy report: {report['mechanism']}", ""]
+    out += ["## What is protected", ""] + [f"- {line}" for line in report["statement"]] + [""]
+    out += ["## Mechanism", "", "| parameter | value |", "|---|---|"]
+    out += [f"| {k} | {_fmt(v)} |" for k, v in report["parameters"].items()] + [""]
+    out += ["## Guarantee", "", "```json", json.dumps(report["guarantee"], indent=2, ensure_ascii=False), "```", ""]
+    out += ["## Embedding index", "", "| field | value |", "|---|---|"]
+    out += [f"| {k} | {_fmt(v)} |" for k, v in idx.items()] + [""]
+    out += ["## Counts", "", "| documents | tokens | perturbed | out of vocabulary |", "|---|---|---|---|",
+            f"| {c['documents']} | {c['tokens']} | {c['perturbed']} | {c['oov']} |", ""]
+    out += ["## Per-document bound", "", "Tokens perturbed per document: " +
+            ", ".join(f"{k} {v}" for k, v in report["per_document_tokens_perturbed"].items()), ""]
+    bounds = report["per_document_bound"]
+    if bounds.get("per_token_pure_epsilon") is None:
+        out += [bounds["note"], ""]
+    else:
+        out += [f"Per-token pure epsilon: {_fmt(bounds['per_token_pure_epsilon'])}. {bounds['note']}.", "",
+                f"| percentile | basic epsilon | composed epsilon at delta={bounds['delta']:g} |", "|---|---|---|"]
+        out += [f"| {k} | {_fmt(bounds['basic'][k])} | {_fmt(bounds['composed_at_delta'][k])} |"
+                for k in bounds["basic"]] + [""]
+    q = report["quality_figures"]
+    out += ["## Quality (data-dependent, not a guarantee)", "",
+            f"Fraction of perturbed tokens changed: {_fmt(q['fraction_of_perturbed_tokens_changed'])}", ""]
+    out += ["## Run", "", f"- randomness: {report['randomness']}", f"- runner: {report['runner']}",
+            f"- versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}",
+            f"- input: {report['input']}", f"- output: {report['output']}", ""]
+    return "\n".join(out)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def report_paths(prefix: str) -> tuple[str, str]:
+    return prefix + ".privacy_report.json", prefix + ".privacy_report.md"
+
+
+class WriteReport(beam.PTransform):
+    """Combine every document's account and write PREFIX.privacy_report.json and .md."""
+
+    def __init__(self, prefix: str, context: ReportContext):
+        super().__init__()
+        self.prefix, self.context = prefix, context
+
+    def expand(self, accounts):
+        return (accounts
+                | "CombineAccounts" >> beam.CombineGlobally(CorpusAccountCombineFn())
+                | "WriteReportFiles" >> beam.Map(_write_report, self.prefix, self.context))
+
+
+def _write_report(account: CorpusAccount, prefix: str, context: ReportContext) -> str:
+    from pipeline.io import write_text_file
+
+    report = build_report(account, context)
+    json_path, md_path = report_paths(prefix)
+    write_text_file(json_path, json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n")
+    write_text_file(md_path, render_markdown(report))
+    return json_path
+
+
+def context_dict(ctx: ReportContext) -> dict:
+    return asdict(ctx)

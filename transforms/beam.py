@@ -1,0 +1,171 @@
+"""PerturbDocuments: the Beam step that applies a mechanism to batches of documents.
+
+The only module that knows Beam's DoFn, Shared, BatchElements and Metrics for perturbation.
+The index is loaded once per worker process through `shared.Shared` (memory-mapped, so the
+processes on one machine share its pages); many documents' tokens go through one `perturb` call.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+from apache_beam.utils import shared
+
+from transforms.accounting import DocumentAccount
+from transforms.tokenize import apply_case, case_pattern, split_tokens, rejoin
+
+DOCUMENTS, ACCOUNTING, DEAD_LETTER = "documents", "accounting", "dead_letter"
+OOV_POLICIES = ("placeholder", "random", "keep")
+METRICS_NAMESPACE = "dptext"
+
+
+class Document(NamedTuple):
+    source: str                 # the input file
+    offset: int                 # byte offset of the record in that file
+    text: str
+    record: Optional[dict] = None   # the whole JSON object for JSONL input (other fields ride along)
+
+
+def dead_letter(source: str, offset: int, reason: str) -> dict:
+    """A dead-letter record: where the record was and why it failed, never its text."""
+    return {"source": source, "offset": offset, "reason": reason}
+
+
+@dataclass(frozen=True)
+class PerturbConfig:
+    index_path: str
+    mechanism: str
+    epsilon: float
+    mechanism_params: tuple = ()          # sorted (name, value) pairs
+    oov: str = "placeholder"
+    placeholder: str = "<unk>"
+    max_doc_chars: int = 1_000_000
+    test_seed: Optional[int] = None
+
+    def __post_init__(self):
+        if self.oov not in OOV_POLICIES:
+            raise ValueError(f"unknown OOV policy {self.oov!r}; valid: {', '.join(OOV_POLICIES)}")
+
+    def load(self) -> "LoadedMechanism":
+        from transforms import mechanisms
+        from transforms.index import EmbeddingIndex
+
+        index = EmbeddingIndex.load(self.index_path)
+        return LoadedMechanism(index, mechanisms.create(self.mechanism, index, self.epsilon,
+                                                        **dict(self.mechanism_params)))
+
+
+class LoadedMechanism:
+    """The index and its mechanism; a plain class because Shared keeps only a weak reference."""
+
+    def __init__(self, index, mechanism):
+        self.index, self.mechanism = index, mechanism
+
+
+class PerturbBatchFn(beam.DoFn):
+    def __init__(self, config: PerturbConfig):
+        self.config = config
+        self._shared_handle = shared.Shared()
+        self._documents = Metrics.counter(METRICS_NAMESPACE, "documents")
+        self._tokens = Metrics.counter(METRICS_NAMESPACE, "tokens")
+        self._perturbed = Metrics.counter(METRICS_NAMESPACE, "perturbed")
+        self._oov = Metrics.counter(METRICS_NAMESPACE, "oov")
+        self._dead = Metrics.counter(METRICS_NAMESPACE, "dead_lettered")
+
+    def setup(self):
+        self._loaded = self._shared_handle.acquire(self.config.load, tag=repr(self.config))
+        self._os_rng = np.random.default_rng()   # SeedSequence() from OS entropy, per process
+
+    def _rng(self, first: Document) -> np.random.Generator:
+        if self.config.test_seed is None:
+            return self._os_rng
+        # Test-only: a seed per batch from its first record, so reruns with the same batching
+        # reproduce, and parallel workers never share a noise stream.
+        return np.random.default_rng([self.config.test_seed, zlib.crc32(first.source.encode()), first.offset])
+
+    def process(self, batch):
+        keep = []
+        for doc in batch:
+            if len(doc.text) > self.config.max_doc_chars:
+                self._dead.inc()
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(
+                    doc.source, doc.offset, f"document of {len(doc.text)} characters exceeds "
+                                            f"--max-doc-chars={self.config.max_doc_chars}"))
+            else:
+                keep.append(doc)
+        if not keep:
+            return
+        outputs, accounts = perturb_texts([d.text for d in keep], self._loaded, self.config, self._rng(keep[0]))
+        for doc, text, account in zip(keep, outputs, accounts):
+            yield doc._replace(text=text)
+            yield beam.pvalue.TaggedOutput(ACCOUNTING, account)
+        self._documents.inc(len(keep))
+        self._tokens.inc(sum(a.tokens for a in accounts))
+        self._perturbed.inc(sum(a.perturbed for a in accounts))
+        self._oov.inc(sum(a.oov for a in accounts))
+
+
+def perturb_texts(texts: list[str], loaded: LoadedMechanism, config: PerturbConfig,
+                  rng: np.random.Generator) -> tuple[list[str], list[DocumentAccount]]:
+    """Tokenize, look up, perturb every in-vocabulary token in one call, apply OOV policy, rejoin."""
+    index, mechanism = loaded.index, loaded.mechanism
+    parts = [split_tokens(t) for t in texts]
+    words = [w for p in parts for w in p.words]
+    ids = index.ids(words)
+    lowered = np.zeros(len(words), dtype=bool)
+    for i in np.flatnonzero(ids < 0):        # look up as is, then lower-cased
+        lower = words[i].lower()
+        if lower != words[i]:
+            ids[i] = index.id(lower)
+            lowered[i] = ids[i] >= 0
+    in_vocab = ids >= 0
+    out_ids = np.full(len(words), -1, dtype=np.int32)
+    out_ids[in_vocab] = mechanism.perturb(ids[in_vocab], rng)
+    oov = ~in_vocab
+    if config.oov == "random":
+        out_ids[oov] = rng.integers(0, index.n, int(oov.sum()), dtype=np.int32)
+    out_words = _output_words(words, out_ids, in_vocab, lowered, index, config)
+
+    outputs, accounts, pos = [], [], 0
+    changed = in_vocab & (out_ids != ids)
+    for p in parts:
+        m = len(p.words)
+        span = slice(pos, pos + m)
+        outputs.append(rejoin(out_words[span], p.separators))
+        accounts.append(DocumentAccount(tokens=m, perturbed=int(in_vocab[span].sum()),
+                                        changed=int(changed[span].sum()), oov=int(oov[span].sum())))
+        pos += m
+    return outputs, accounts
+
+
+def _output_words(words, out_ids, in_vocab, lowered, index, config) -> list[str]:
+    vocab = index.vocabulary
+    # "keep": OOV tokens (out id -1) stay as they are.
+    out = [vocab[i] if i >= 0 else w for i, w in zip(out_ids.tolist(), words)]
+    # A word found only lower-cased, or a random OOV replacement, takes the input's case.
+    for i in np.flatnonzero(lowered | (~in_vocab & (out_ids >= 0))):
+        out[i] = apply_case(out[i], case_pattern(words[i]))
+    if config.oov == "placeholder":
+        for i in np.flatnonzero(~in_vocab):
+            out[i] = config.placeholder
+    return out
+
+
+class PerturbDocuments(beam.PTransform):
+    """Documents -> perturbed documents, with accounting and dead-letter side outputs."""
+
+    def __init__(self, config: PerturbConfig, batch_chars: int = 65536):
+        super().__init__()
+        self.config, self.batch_chars = config, batch_chars
+
+    def expand(self, documents):
+        return (documents
+                | "BatchDocuments" >> beam.BatchElements(
+                    min_batch_size=max(1, self.batch_chars // 8), max_batch_size=self.batch_chars,
+                    element_size_fn=lambda doc: max(1, len(doc.text)))
+                | "PerturbBatches" >> beam.ParDo(PerturbBatchFn(self.config)).with_outputs(
+                    ACCOUNTING, DEAD_LETTER, main=DOCUMENTS))

@@ -1,0 +1,299 @@
+"""EmbeddingIndex: the index directory every worker loads (build, save, load, lookup, nearest).
+
+This module is the only place that knows the directory's files. Arrays are raw little-endian
+files that numpy memory-maps, so every process on a machine shares one copy in the page cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+VOCAB = "vocab.txt"
+VECTORS = "vectors.f32"
+NEIGHBOUR_IDS = "neighbour_ids.i32"
+NEIGHBOUR_DISTANCES = "neighbour_distances.f32"
+ANNOY = "annoy.ann"
+
+DEFAULT_NEIGHBOURS = 64
+DEFAULT_ANNOY_TREES = 16
+# Rows of the all-pairs distance matrix computed per matrix product: bounds build memory to
+# about CHUNK_ROWS * n * 4 bytes (140 MB for the default embedding).
+CHUNK_ROWS = 1024
+
+
+class IndexLoadError(RuntimeError):
+    """A missing, corrupt or inconsistent index directory."""
+
+
+def sha256_file(path: Path, block: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class _ArraySpec:
+    name: str
+    dtype: str
+    shape: tuple
+
+
+class _AnnoyHandle:
+    """Lazily loaded Annoy forest (memory-mapped); a plain class so Beam's Shared can weak-ref it."""
+
+    def __init__(self, path: Path, d: int):
+        self.path, self.d, self._annoy = path, d, None
+
+    def get(self):
+        if self._annoy is None:
+            from annoy import AnnoyIndex
+
+            forest = AnnoyIndex(self.d, "euclidean")
+            if not forest.load(str(self.path), prefault=False):
+                raise IndexLoadError(f"{self.path}: Annoy could not load this file")
+            self._annoy = forest
+        return self._annoy
+
+
+class EmbeddingIndex:
+    """Vocabulary, vectors, exact K-NN table, distance extremes and an Annoy forest."""
+
+    def __init__(self, path: Path, manifest: dict, words: list[str], vectors: np.ndarray,
+                 neighbour_ids: np.ndarray, neighbour_distances: np.ndarray):
+        self.path = path
+        self.manifest = manifest
+        self._words = words
+        self._id_of = {w: i for i, w in enumerate(words)}
+        self.vectors = vectors
+        self.neighbour_ids = neighbour_ids
+        self.neighbour_distances = neighbour_distances
+        self._annoy = _AnnoyHandle(path / ANNOY, manifest["d"])
+        self._sq_norms = None
+
+    # ---- shape and constants -------------------------------------------------------------
+    @property
+    def n(self) -> int:
+        return self.manifest["n"]
+
+    @property
+    def d(self) -> int:
+        return self.manifest["d"]
+
+    @property
+    def dmin(self) -> float:
+        return self.manifest["dmin"]
+
+    @property
+    def dmax(self) -> float:
+        return self.manifest["dmax"]
+
+    @property
+    def neighbours(self) -> int:
+        """K: neighbours per word in the table (the table has K + 1 columns, the word first)."""
+        return self.manifest["neighbours"]
+
+    # ---- lookup --------------------------------------------------------------------------
+    def ids(self, tokens: Iterable[str]) -> np.ndarray:
+        """Vocabulary ids of tokens, -1 for out-of-vocabulary."""
+        get = self._id_of.get
+        return np.fromiter((get(t, -1) for t in tokens), dtype=np.int32)
+
+    def id(self, token: str) -> int:
+        return self._id_of.get(token, -1)
+
+    def words(self, ids: Sequence[int]) -> list[str]:
+        vocab = self._words
+        return [vocab[i] for i in np.asarray(ids).tolist()]
+
+    @property
+    def vocabulary(self) -> list[str]:
+        return self._words
+
+    # ---- geometry ------------------------------------------------------------------------
+    def distances_from(self, word_id: int) -> np.ndarray:
+        """Exact float64 Euclidean distances from one word to every word."""
+        diff = self.vectors.astype(np.float64) - self.vectors[word_id].astype(np.float64)
+        return np.sqrt(np.einsum("ij,ij->i", diff, diff))
+
+    def exact_neighbours(self, word_id: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The word and its k nearest neighbours by exact search (for k beyond the table)."""
+        dist = self.distances_from(word_id)
+        return _rank_row(word_id, dist, k + 1)
+
+    def nearest(self, points: np.ndarray, method: str = "annoy", search_k: int = -1) -> np.ndarray:
+        """Id of the nearest vocabulary word to each row of points (float, shape (m, d))."""
+        points = np.asarray(points, dtype=np.float32)
+        if method == "annoy":
+            forest = self._annoy.get()
+            return np.fromiter((forest.get_nns_by_vector(p, 1, search_k)[0] for p in points),
+                               dtype=np.int32, count=len(points))
+        if method == "exact":
+            return self._nearest_exact(points)
+        raise ValueError(f"unknown nearest-word search {method!r}; valid: annoy, exact")
+
+    def _nearest_exact(self, points: np.ndarray, rows_per_product: int = 512) -> np.ndarray:
+        # Float32 matrix products rank every word; any word within the float32 error bound of
+        # the best is re-scored in float64, so rounding never picks a word that is not nearest.
+        if self._sq_norms is None:
+            self._sq_norms = np.einsum("ij,ij->i", self.vectors, self.vectors, dtype=np.float64)
+            self._max_norm = float(np.sqrt(self._sq_norms.max()))
+            self._sq_norms32 = self._sq_norms.astype(np.float32)
+        out = np.empty(len(points), dtype=np.int32)
+        p64 = points.astype(np.float64)
+        p_norm = np.linalg.norm(p64, axis=1)
+        for start in range(0, len(points), rows_per_product):
+            block = slice(start, start + rows_per_product)
+            scores = points[block] @ self.vectors.T
+            scores *= -2.0
+            scores += self._sq_norms32[None, :]
+            best = np.argmin(scores, axis=1)
+            tol = _float32_score_error(p_norm[block], self._max_norm, self.d)
+            near = scores <= (scores[np.arange(len(best)), best] + tol)[:, None]
+            for r in np.flatnonzero(near.sum(axis=1) > 1):
+                cand = np.flatnonzero(near[r])
+                diff = self.vectors[cand].astype(np.float64) - p64[start + r]
+                best[r] = cand[np.argmin(np.einsum("ij,ij->i", diff, diff))]
+            out[block] = best
+        return out
+
+    # ---- build ---------------------------------------------------------------------------
+    @classmethod
+    def build(cls, words: Sequence[str], vectors: np.ndarray, out_dir, neighbours: int = DEFAULT_NEIGHBOURS,
+              annoy_trees: int = DEFAULT_ANNOY_TREES, source: dict | None = None,
+              progress: bool = True) -> "EmbeddingIndex":
+        """Compute the exact tables and write the index directory; returns the loaded index."""
+        from transforms.index_build import build_tables
+
+        words = list(words)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        n, d = vectors.shape
+        _check_build_inputs(words, vectors, neighbours)
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        started = time.time()
+        tables = build_tables(vectors, neighbours, progress=progress)
+        arrays = {
+            VECTORS: vectors,
+            NEIGHBOUR_IDS: tables.neighbour_ids,
+            NEIGHBOUR_DISTANCES: tables.neighbour_distances,
+        }
+        for name, array in arrays.items():
+            np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tofile(out / name)
+        (out / VOCAB).write_text("".join(w + "\n" for w in words), encoding="utf-8")
+        _build_annoy(vectors, out / ANNOY, annoy_trees)
+        files = {name: {"sha256": sha256_file(out / name), "bytes": (out / name).stat().st_size}
+                 for name in (VOCAB, ANNOY, *arrays)}
+        for name, array in arrays.items():
+            files[name].update(dtype=array.dtype.newbyteorder("<").str, shape=list(array.shape))
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "n": n, "d": d, "neighbours": neighbours,
+            "dmin": tables.dmin, "dmin_pair": [words[i] for i in tables.dmin_pair],
+            "dmax": tables.dmax, "dmax_pair": [words[i] for i in tables.dmax_pair],
+            "metric": "euclidean",
+            "annoy_trees": annoy_trees,
+            "source": source or {},
+            "files": files,
+            "build_seconds": round(time.time() - started, 2),
+        }
+        manifest["embedding_id"] = _embedding_id(files)
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        return cls.load(out, verify=False)
+
+    # ---- load ----------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path, verify: bool = True) -> "EmbeddingIndex":
+        """Memory-map an index directory; verify sizes always and sha256 hashes when asked."""
+        path = Path(path)
+        manifest_path = path / MANIFEST
+        if not path.is_dir():
+            raise IndexLoadError(f"{path}: index directory not found (build one with `dptext build-index`)")
+        if not manifest_path.is_file():
+            raise IndexLoadError(f"{manifest_path}: missing manifest; this is not a dptext index directory")
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as err:
+            raise IndexLoadError(f"{manifest_path}: corrupt manifest ({err})") from None
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise IndexLoadError(f"{manifest_path}: index format {manifest.get('format_version')!r} "
+                                 f"is not supported (this dptext reads format {FORMAT_VERSION}); rebuild it")
+        for name, meta in manifest["files"].items():
+            file = path / name
+            if not file.is_file():
+                raise IndexLoadError(f"{file}: missing from the index directory")
+            size = file.stat().st_size
+            if size != meta["bytes"]:
+                raise IndexLoadError(f"{file}: {size} bytes, the manifest says {meta['bytes']}; "
+                                     "the file is truncated or corrupt")
+            if verify and sha256_file(file) != meta["sha256"]:
+                raise IndexLoadError(f"{file}: sha256 does not match the manifest; the file is corrupt")
+        arrays = {name: np.memmap(path / name, dtype=np.dtype(manifest["files"][name]["dtype"]), mode="r",
+                                  shape=tuple(manifest["files"][name]["shape"]))
+                  for name in (VECTORS, NEIGHBOUR_IDS, NEIGHBOUR_DISTANCES)}
+        words = (path / VOCAB).read_text(encoding="utf-8").split("\n")[:-1]
+        if len(words) != manifest["n"]:
+            raise IndexLoadError(f"{path / VOCAB}: {len(words)} words, the manifest says {manifest['n']}")
+        return cls(path, manifest, words, arrays[VECTORS], arrays[NEIGHBOUR_IDS], arrays[NEIGHBOUR_DISTANCES])
+
+
+def _float32_score_error(point_norms: np.ndarray, max_norm: float, d: int) -> np.ndarray:
+    """Twice a bound on |float32 (|v|^2 - 2 p.v) - exact| (Higham 3.1 for the dot product)."""
+    u = np.finfo(np.float32).eps / 2
+    gamma = d * u / (1 - d * u)
+    return 2 * (2 * gamma * point_norms * max_norm + 4 * u * (max_norm ** 2 + 2 * point_norms * max_norm)) + 1e-12
+
+
+def _check_build_inputs(words: list[str], vectors: np.ndarray, neighbours: int) -> None:
+    n = len(words)
+    if vectors.ndim != 2 or vectors.shape[0] != n:
+        raise ValueError(f"{n} words but vectors of shape {vectors.shape}")
+    if n < 2:
+        raise ValueError("an index needs at least 2 words")
+    if not 1 <= neighbours <= n - 1:
+        raise ValueError(f"neighbours must be between 1 and n - 1 = {n - 1}, got {neighbours}")
+    if len(set(words)) != n:
+        raise ValueError("duplicate words: read_embedding keeps the first of each")
+    bad = next((w for w in words if not w or "\n" in w or "\r" in w), None)
+    if bad is not None:
+        raise ValueError("a word is empty or contains a line break; the vocabulary file is one word per line")
+    if not np.isfinite(vectors).all():
+        raise ValueError("vectors contain NaN or infinity")
+
+
+def _rank_row(word_id: int, dist: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
+    """The word first, then the others by (distance, id): the `keep` first of that order."""
+    others = np.delete(np.arange(len(dist)), word_id)
+    order = others[np.lexsort((others, dist[others]))][: keep - 1]
+    ids = np.concatenate(([word_id], order)).astype(np.int32)
+    return ids, dist[ids]
+
+
+def _build_annoy(vectors: np.ndarray, path: Path, trees: int) -> None:
+    from annoy import AnnoyIndex
+
+    forest = AnnoyIndex(vectors.shape[1], "euclidean")
+    forest.set_seed(1)  # the forest's shape is not private; a fixed seed makes builds reproducible
+    for i, v in enumerate(vectors):
+        forest.add_item(i, v)
+    forest.build(trees, n_jobs=-1)
+    tmp = path.with_suffix(".tmp")
+    forest.save(str(tmp))
+    forest.unload()
+    os.replace(tmp, path)
+
+
+def _embedding_id(files: dict) -> str:
+    """A short id for the embedding content: the hash of the vocabulary and vectors files."""
+    digest = hashlib.sha256((files[VOCAB]["sha256"] + files[VECTORS]["sha256"]).encode()).hexdigest()
+    return digest[:16]
