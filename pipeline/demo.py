@@ -103,8 +103,9 @@ def tweets_jsonl() -> Path:
     partial = target.with_suffix(".part")
     with open(source, encoding="latin-1", newline="") as src, open(partial, "w", encoding="utf-8") as dst:
         for i, row in enumerate(csv.DictReader(src)):
+            confidence = float(row["confidence"]) if row["confidence"].strip() else None
             dst.write(json.dumps({"id": i, "sentiment": row["sentiment"],
-                                  "confidence": float(row["confidence"]), "text": row["text"]},
+                                  "confidence": confidence, "text": row["text"]},
                                  ensure_ascii=False) + "\n")
     os.replace(partial, target)
     return target

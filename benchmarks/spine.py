@@ -1,0 +1,140 @@
+"""Spine benchmark on the default embedding: index build, mechanism-only and end-to-end speed.
+
+    python -m benchmarks.spine [--tokens 1000000] [--runs in_memory,multi_processing]
+
+Every phase runs in its own process so its wall time and peak memory (max RSS, from wait4)
+are its own. Prints a table and writes benchmarks/results/spine.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ONE_CORE = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _measure(code_or_argv, env_extra=None) -> tuple[float, float, str]:
+    """Run a child; return (wall seconds, peak RSS MiB of the child process tree's largest, stdout)."""
+    argv = code_or_argv if isinstance(code_or_argv, list) else [sys.executable, "-c", code_or_argv]
+    env = {**os.environ, **(env_extra or {})}
+    started = time.perf_counter()
+    with tempfile.TemporaryFile() as out:
+        child = subprocess.Popen(argv, stdout=out, stderr=subprocess.PIPE, env=env)
+        _, status, usage = os.wait4(child.pid, 0)
+        wall = time.perf_counter() - started
+        err = child.stderr.read().decode(errors="replace")
+        out.seek(0)
+        text = out.read().decode()
+    if status != 0:
+        raise RuntimeError(f"benchmark child failed:\n{err[-3000:]}")
+    return wall, usage.ru_maxrss / 1024, text
+
+
+BUILD = """
+import json, time
+from transforms.embedding_io import read_embedding
+from transforms.index import EmbeddingIndex
+t = time.perf_counter(); words, vectors, _ = read_embedding({embedding!r}); read = time.perf_counter() - t
+t = time.perf_counter(); EmbeddingIndex.build(words, vectors, {out!r}, progress=False)
+print(json.dumps({{"read_s": read, "build_s": time.perf_counter() - t}}))
+"""
+
+MECHANISM = """
+import json, time
+import numpy as np
+from transforms import mechanisms
+from transforms.index import EmbeddingIndex
+index = EmbeddingIndex.load({index!r})
+mech = mechanisms.create({name!r}, index, {epsilon!r}, **{params!r})
+rng = np.random.default_rng(0)
+batches = [rng.integers(0, index.n, 4096).astype(np.int32) for _ in range(8)]
+mech.perturb(batches[0], rng)
+done, t = 0, time.perf_counter()
+while time.perf_counter() - t < {seconds!r}:
+    mech.perturb(batches[done % 8], rng); done += 1
+print(json.dumps({{"tokens_per_s": done * 4096 / (time.perf_counter() - t), "batches": done}}))
+"""
+
+
+def make_corpus(directory: Path, min_tokens: int) -> tuple[str, int, int]:
+    """The public tweet sample repeated to at least min_tokens word tokens, in 4 JSONL shards."""
+    from pipeline.demo import tweets_jsonl
+    from transforms.tokenize import split_tokens
+
+    lines = tweets_jsonl().read_text(encoding="utf-8").splitlines()
+    per_pass = sum(len(split_tokens(json.loads(line)["text"]).words) for line in lines)
+    passes = -(-min_tokens // per_pass)
+    shards = [open(directory / f"corpus-{i}.jsonl", "w", encoding="utf-8") for i in range(4)]
+    for p in range(passes):
+        for i, line in enumerate(lines):
+            shards[(p * len(lines) + i) % 4].write(line + "\n")
+    for shard in shards:
+        shard.close()
+    return str(directory / "corpus-*.jsonl"), passes * per_pass, passes * len(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tokens", type=int, default=1_000_000, help="end-to-end corpus size (tokens)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="time per mechanism-only measurement")
+    parser.add_argument("--runs", default="in_memory,multi_processing", help="DirectRunner modes to time")
+    args = parser.parse_args(argv)
+
+    from pipeline.demo import DEFAULT_EMBEDDING, DEMO_EPSILON, default_index_dir, fetch
+
+    embedding = str(fetch(DEFAULT_EMBEDDING))
+    index = str(default_index_dir())
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        wall, rss, out = _measure(BUILD.format(embedding=embedding, out=str(tmp / "index")))
+        build = json.loads(out)
+        rows.append({"phase": "index build (read + exact tables + Annoy)", "seconds": round(wall, 1),
+                     "detail": f"read {build['read_s']:.1f} s, build {build['build_s']:.1f} s",
+                     "peak_rss_mib": round(rss)})
+        for name, epsilon, params in (("truncated_gumbel", DEMO_EPSILON, {}),
+                                      ("multivariate_laplace", 10.0, {"search": "exact"}),
+                                      ("multivariate_laplace", 10.0, {"search": "annoy"})):
+            _, rss, out = _measure(MECHANISM.format(index=index, name=name, epsilon=epsilon, params=params,
+                                                    seconds=args.seconds), ONE_CORE)
+            result = json.loads(out)
+            label = name + (f" ({params['search']})" if params else "")
+            rows.append({"phase": f"mechanism only, 1 core, batch 4096: {label}",
+                         "tokens_per_s": round(result["tokens_per_s"]), "peak_rss_mib": round(rss)})
+        pattern, tokens, documents = make_corpus(tmp, args.tokens)
+        for mode in args.runs.split(","):
+            extra = ["--direct_running_mode", mode] + (["--direct_num_workers", "2"] if mode != "in_memory" else [])
+            wall, rss, _ = _measure([sys.executable, "-m", "pipeline.cli", "run", "--input", pattern,
+                                     "--output", str(tmp / mode / "out"), "--index", index,
+                                     "--epsilon", str(DEMO_EPSILON), "--runner", "DirectRunner", *extra])
+            rows.append({"phase": f"end to end, DirectRunner {mode}, truncated_gumbel, {tokens:,} tokens "
+                                  f"({documents:,} documents)", "seconds": round(wall, 1),
+                         "tokens_per_s": round(tokens / wall), "peak_rss_mib": round(rss)})
+    print_table(rows)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "spine.json").write_text(json.dumps({
+        "date": time.strftime("%Y-%m-%d"), "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
+                                                       "platform": platform.platform()},
+        "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'phase':<92} {'seconds':>8} {'tokens/s':>11} {'peak RSS MiB':>13}")
+    for r in rows:
+        tps = f"{r['tokens_per_s']:,}" if "tokens_per_s" in r else ""
+        print(f"{r['phase']:<92} {r.get('seconds', ''):>8} {tps:>11} {r['peak_rss_mib']:>13}")
+        if "detail" in r:
+            print(f"  {r['detail']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

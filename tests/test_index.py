@@ -1,0 +1,107 @@
+"""Index build is exact (brute force agrees), the manifest is complete, loading catches damage."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from transforms import index_build
+from transforms.index import ANNOY, MANIFEST, NEIGHBOUR_DISTANCES, VECTORS, EmbeddingIndex, IndexLoadError
+
+
+def _brute_force(vectors: np.ndarray):
+    v = vectors.astype(np.float64)
+    dist = np.sqrt(((v[:, None, :] - v[None, :, :]) ** 2).sum(-1))
+    n = len(v)
+    off = ~np.eye(n, dtype=bool)
+    positive = dist[off & (dist > 0)]
+    return dist, positive.min(), dist[off].max()
+
+
+@pytest.fixture
+def words_vectors():
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(300, 12)).astype(np.float32)
+    vectors[17] = vectors[5]          # an exact duplicate: distance 0, must come after the word itself
+    return [f"w{i}" for i in range(len(vectors))], vectors
+
+
+@pytest.mark.parametrize("chunk_rows, distrust_float32", [(1024, False), (7, False), (64, True)])
+def test_tables_and_extremes_match_brute_force(tmp_path, words_vectors, monkeypatch, chunk_rows,
+                                               distrust_float32):
+    monkeypatch.setattr(index_build, "CHUNK_ROWS", chunk_rows)
+    if distrust_float32:   # every row takes the exact float64 fallback path
+        monkeypatch.setattr(index_build, "_float32_d2_error_bound", lambda norms, d: np.full(len(norms), 1e9))
+    words, vectors = words_vectors
+    index = EmbeddingIndex.build(words, vectors, tmp_path / "idx", neighbours=10, progress=False)
+    dist, dmin, dmax = _brute_force(vectors)
+    assert index.dmin == pytest.approx(dmin, rel=1e-12) and index.dmax == pytest.approx(dmax, rel=1e-12)
+    for i in range(len(words)):
+        others = np.delete(np.arange(len(words)), i)
+        expected = others[np.lexsort((others, dist[i, others]))][:10]
+        assert index.neighbour_ids[i, 0] == i and index.neighbour_distances[i, 0] == 0
+        np.testing.assert_array_equal(index.neighbour_ids[i, 1:], expected)
+        np.testing.assert_allclose(index.neighbour_distances[i, 1:], dist[i, expected], rtol=1e-6)
+    assert index.neighbour_ids[5, 1] == 17 and index.neighbour_distances[5, 1] == 0
+
+
+def test_manifest_records_parameters_shapes_and_hashes(tmp_path, words_vectors):
+    words, vectors = words_vectors
+    index = EmbeddingIndex.build(words, vectors, tmp_path / "idx", neighbours=4, progress=False,
+                                 source={"file": "x.txt"})
+    m = json.loads((tmp_path / "idx" / MANIFEST).read_text())
+    assert (m["n"], m["d"], m["neighbours"]) == (300, 12, 4)
+    assert m["files"][VECTORS]["shape"] == [300, 12] and m["files"][VECTORS]["dtype"] == "<f4"
+    assert m["files"][NEIGHBOUR_DISTANCES]["shape"] == [300, 5]
+    assert all(len(f["sha256"]) == 64 for f in m["files"].values())
+    assert m["source"] == {"file": "x.txt"} and index.manifest == m
+    assert isinstance(EmbeddingIndex.load(tmp_path / "idx").vectors, np.memmap)
+
+
+def test_lookup_and_nearest(tmp_path, words_vectors):
+    words, vectors = words_vectors
+    index = EmbeddingIndex.build(words, vectors, tmp_path / "idx", neighbours=4, progress=False)
+    np.testing.assert_array_equal(index.ids(["w3", "nope", "w299"]), [3, -1, 299])
+    assert index.words([3, 299]) == ["w3", "w299"]
+    rng = np.random.default_rng(0)
+    points = vectors[rng.integers(0, 300, 200)] + rng.normal(scale=0.3, size=(200, 12))
+    dist = ((points[:, None, :].astype(np.float64) - vectors[None].astype(np.float64)) ** 2).sum(-1)
+    np.testing.assert_array_equal(index.nearest(points, "exact"), dist.argmin(1))
+    annoy = index.nearest(points, "annoy", search_k=10_000)
+    assert (annoy == dist.argmin(1)).mean() >= 0.95   # approximate by design
+
+
+def test_exact_neighbours_extends_the_table(tmp_path, words_vectors):
+    words, vectors = words_vectors
+    index = EmbeddingIndex.build(words, vectors, tmp_path / "idx", neighbours=4, progress=False)
+    ids, dist = index.exact_neighbours(9, 4)
+    np.testing.assert_array_equal(ids, index.neighbour_ids[9])
+    ids, _ = index.exact_neighbours(9, 30)
+    assert len(ids) == 31 and ids[0] == 9
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / VECTORS).unlink(), "missing from the index directory"),
+    (lambda d: (d / VECTORS).write_bytes((d / VECTORS).read_bytes()[:-4]), "truncated or corrupt"),
+    (lambda d: (d / ANNOY).write_bytes(bytes(len((d / ANNOY).read_bytes()))), "sha256 does not match"),
+    (lambda d: (d / MANIFEST).write_text("{not json"), "corrupt manifest"),
+    (lambda d: (d / MANIFEST).unlink(), "missing manifest"),
+])
+def test_damaged_index_fails_naming_the_file(tmp_path, words_vectors, damage, message):
+    words, vectors = words_vectors
+    EmbeddingIndex.build(words, vectors, tmp_path / "idx", neighbours=4, progress=False)
+    damage(tmp_path / "idx")
+    with pytest.raises(IndexLoadError, match=message) as err:
+        EmbeddingIndex.load(tmp_path / "idx")
+    assert str(tmp_path / "idx") in str(err.value)
+
+
+def test_bad_build_inputs(tmp_path):
+    v = np.zeros((3, 2), np.float32)
+    with pytest.raises(ValueError, match="duplicate words"):
+        EmbeddingIndex.build(["a", "a", "b"], v, tmp_path / "x", neighbours=1, progress=False)
+    with pytest.raises(ValueError, match="neighbours must be between 1 and n - 1"):
+        EmbeddingIndex.build(["a", "b", "c"], v, tmp_path / "x", neighbours=3, progress=False)
+    with pytest.raises(ValueError, match="all vectors are identical"):
+        EmbeddingIndex.build(["a", "b", "c"], v, tmp_path / "x", neighbours=1, progress=False)

@@ -1,0 +1,59 @@
+"""Split text into word tokens and the exact separators between them; rejoin; case patterns.
+
+A word is a run of letters and digits (Unicode \\w without the underscore, plus combining marks).
+Apostrophes, hyphens, underscores and punctuation are separators that pass through byte for byte:
+the default GloVe vocabulary has no word containing them ("don't" is "don" ' "t" there).
+"""
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+WORD = re.compile(r"(?:[^\W_]|[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f])+")
+_SPLIT = re.compile(rf"({WORD.pattern})")
+
+
+class Tokens(NamedTuple):
+    words: list[str]
+    separators: list[str]      # len(words) + 1: before the first word, between words, after the last
+
+
+def split_tokens(text: str) -> Tokens:
+    # re.split with one capturing group alternates separator, word, separator, ... separator.
+    pieces = _SPLIT.split(text)
+    return Tokens(pieces[1::2], pieces[0::2])
+
+
+def rejoin(words: list[str], separators: list[str]) -> str:
+    out = [separators[0]]
+    for word, sep in zip(words, separators[1:]):
+        out.append(word)
+        out.append(sep)
+    return "".join(out)
+
+
+def case_pattern(word: str) -> str:
+    """lower, title ("Hello", "I"), upper ("NASA") or other ("iPhone")."""
+    if word.islower() or not any(c.isalpha() for c in word):
+        return "lower"
+    cased = [c for c in word if c.isupper() or c.islower()]
+    if len(cased) >= 2 and word.isupper():
+        return "upper"
+    if cased and cased[0].isupper() and not any(c.isupper() for c in cased[1:]):
+        return "title"
+    return "other"
+
+
+def apply_case(word: str, pattern: str) -> str:
+    """Put an input's case pattern on an output word (title and upper; others unchanged)."""
+    if pattern == "title":
+        return word[:1].upper() + word[1:]
+    if pattern == "upper":
+        return word.upper()
+    return word
+
+
+def lookup_keys(word: str) -> tuple[str, ...]:
+    """The vocabulary keys to try, in order: the word as it is, then lower-cased."""
+    lower = word.lower()
+    return (word,) if lower == word else (word, lower)
