@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-CHUNK_ROWS = 1024        # rows of the n x n distance matrix held at once (~CHUNK_ROWS * n * 4 bytes)
+CHUNK_ROWS = 1024        # at most this many rows of the n x n distance matrix at once ...
+CHUNK_BYTES = 256 << 20  # ... and at most this many bytes of it, so memory stays bounded as n grows
 MARGIN = 8               # extra candidates ranked in float32 before exact re-scoring
 EXACT_SUBCHUNK = 128     # rows re-scored in float64 at once (bounds the (rows, K, d) difference array)
 _U32 = np.finfo(np.float32).eps / 2   # unit roundoff of float32
@@ -71,8 +72,9 @@ def build_tables(vectors: np.ndarray, neighbours: int, progress: bool = True) ->
     recheck: list[int] = []                   # rows whose float32 ranking might be wrong
 
     bar = tqdm(total=n, unit="word", desc="exact neighbours", disable=not progress, mininterval=1.0)
-    for start in range(0, n, CHUNK_ROWS):
-        stop = min(start + CHUNK_ROWS, n)
+    chunk = max(1, min(CHUNK_ROWS, CHUNK_BYTES // (4 * n)))
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
         rows = np.arange(start, stop)
         d2 = v32[start:stop] @ v32.T
         d2 *= -2.0
