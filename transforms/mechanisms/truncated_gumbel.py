@@ -72,6 +72,9 @@ class TruncatedGumbel:
         # restricted to [exp(-Dmax / b), exp(Dmax / b)].
         self._e_lo = math.exp(-self.p.dmax / self.p.b)
         self._e_span = -math.expm1(-(math.exp(self.p.dmax / self.p.b) - self._e_lo))
+        # Groups of tokens by k (upper edges); the last edge is the table's K, beyond it exact search.
+        K = index.neighbours
+        self._group_edges = np.array(sorted({min(e, K) for e in (11, 19)} | {K}))
 
     def params(self) -> dict:
         return {"epsilon": self.epsilon, "b": self.p.b, "poisson_rate": self.p.poisson_rate,
@@ -80,28 +83,36 @@ class TruncatedGumbel:
 
     def truncated_exponential(self, rng: np.random.Generator, shape) -> np.ndarray:
         """E ~ Exponential(1) restricted to [exp(-Dmax/b), exp(Dmax/b)] by inverse CDF."""
-        v = rng.random(shape, dtype=np.float32)
-        return np.float32(self._e_lo) - np.log1p(-np.float32(self._e_span) * v)
+        # 1 - span * v is uniform on (1 - span, 1]; float32 np.log is vectorised (log1p is not).
+        u = rng.random(shape, dtype=np.float32)
+        u *= -np.float32(self._e_span)
+        u += np.float32(1.0)
+        np.log(u, out=u)
+        return np.float32(self._e_lo) - u
 
     def perturb(self, ids, rng: np.random.Generator) -> np.ndarray:
         ids = as_ids(ids, self.index.n)
         k = truncated_poisson(rng, self.p.poisson_rate, 1, self.index.n - 1, len(ids))
         out = np.empty(len(ids), dtype=np.int32)
-        in_table = k <= self.index.neighbours
-        rows = slice(None) if in_table.all() else np.flatnonzero(in_table)
-        if len(ids[rows]):
-            out[rows] = self._perturb_from_table(ids[rows], k[rows], rng)
-        for i in np.flatnonzero(~in_table):   # k beyond the table: P ~ 1e-25 for the default
-            out[i] = self._perturb_exact(int(ids[i]), int(k[i]), rng)
+        # Tokens are grouped by how many candidates they need, so few columns are drawn in vain.
+        group = np.searchsorted(self._group_edges, k)
+        for g in range(len(self._group_edges) + 1):
+            rows = np.flatnonzero(group == g)
+            if not rows.size:
+                continue
+            if g < len(self._group_edges):
+                out[rows] = self._perturb_from_table(ids[rows], k[rows], rng)
+            else:                              # k beyond the table: P ~ 1e-25 for the default
+                for i in rows:
+                    out[i] = self._perturb_exact(int(ids[i]), int(k[i]), rng)
         return out
 
     def _perturb_from_table(self, ids: np.ndarray, k: np.ndarray, rng) -> np.ndarray:
-        # Only the columns up to the batch's largest k are drawn; columns beyond a token's own k
-        # get score 0, below every candidate's positive score.
+        # Columns beyond a token's own k get score 0, below every candidate's positive score.
         width = int(k.max()) + 1
         scores = self.truncated_exponential(rng, (len(ids), width))
         scores *= self._weights[ids, :width]
-        scores[np.arange(width)[None, :] > k[:, None]] = 0
+        scores *= np.arange(width)[None, :] <= k[:, None]
         col = np.argmax(scores, axis=1)
         return self._table_ids[ids, col]
 
