@@ -71,8 +71,8 @@ class MultivariateLaplace:
             "per_token_pure_epsilon": self.epsilon * dmax,
             "per_token_pure_epsilon_note": (f"vocabulary-wide: epsilon * Dmax = {self.epsilon:g} * {dmax:.6g}; "
                                             "any two words are protected at least this well"),
-            "nearest_search": self.search + (" (approximate; post-processing, guarantee unchanged)"
-                                             if self.search == "annoy" else " (exact)"),
+            "nearest_search": ("annoy (approximate; post-processing, guarantee unchanged)"
+                               if self.search == "annoy" else "exact"),
             "confirmed_by": "noise-distribution tests (radius Gamma(d, 1/eps), uniform direction)",
             "not_protected": ["out-of-vocabulary tokens (handled by the OOV policy)",
                               "document length, token positions and punctuation",
