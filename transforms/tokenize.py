@@ -52,8 +52,3 @@ def apply_case(word: str, pattern: str) -> str:
         return word.upper()
     return word
 
-
-def lookup_keys(word: str) -> tuple[str, ...]:
-    """The vocabulary keys to try, in order: the word as it is, then lower-cased."""
-    lower = word.lower()
-    return (word,) if lower == word else (word, lower)
