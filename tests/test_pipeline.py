@@ -103,13 +103,16 @@ def test_every_record_comes_out_once_jsonl(index_dir, feasible_epsilon, tmp_path
 
 
 def test_text_format_bytes_survive_when_the_mechanism_keeps_every_word(index_dir, tmp_path):
-    # epsilon so large that the Gumbel scale is ~0: every word maps to itself, so the output must
-    # reproduce the input exactly (separators, case, CRLF, OOV kept), one line per document.
+    # multivariate_laplace at an epsilon so large that the noise radius (~d / eps) is ~0: every
+    # word maps to itself, so the output must reproduce the input exactly (separators, case,
+    # CRLF, OOV kept), one line per document. (truncated_gumbel cannot do this: its Gumbel scale
+    # only falls like 1 / ln(epsilon).)
     lines = ["The cat sat on the mat.", "  Hello,   WORLD!\t(she said)  ", "", "I love this movie\r",
              "unknownword; the dog ran", "日本 cat"]
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes("\n".join(lines).encode("utf-8") + b"\n\xff\xfe bad bytes\n")
-    output = _run(index_dir, tmp_path, str(corpus), 1e9, "--oov", "keep", "--test-seed", "3")
+    output = _run(index_dir, tmp_path, str(corpus), 1e9, "--oov", "keep", "--test-seed", "3",
+                  "--mechanism", "multivariate_laplace", "--search", "exact")
     assert sorted(_lines(output + "-*.txt")) == sorted(lines)
     dead = [json.loads(line) for line in _lines(output + ".dead_letter-*.jsonl")]
     assert [d["reason"].split(" (")[0] for d in dead] == ["not UTF-8"]

@@ -25,8 +25,8 @@ def smallest_feasible_epsilon(n: int, dmin: float) -> float:
 def gumbel_scale(epsilon: float, n: int, dmin: float, dmax: float) -> float:
     """b = 2 Dmax / min(W0(2 a Dmax), ln(a Dmin)) with a = (eps - 2 (1 + ln n) / Dmin) / 3."""
     a = (epsilon - 2 * (1 + math.log(n)) / dmin) / 3
-    if a <= 0 or a * dmin <= 1:
-        floor = smallest_feasible_epsilon(n, dmin)
+    floor = smallest_feasible_epsilon(n, dmin)
+    if epsilon <= floor:      # the same condition as a > 0 and a Dmin > 1, without rounding at the edge
         raise InfeasibleEpsilonError(
             f"epsilon {epsilon:g} is infeasible for truncated_gumbel on this index "
             f"(n={n}, Dmin={dmin:.6g}); the smallest feasible epsilon is {floor:.6g} "

@@ -1,0 +1,106 @@
+"""multivariate_laplace: the noise radius is Gamma(d, 1/eps), its direction uniform on the sphere,
+and the output is the vocabulary word nearest to the noisy vector."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from transforms import mechanisms
+from transforms.index import EmbeddingIndex
+from transforms.mechanisms.multivariate_laplace import MultivariateLaplace
+
+DRAWS = 20_000
+# KS tests at a fixed seed: a correct sampler fails with probability 1e-4; with 20,000 draws the
+# KS distance that reaches p = 1e-4 is about 2.0 / sqrt(20,000) = 0.014, so any CDF error above
+# ~1.5 percentage points is caught.
+P_MIN = 1e-4
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory):
+    vectors = np.random.default_rng(2).normal(size=(60, 7)).astype(np.float32)
+    return EmbeddingIndex.build([f"w{i}" for i in range(60)], vectors, tmp_path_factory.mktemp("ml"),
+                                neighbours=5, progress=False)
+
+
+def _noise(mech, index, seed=0):
+    ids = np.full(DRAWS, 3, dtype=np.int32)
+    return mech.noisy_vectors(ids, np.random.default_rng(seed)) - index.vectors[3].astype(np.float64)
+
+
+class HalfRadius(MultivariateLaplace):
+    """Broken: radius at twice the rate (Gamma(d, 1/(2 eps)))."""
+
+    def noisy_vectors(self, ids, rng):
+        base = self.index.vectors[ids].astype(np.float64)
+        return base + (super().noisy_vectors(ids, rng) - base) / 2
+
+
+class CubeDirection(MultivariateLaplace):
+    """Broken: direction uniform in the cube, then normalised (not uniform on the sphere)."""
+
+    def noisy_vectors(self, ids, rng):
+        r = rng.gamma(self.index.d, 1 / self.epsilon, len(ids))
+        x = rng.uniform(-1, 1, (len(ids), self.index.d))
+        return self.index.vectors[ids] + r[:, None] * x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _radius_p(mech, index):
+    r = np.linalg.norm(_noise(mech, index), axis=1)
+    return stats.kstest(r, stats.gamma(a=index.d, scale=1 / mech.epsilon).cdf).pvalue
+
+
+def _direction_p(mech, index):
+    """Bonferroni-combined KS p-value of the projections on a coordinate axis and a diagonal."""
+    noise = _noise(mech, index, seed=1)
+    x = noise / np.linalg.norm(noise, axis=1, keepdims=True)
+    half = (index.d - 1) / 2
+    axes = (np.eye(index.d)[0], np.ones(index.d) / np.sqrt(index.d))
+    return 2 * min(stats.kstest((1 + x @ u) / 2, stats.beta(half, half).cdf).pvalue for u in axes)
+
+
+def test_radius_is_gamma_d_over_epsilon(index):
+    mech = mechanisms.create("multivariate_laplace", index, 2.5)
+    assert _radius_p(mech, index) > P_MIN
+    assert _radius_p(HalfRadius(index, 2.5), index) < P_MIN
+
+
+def test_direction_is_uniform_on_the_sphere(index):
+    mech = mechanisms.create("multivariate_laplace", index, 2.5)
+    # For x uniform on S^{d-1}, (1 + u.x) / 2 ~ Beta((d-1)/2, (d-1)/2) for any unit u.
+    assert _direction_p(mech, index) > P_MIN
+    assert _direction_p(CubeDirection(index, 2.5), index) < P_MIN
+    noise = _noise(mech, index, seed=2)
+    x = noise / np.linalg.norm(noise, axis=1, keepdims=True)
+    # Each coordinate's mean is 0 with standard error 1/sqrt(d N); 5 standard errors.
+    assert np.abs(x.mean(axis=0)).max() < 5 / np.sqrt(index.d * DRAWS)
+
+
+@pytest.mark.parametrize("search", ["exact", "annoy"])
+def test_output_is_the_nearest_word_to_the_noisy_vector(index, search):
+    mech = mechanisms.create("multivariate_laplace", index, 4.0, search=search, search_k=100_000)
+    ids = np.random.default_rng(5).integers(0, index.n, 2000).astype(np.int32)
+    noisy = mech.noisy_vectors(ids, np.random.default_rng(9))
+    out = mech.perturb(ids, np.random.default_rng(9))       # the same seed draws the same noise
+    v = index.vectors.astype(np.float64)
+    nearest = ((noisy[:, None, :] - v[None]) ** 2).sum(-1).argmin(axis=1)
+    agreement = (out == nearest).mean()
+    assert agreement == 1.0 if search == "exact" else agreement >= 0.9
+
+
+def test_guarantee_is_metric_dp_at_epsilon(index):
+    g = mechanisms.create("multivariate_laplace", index, 4.0).guarantee()
+    assert g["kind"] == "metric-DP" and g["rate"] == 4.0
+    assert g["per_token_pure_epsilon"] == pytest.approx(4.0 * index.dmax)
+
+
+def test_unknown_parameters_and_names_are_clear_errors(index):
+    with pytest.raises(ValueError, match="unknown mechanism 'nope'"):
+        mechanisms.create("nope", index, 1.0)
+    with pytest.raises(ValueError, match="has no parameter radius"):
+        mechanisms.create("multivariate_laplace", index, 1.0, radius=3)
+    with pytest.raises(ValueError, match="unknown nearest-word search"):
+        mechanisms.create("multivariate_laplace", index, 1.0, search="kd")
+    with pytest.raises(ValueError, match="epsilon must be a finite number > 0"):
+        mechanisms.create("multivariate_laplace", index, -1.0)
