@@ -104,7 +104,7 @@ def make_corpus(directory: Path, min_tokens: int) -> tuple[str, int, int]:
     from pipeline.demo import tweets_jsonl
     from transforms.tokenize import split_tokens
 
-    lines = tweets_jsonl().read_text(encoding="utf-8").splitlines()
+    lines = tweets_jsonl().read_text(encoding="utf-8").split("\n")[:-1]   # not splitlines: U+2028 is text
     per_pass = sum(len(split_tokens(json.loads(line)["text"]).words) for line in lines)
     passes = -(-min_tokens // per_pass)
     shards = [open(directory / f"corpus-{i}.jsonl", "w", encoding="utf-8") for i in range(4)]

@@ -116,7 +116,7 @@ def render_markdown(report: dict) -> str:
     out += ["## What is protected", ""] + [f"- {line}" for line in report["statement"]] + [""]
     out += ["## Mechanism", "", "| parameter | value |", "|---|---|"]
     out += [f"| {k} | {_fmt(v)} |" for k, v in report["parameters"].items()] + [""]
-    out += ["## Guarantee", "", "```json", json.dumps(report["guarantee"], indent=2, ensure_ascii=False), "```", ""]
+    out += _guarantee_markdown(report["guarantee"])
     out += ["## Embedding index", "", "| field | value |", "|---|---|"]
     out += [f"| {k} | {_fmt(v)} |" for k, v in idx.items()] + [""]
     out += ["## Counts", "", "| documents | tokens | perturbed | out of vocabulary |", "|---|---|---|---|",
@@ -138,6 +138,25 @@ def render_markdown(report: dict) -> str:
             f"- versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}",
             f"- input: {report['input']}", f"- output: {report['output']}", ""]
     return "\n".join(out)
+
+
+def _guarantee_markdown(g: dict) -> list[str]:
+    out = ["## Guarantee", "", f"- kind: {g.get('kind')}"]
+    if "rate" in g:
+        out.append(f"- rate: {_fmt(g['rate'])}")
+    if "claimed" in g:
+        out.append(f"- the paper's claim: {g['claimed']['statement']} (epsilon {_fmt(g['claimed']['epsilon'])}, "
+                   f"b {_fmt(g['claimed']['b'])})")
+    out.append(f"- per-token pure epsilon: {_fmt(g.get('per_token_pure_epsilon'))}")
+    out.append("")
+    if g.get("audited"):
+        from transforms.audit import format_audit
+
+        out += ["Exact audit on vocabularies drawn from this embedding, each at the same multiple of its own "
+                "feasibility floor (worst log-ratio over all pairs; worst per unit distance; within K nearest "
+                "neighbours; max hockey-stick delta at epsilon x distance; delta profile d(eps')):", "",
+                "```", format_audit(g["audited"]), "```", ""]
+    return out
 
 
 def _fmt(value) -> str:

@@ -172,16 +172,19 @@ def truncated_gumbel_guarantee(mech) -> dict:
 
 
 def format_audit(rows: list[dict]) -> str:
-    head = (f"{'n':>4} {'eps':>8} {'eps*Dmin':>9} {'eps*Dmax':>9} {'worst ln-ratio':>15} {'worst rate':>11} "
-            f"{'within-KNN':>11} {'delta@eps*d':>12}  " + " ".join(f"{'d(' + k + ')':>9}" for k in
-                                                                  rows[0]["delta_profile"]))
-    lines = [head]
+    def cell(value, width):
+        return f"{value:>{width}.4g}" if isinstance(value, (int, float)) else f"{str(value):>{width}}"
+
+    columns = [("n", "n", 4), ("epsilon", "eps", 8), ("claimed_epsilon_times_dmin", "eps*Dmin", 9),
+               ("claimed_epsilon_times_dmax", "eps*Dmax", 9), ("worst_log_ratio", "worst ln-ratio", 15),
+               ("worst_metric_rate", "worst rate", 11), ("worst_log_ratio_within_neighbours", "within-KNN", 11),
+               ("max_delta_at_rate_times_distance", "delta@eps*d", 12)]
+    profile = list(rows[0]["delta_profile"])
+    lines = [" ".join(f"{label:>{w}}" for _, label, w in columns) + "  "
+             + " ".join(f"{'d(' + e + ')':>9}" for e in profile)]
     for r in rows:
-        lines.append(f"{r['n']:>4} {r['epsilon']:>8.3g} {r['claimed_epsilon_times_dmin']:>9.3g} "
-                     f"{r['claimed_epsilon_times_dmax']:>9.3g} {r['worst_log_ratio']:>15.4g} "
-                     f"{r['worst_metric_rate']:>11.4g} {r['worst_log_ratio_within_neighbours']:>11.4g} "
-                     f"{r['max_delta_at_rate_times_distance']:>12.3g}  "
-                     + " ".join(f"{v:>9.3g}" for v in r["delta_profile"].values()))
+        lines.append(" ".join(cell(r[key], w) for key, _, w in columns) + "  "
+                     + " ".join(cell(r["delta_profile"][e], 9) for e in profile))
     return "\n".join(lines)
 
 
