@@ -40,8 +40,10 @@ class CorpusAccountCombineFn(beam.CombineFn):
     def create_accumulator(self):
         return CorpusAccount()
 
-    def add_input(self, accumulator, doc):
-        return accumulator.add(doc)
+    def add_input(self, accumulator, accounts):
+        for doc in accounts:           # one batch's per-document records
+            accumulator.add(doc)
+        return accumulator
 
     def merge_accumulators(self, accumulators):
         merged = CorpusAccount()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from apache_beam.metrics.metric import MetricsFilter
 
 from pipeline.options import OptionsError
 from pipeline.run import run
@@ -35,9 +36,9 @@ def feasible_epsilon(index_dir):
 
 def _run(index_dir, tmp_path, inputs, epsilon, *extra):
     output = str(tmp_path / "out" / "corpus")
-    run(["--input", inputs, "--output", output, "--index", str(index_dir), "--epsilon", str(epsilon),
+    result = run(["--input", inputs, "--output", output, "--index", str(index_dir), "--epsilon", str(epsilon),
          "--runner", "DirectRunner", *extra])
-    return output
+    return output, result
 
 
 def _lines(pattern):
@@ -72,7 +73,7 @@ def test_every_record_comes_out_once_jsonl(index_dir, feasible_epsilon, tmp_path
     shard_a, shard_b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     expected = {str(shard_a): _write_jsonl_with_broken_records(shard_a),
                 str(shard_b): _write_jsonl_with_broken_records(shard_b)}
-    output = _run(index_dir, tmp_path, str(tmp_path / "*.jsonl"), feasible_epsilon, "--max-doc-chars", "200")
+    output, result = _run(index_dir, tmp_path, str(tmp_path / "*.jsonl"), feasible_epsilon, "--max-doc-chars", "200")
 
     outputs = [json.loads(line) for line in _lines(output + "-*.jsonl")]
     dead = [json.loads(line) for line in _lines(output + ".dead_letter-*.jsonl")]
@@ -98,6 +99,10 @@ def test_every_record_comes_out_once_jsonl(index_dir, feasible_epsilon, tmp_path
     assert report["counts"]["oov"] == 2 and report["counts"]["tokens"] == 2 * (6 + 5 + 0)
     for path in glob.glob(output + ".dead_letter-*") + glob.glob(output + ".privacy_report.*"):
         assert SECRET not in Path(path).read_text("utf-8")
+    counters = {}
+    for c in result.metrics().query(MetricsFilter().with_namespace("dptext"))["counters"]:
+        counters[c.key.metric.name] = counters.get(c.key.metric.name, 0) + c.committed   # summed over steps
+    assert counters == {"documents": 6, "tokens": 22, "perturbed": 20, "oov": 2, "dead_lettered": 12}
     captured = capfd.readouterr()
     assert SECRET not in captured.out and SECRET not in captured.err
 
@@ -111,7 +116,7 @@ def test_text_format_bytes_survive_when_the_mechanism_keeps_every_word(index_dir
              "unknownword; the dog ran", "日本 cat"]
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes("\n".join(lines).encode("utf-8") + b"\n\xff\xfe bad bytes\n")
-    output = _run(index_dir, tmp_path, str(corpus), 1e9, "--oov", "keep", "--test-seed", "3",
+    output, _ = _run(index_dir, tmp_path, str(corpus), 1e9, "--oov", "keep", "--test-seed", "3",
                   "--mechanism", "multivariate_laplace", "--search", "exact")
     assert sorted(_lines(output + "-*.txt")) == sorted(lines)
     dead = [json.loads(line) for line in _lines(output + ".dead_letter-*.jsonl")]
@@ -125,7 +130,7 @@ def test_text_format_bytes_survive_when_the_mechanism_keeps_every_word(index_dir
 def test_random_oov_policy_uses_vocabulary_words(index_dir, feasible_epsilon, tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("Qwerty asdfgh zxcvb\n", encoding="utf-8")
-    output = _run(index_dir, tmp_path, str(corpus), feasible_epsilon, "--oov", "random")
+    output, _ = _run(index_dir, tmp_path, str(corpus), feasible_epsilon, "--oov", "random")
     (line,) = _lines(output + "-*.txt")
     words = line.split(" ")
     assert len(words) == 3 and words[0][0].isupper()
@@ -135,7 +140,7 @@ def test_random_oov_policy_uses_vocabulary_words(index_dir, feasible_epsilon, tm
 def test_multivariate_laplace_runs_and_reports_composed_bounds(index_dir, tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("the cat sat on the mat\nhello world\n", encoding="utf-8")
-    output = _run(index_dir, tmp_path, str(corpus), 3.0, "--mechanism", "multivariate_laplace")
+    output, _ = _run(index_dir, tmp_path, str(corpus), 3.0, "--mechanism", "multivariate_laplace")
     assert len(_lines(output + "-*.txt")) == 2
     report = json.loads(Path(output + ".privacy_report.json").read_text("utf-8"))
     bound = report["per_document_bound"]

@@ -12,7 +12,7 @@ import argparse
 import math
 
 import numpy as np
-from scipy.stats import poisson
+from scipy.special import gammaln
 
 AUDIT_SIZES = (9, 20, 40)
 PROFILE_EPSILONS = (1.0, 2.0, 5.0, 10.0, 20.0)
@@ -21,7 +21,8 @@ _NODES, _WEIGHTS = np.polynomial.legendre.leggauss(48)
 
 def truncated_poisson_pmf(lam: float, n: int) -> np.ndarray:
     """P(k) for k = 0..n-1 of Poisson(lam) conditioned on 1 <= k <= n - 1."""
-    pmf = poisson.pmf(np.arange(n), lam)
+    k = np.arange(n)
+    pmf = np.exp(k * math.log(lam) - lam - gammaln(k + 1))
     pmf[0] = 0.0
     return pmf / pmf.sum()
 

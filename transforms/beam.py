@@ -18,6 +18,8 @@ from apache_beam.utils import shared
 from transforms.accounting import DocumentAccount
 from transforms.tokenize import apply_case, case_pattern, split_tokens, rejoin
 
+# Outputs of PerturbDocuments: Documents; tuples of DocumentAccount (one per document of a batch);
+# dead-letter records.
 DOCUMENTS, ACCOUNTING, DEAD_LETTER = "documents", "accounting", "dead_letter"
 OOV_POLICIES = ("placeholder", "random", "keep")
 METRICS_NAMESPACE = "dptext"
@@ -100,9 +102,11 @@ class PerturbBatchFn(beam.DoFn):
         if not keep:
             return
         outputs, accounts = perturb_texts([d.text for d in keep], self._loaded, self.config, self._rng(keep[0]))
-        for doc, text, account in zip(keep, outputs, accounts):
+        for doc, text in zip(keep, outputs):
             yield doc._replace(text=text)
-            yield beam.pvalue.TaggedOutput(ACCOUNTING, account)
+        # One accounting element per batch holding every document's record: the same records,
+        # without a Beam element (and its overhead) per document.
+        yield beam.pvalue.TaggedOutput(ACCOUNTING, tuple(accounts))
         self._documents.inc(len(keep))
         self._tokens.inc(sum(a.tokens for a in accounts))
         self._perturbed.inc(sum(a.perturbed for a in accounts))
@@ -116,12 +120,12 @@ def perturb_texts(texts: list[str], loaded: LoadedMechanism, config: PerturbConf
     parts = [split_tokens(t) for t in texts]
     words = [w for p in parts for w in p.words]
     ids = index.ids(words)
+    # Look up as is, then lower-cased.
+    missing = np.flatnonzero(ids < 0)
+    lower_ids = index.ids([words[i].lower() for i in missing.tolist()])
+    ids[missing] = lower_ids
     lowered = np.zeros(len(words), dtype=bool)
-    for i in np.flatnonzero(ids < 0):        # look up as is, then lower-cased
-        lower = words[i].lower()
-        if lower != words[i]:
-            ids[i] = index.id(lower)
-            lowered[i] = ids[i] >= 0
+    lowered[missing[lower_ids >= 0]] = True
     in_vocab = ids >= 0
     out_ids = np.full(len(words), -1, dtype=np.int32)
     out_ids[in_vocab] = mechanism.perturb(ids[in_vocab], rng)
@@ -130,16 +134,20 @@ def perturb_texts(texts: list[str], loaded: LoadedMechanism, config: PerturbConf
         out_ids[oov] = rng.integers(0, index.n, int(oov.sum()), dtype=np.int32)
     out_words = _output_words(words, out_ids, in_vocab, lowered, index, config)
 
-    outputs, accounts, pos = [], [], 0
-    changed = in_vocab & (out_ids != ids)
-    for p in parts:
-        m = len(p.words)
-        span = slice(pos, pos + m)
-        outputs.append(rejoin(out_words[span], p.separators))
-        accounts.append(DocumentAccount(tokens=m, perturbed=int(in_vocab[span].sum()),
-                                        changed=int(changed[span].sum()), oov=int(oov[span].sum())))
-        pos += m
+    ends = np.cumsum([len(p.words) for p in parts])
+    starts = ends - np.diff(ends, prepend=0)
+    per_doc = {name: _segment_sums(flags, starts, ends)
+               for name, flags in (("perturbed", in_vocab), ("changed", in_vocab & (out_ids != ids)), ("oov", oov))}
+    outputs = [rejoin(out_words[a:b], p.separators) for p, a, b in zip(parts, starts.tolist(), ends.tolist())]
+    accounts = [DocumentAccount(b - a, *counts) for a, b, *counts in zip(
+        starts.tolist(), ends.tolist(), per_doc["perturbed"], per_doc["changed"], per_doc["oov"])]
     return outputs, accounts
+
+
+def _segment_sums(flags: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> list[int]:
+    """Number of true flags in each [start, end) segment."""
+    running = np.concatenate(([0], np.cumsum(flags)))
+    return (running[ends] - running[starts]).tolist()
 
 
 def _output_words(words, out_ids, in_vocab, lowered, index, config) -> list[str]:

@@ -7,6 +7,7 @@ the default GloVe vocabulary has no word containing them ("don't" is "don" ' "t"
 from __future__ import annotations
 
 import re
+from itertools import chain
 from typing import NamedTuple
 
 WORD = re.compile(r"(?:[^\W_]|[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f])+")
@@ -25,23 +26,18 @@ def split_tokens(text: str) -> Tokens:
 
 
 def rejoin(words: list[str], separators: list[str]) -> str:
-    out = [separators[0]]
-    for word, sep in zip(words, separators[1:]):
-        out.append(word)
-        out.append(sep)
-    return "".join(out)
+    return "".join(chain.from_iterable(zip(separators, words))) + separators[-1]
 
 
 def case_pattern(word: str) -> str:
     """lower, title ("Hello", "I"), upper ("NASA") or other ("iPhone")."""
-    if word.islower() or not any(c.isalpha() for c in word):
+    if word == word.lower():
         return "lower"
-    cased = [c for c in word if c.isupper() or c.islower()]
-    if len(cased) >= 2 and word.isupper():
-        return "upper"
-    if cased and cased[0].isupper() and not any(c.isupper() for c in cased[1:]):
+    rest = word[1:]
+    if word[:1].isupper() and rest == rest.lower():
         return "title"
-    return "other"
+    # Not title, so an all-upper word here has at least two cased letters.
+    return "upper" if word == word.upper() else "other"
 
 
 def apply_case(word: str, pattern: str) -> str:
