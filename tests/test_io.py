@@ -1,0 +1,64 @@
+"""The line source: every line exactly once, with its byte offset, however the file is split."""
+from __future__ import annotations
+
+import gzip
+
+import pytest
+from apache_beam.io import source_test_utils
+
+from pipeline.io import _LineSource, detect_format
+
+LINES = [b"first line", b"", b"caf\xc3\xa9 \xe2\x80\xa8 unicode", b"\xff\xfe not utf-8", b"x" * 300,
+         b"crlf line\r", b"last line without newline"]
+
+
+def _write(path, lines, trailing_newline=False):
+    blob = b"\n".join(lines) + (b"\n" if trailing_newline else b"")
+    path.write_bytes(blob)
+    return blob
+
+
+def _expected(path, lines):
+    offsets, pos = [], 0
+    for line in lines:
+        offsets.append(pos)
+        pos += len(line) + 1
+    return [(str(path), o, line) for o, line in zip(offsets, lines)]
+
+
+@pytest.mark.parametrize("trailing_newline", [True, False])
+def test_reads_every_line_with_its_offset(tmp_path, trailing_newline):
+    path = tmp_path / "c.txt"
+    blob = _write(path, LINES, trailing_newline)
+    records = source_test_utils.read_from_source(_LineSource(str(path)))
+    assert sorted(records) == sorted(_expected(path, LINES))
+    for _, offset, line in records:
+        assert blob[offset:offset + len(line)] == line
+
+
+def test_splits_read_every_line_exactly_once(tmp_path):
+    path = tmp_path / "c.txt"
+    _write(path, LINES * 5, trailing_newline=True)
+    source = _LineSource(str(path))
+    for bundle in (1, 7, 64, 333):
+        splits = [(s.source, s.start_position, s.stop_position) for s in source.split(desired_bundle_size=bundle)]
+        assert len(splits) > 1
+        source_test_utils.assert_sources_equal_reference_source((source, None, None), splits)
+
+
+def test_dynamic_splitting_at_every_fraction(tmp_path):
+    path = tmp_path / "c.txt"
+    _write(path, LINES, trailing_newline=True)
+    source_test_utils.assert_split_at_fraction_exhaustive(_LineSource(str(path)))
+
+
+def test_gzip_is_read_whole(tmp_path):
+    path = tmp_path / "c.txt.gz"
+    path.write_bytes(gzip.compress(b"\n".join(LINES) + b"\n"))
+    records = source_test_utils.read_from_source(_LineSource(str(path)))
+    assert [r[2] for r in sorted(records, key=lambda r: r[1])] == LINES
+
+
+def test_format_detection():
+    assert detect_format("a/*.jsonl") == "jsonl" and detect_format("x.json.gz") == "jsonl"
+    assert detect_format("corpus-*.txt") == "text" and detect_format("data") == "text"
