@@ -7,7 +7,7 @@ sees document text.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import apache_beam as beam
 
@@ -195,6 +195,3 @@ def _write_report(account: CorpusAccount, prefix: str, context: ReportContext) -
     write_text_file(md_path, render_markdown(report))
     return json_path
 
-
-def context_dict(ctx: ReportContext) -> dict:
-    return asdict(ctx)

@@ -453,18 +453,3 @@ def test_stats_are_frozen(tmp_path):
     _, _, stats = read_embedding(_write_bytes(tmp_path / "e.txt", b"a 1\n"))
     with pytest.raises(dataclasses.FrozenInstanceError):
         stats.n = 3
-
-
-# --- The real default embedding ------------------------------------------------------------
-
-
-@pytest.mark.skipif(
-    not os.path.isfile(os.environ.get("DPTEXT_DEFAULT_EMBEDDING", "")),
-    reason="set DPTEXT_DEFAULT_EMBEDDING to the default embedding file",
-)
-def test_default_embedding():
-    words, vectors, stats = read_embedding(os.environ["DPTEXT_DEFAULT_EMBEDDING"])
-    assert (stats.n, stats.d, stats.duplicates_skipped) == (33860, 300, 0)
-    assert vectors.shape == (33860, 300) and len(words) == 33860
-    assert sum(NBSP in w for w in words) == 11
-    assert np.isfinite(vectors).all()

@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -25,9 +24,6 @@ ANNOY = "annoy.ann"
 
 DEFAULT_NEIGHBOURS = 64
 DEFAULT_ANNOY_TREES = 16
-# Rows of the all-pairs distance matrix computed per matrix product: bounds build memory to
-# about CHUNK_ROWS * n * 4 bytes (140 MB for the default embedding).
-CHUNK_ROWS = 1024
 
 
 class IndexLoadError(RuntimeError):
@@ -40,13 +36,6 @@ def sha256_file(path: Path, block: int = 1 << 22) -> str:
         while chunk := handle.read(block):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-@dataclass(frozen=True)
-class _ArraySpec:
-    name: str
-    dtype: str
-    shape: tuple
 
 
 class _AnnoyHandle:
