@@ -27,10 +27,11 @@ def _run(argv: list[str]) -> int:
         parser.print_help()
         return 0
     from pipeline.run import run
+    from transforms.index import IndexLoadError
 
     try:
         run(argv)
-    except (OptionsError, ValueError, FileNotFoundError) as err:
+    except (OptionsError, ValueError, FileNotFoundError, IndexLoadError) as err:
         print(f"dptext run: error: {err}", file=sys.stderr)
         return 2
     return 0

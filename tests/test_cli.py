@@ -1,0 +1,55 @@
+"""The `dptext` command line as a user meets it: build-index, run, audit, errors, --version."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from pipeline.cli import main
+
+WORDS = "the cat sat on a mat dog ran to park hello world good bad day night".split()
+
+
+def _glove(path):
+    vectors = np.random.default_rng(4).normal(size=(len(WORDS), 5))
+    path.write_text("".join(w + " " + " ".join(f"{x:.5f}" for x in v) + "\n" for w, v in zip(WORDS, vectors)),
+                    encoding="utf-8")
+    return path
+
+
+def test_build_index_then_run_then_audit(tmp_path, capsys):
+    assert main(["build-index", "--embedding", str(_glove(tmp_path / "e.txt")), "--out", str(tmp_path / "idx"),
+                 "--neighbours", "6"]) == 0
+    assert "n=16 d=5 K=6" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert manifest["source"]["format"] == "glove"
+    (tmp_path / "c.txt").write_text("the cat sat\nhello world\n", encoding="utf-8")
+    args = ["run", "--input", str(tmp_path / "c.txt"), "--output", str(tmp_path / "o" / "x"),
+            "--index", str(tmp_path / "idx"), "--runner", "DirectRunner"]
+    assert main(args + ["--epsilon", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "infeasible" in err and "smallest feasible epsilon is" in err
+    assert main(args + ["--epsilon", "1000"]) == 0
+    assert (tmp_path / "o" / "x.privacy_report.md").is_file()
+    assert main(["audit", "--index", str(tmp_path / "idx"), "--epsilon", "1000", "--sizes", "9"]) == 0
+    assert "worst ln-ratio" in capsys.readouterr().out
+
+
+def test_errors_are_one_line_messages(tmp_path, capsys):
+    assert main(["build-index", "--embedding", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "i")]) == 2
+    assert "missing.txt" in capsys.readouterr().err
+    (tmp_path / "bad.txt").write_text("a 1 2\nb 3\n", encoding="utf-8")
+    assert main(["build-index", "--embedding", str(tmp_path / "bad.txt"), "--out", str(tmp_path / "i")]) == 2
+    assert "line 2" in capsys.readouterr().err
+    (tmp_path / "c.txt").write_text("x\n", encoding="utf-8")
+    assert main(["run", "--input", str(tmp_path / "c.txt"), "--output", str(tmp_path / "o"),
+                 "--index", str(tmp_path / "none"), "--epsilon", "5"]) == 2
+    assert "index directory not found" in capsys.readouterr().err
+
+
+def test_version_help_and_usage(capsys):
+    assert main(["--version"]) == 0 and capsys.readouterr().out.startswith("dptext 0.")
+    assert main(["run", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--epsilon" in out and "--oov" in out and "--test-seed" in out
+    assert main(["nope"]) == 2
