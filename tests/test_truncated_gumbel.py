@@ -146,9 +146,15 @@ def test_audit_figures(small):
     logp = np.log(P)
     brute = max(logp[w, y] - logp[v, y] for w in range(9) for v in range(9) if w != v for y in range(9))
     assert figures["worst_log_ratio"] == pytest.approx(brute)
-    assert 0 < figures["worst_log_ratio_within_neighbours"] <= figures["worst_log_ratio"]
+    assert 0 < figures["worst_log_ratio_within_typical_candidates"] <= figures["worst_log_ratio_within_neighbours"]
+    assert figures["worst_log_ratio_within_neighbours"] <= figures["worst_log_ratio"]
     profile = list(figures["delta_profile"].values())
+    near = list(figures["delta_profile_within_typical_candidates"].values())
     assert all(a >= b for a, b in zip(profile, profile[1:]))
+    assert all(n <= a for n, a in zip(near, profile))
+    # The profile is the hockey-stick divergence, checked by brute force at eps' = 1.
+    brute_delta = max(np.maximum(0, P[w] - np.e * P[v]).sum() for w in range(9) for v in range(9) if w != v)
+    assert figures["delta_profile"]["1"] == pytest.approx(brute_delta)
 
 
 def test_guarantee_prints_the_audited_figures_and_no_pure_bound(small):
