@@ -24,6 +24,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"],
+        "gcp": ["apache-beam[gcp]==2.77.0"],   # gs:// paths and the DataflowRunner
     },
     entry_points={"console_scripts": ["dptext = pipeline.cli:main"]},
 )

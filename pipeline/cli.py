@@ -12,6 +12,7 @@ commands:
   build-index   build an index directory from an embedding file (word2vec text/binary, GloVe)
   audit         exact audit of truncated_gumbel on small vocabularies drawn from an index
   demo          default embedding + public tweet sample, end to end
+  template-metadata   write templates/metadata.json from the run options (--check: fail on drift)
 
 `dptext COMMAND --help` for each command's options."""
 
@@ -78,7 +79,14 @@ def _demo(argv: list[str]) -> int:
     return main(argv) or 0
 
 
-COMMANDS = {"run": _run, "build-index": _build_index, "audit": _audit, "demo": _demo}
+def _template_metadata(argv: list[str]) -> int:
+    from pipeline.template_metadata import main
+
+    return main(argv)
+
+
+COMMANDS = {"run": _run, "build-index": _build_index, "audit": _audit, "demo": _demo,
+            "template-metadata": _template_metadata}
 
 
 def main(argv: list[str] | None = None) -> int:

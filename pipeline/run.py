@@ -42,12 +42,16 @@ def prepare(opts: DPTextOptions) -> tuple[str, PerturbConfig, ReportContext]:
     return fmt, config, report_context(opts, index, mechanism)
 
 
-def run(argv=None) -> beam.runners.runner.PipelineResult:
+def run(argv=None, wait: bool = True) -> beam.runners.runner.PipelineResult:
+    """Validate, build and run the job; wait=False submits and returns (Flex Template launcher)."""
     options = PipelineOptions(argv)
     opts = options.view_as(DPTextOptions)
     fmt, config, context = prepare(opts)
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = "DirectRunner"
-    with beam.Pipeline(options=options) as p:
-        build_pipeline(p, opts, fmt, config, context)
-    return p.result
+    p = beam.Pipeline(options=options)
+    build_pipeline(p, opts, fmt, config, context)
+    result = p.run()
+    if wait:
+        result.wait_until_finish()
+    return result
