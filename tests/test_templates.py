@@ -118,3 +118,30 @@ def test_graph_translates_to_portable_primitives_only(tmp_path):
                                 common_urns.combine_components.COMBINE_PER_KEY_EXTRACT_OUTPUTS)}
     assert set(leaves) <= portable, set(leaves) - portable
     assert leaves[common_urns.primitives.PAR_DO.urn] > 0
+
+
+def test_dataflow_dry_run_builds_the_job_offline(tmp_path):
+    """Beam's DataflowRunner with --dry_run True builds the whole job without credentials or network."""
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    words = [f"w{i}" for i in range(12)]
+    EmbeddingIndex.build(words, np.random.default_rng(1).normal(size=(12, 3)).astype(np.float32),
+                         tmp_path / "idx", neighbours=4, progress=False)
+    (tmp_path / "c.jsonl").write_text('{"text": "w1 w2"}\n', encoding="utf-8")
+    image = "europe-west1-docker.pkg.dev/my-project/dptext/dptext-worker:0"
+    options = PipelineOptions([
+        "--input", str(tmp_path / "c.jsonl"), "--output", "gs://dptext-dry-run/out/x", "--index", str(tmp_path / "idx"),
+        "--epsilon", "1000", "--runner", "DataflowRunner", "--project", "my-project", "--region", "europe-west1",
+        "--temp_location", "gs://dptext-dry-run/temp", "--staging_location", "gs://dptext-dry-run/staging",
+        "--sdk_container_image", image, "--dry_run", "True"])
+    opts = options.view_as(DPTextOptions)
+    p = beam.Pipeline(options=options)
+    build_pipeline(p, opts, *prepare(opts))
+    assert p.run().state == "DONE"
+    proto = p.runner.proto_pipeline
+    steps = {t.unique_name for t in proto.components.transforms.values()}
+    assert {"ReadCorpus", "ParseRecords", "PerturbDocuments", "WriteDocuments", "PrivacyReport",
+            "WriteDeadLetter"} <= steps
+    images = {beam_runner_api_pb2.DockerPayload.FromString(e.payload).container_image
+              for e in proto.components.environments.values() if e.urn == "beam:env:docker:v1"}
+    assert images == {image}
