@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -203,7 +205,13 @@ class EmbeddingIndex:
     # ---- load ----------------------------------------------------------------------------
     @classmethod
     def load(cls, path, verify: bool = True) -> "EmbeddingIndex":
-        """Memory-map an index directory; verify sizes always and sha256 hashes when asked."""
+        """Memory-map an index directory; verify sizes always and sha256 hashes when asked.
+
+        A remote index (gs://... or any Beam filesystem URI) is first copied to local disk once
+        per machine (see localize), since Annoy and numpy memory-map local files only.
+        """
+        if "://" in str(path):
+            path = localize(str(path))
         path = Path(path)
         manifest_path = path / MANIFEST
         if not path.is_dir():
@@ -241,6 +249,44 @@ def _float32_score_error(point_norms: np.ndarray, max_norm: float, d: int) -> np
     u = np.finfo(np.float32).eps / 2
     gamma = d * u / (1 - d * u)
     return 2 * (2 * gamma * point_norms * max_norm + 4 * u * (max_norm ** 2 + 2 * point_norms * max_norm)) + 1e-12
+
+
+def localize(uri: str) -> Path:
+    """Copy a remote index directory to a local cache once; return the local directory.
+
+    The local directory is named by the hash of the remote manifest, so a rebuilt index gets a
+    fresh copy. Each file is written to a temporary name and renamed into place, and the manifest
+    goes last, so concurrent workers on one machine never read half a file or half a directory.
+    """
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    def open_remote(name):
+        return FileSystems.open(FileSystems.join(uri, name), compression_type=CompressionTypes.UNCOMPRESSED)
+
+    try:
+        with open_remote(MANIFEST) as handle:
+            manifest_bytes = handle.read()
+        manifest = json.loads(manifest_bytes)
+    except Exception as err:   # any filesystem's not-found or IO error, or a corrupt manifest
+        raise IndexLoadError(f"{uri}/{MANIFEST}: cannot read the index manifest ({err})") from None
+    root = Path(os.environ.get("DPTEXT_INDEX_CACHE") or Path(tempfile.gettempdir()) / "dptext-index")
+    local = root / hashlib.sha256(uri.encode() + manifest_bytes).hexdigest()[:20]
+    if (local / MANIFEST).is_file():
+        return local
+    local.mkdir(parents=True, exist_ok=True)
+    for name, meta in manifest.get("files", {}).items():
+        target = local / name
+        if target.is_file() and target.stat().st_size == meta["bytes"]:
+            continue
+        partial = local / f".{name}.{os.getpid()}.part"
+        with open_remote(name) as src, open(partial, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 22)
+        os.replace(partial, target)
+    partial = local / f".{MANIFEST}.{os.getpid()}.part"
+    partial.write_bytes(manifest_bytes)
+    os.replace(partial, local / MANIFEST)
+    return local
 
 
 def _check_build_inputs(words: list[str], vectors: np.ndarray, neighbours: int) -> None:

@@ -1,0 +1,41 @@
+# The names shared with templates/build.sh, and everything one launch needs. The Flex Template
+# job (dataflow.tf) and the schedule (scheduler.tf) both launch from these locals, so the two
+# cannot drift apart.
+locals {
+  registry       = "${var.region}-docker.pkg.dev/${var.project}/${google_artifact_registry_repository.dptext.repository_id}"
+  launcher_image = "${local.registry}/dptext-launcher:${var.dptext_version}"
+  worker_image   = "${local.registry}/dptext-worker:${var.dptext_version}"
+
+  # Written by `gcloud dataflow flex-template build` in templates/build.sh (BUCKET = staging).
+  template_spec_path = "gs://${google_storage_bucket.staging.name}/templates/dptext-${var.dptext_version}.json"
+
+  temp_location    = "gs://${google_storage_bucket.temp.name}/temp"
+  staging_location = "gs://${google_storage_bucket.temp.name}/staging"
+
+  # Template parameter names are the `dptext run` options' underscore names (templates/metadata.json).
+  template_parameters = merge(var.extra_parameters, {
+    input     = "gs://${google_storage_bucket.corpora.name}/${var.input_pattern}"
+    output    = "gs://${google_storage_bucket.outputs.name}/${var.output_prefix}"
+    index     = var.index
+    mechanism = var.mechanism
+    epsilon   = tostring(var.epsilon)
+  })
+
+  labels = { app = "dptext" }
+}
+
+resource "google_project_service" "apis" {
+  for_each = toset([
+    "artifactregistry.googleapis.com",
+    "cloudbuild.googleapis.com", # templates/build.sh builds the images with Cloud Build
+    "cloudscheduler.googleapis.com",
+    "dataflow.googleapis.com",
+    "iam.googleapis.com",
+    "storage.googleapis.com",
+  ])
+  project = var.project
+  service = each.value
+
+  # Other workloads in the project may use these APIs too: destroying this set-up leaves them on.
+  disable_on_destroy = false
+}
