@@ -52,6 +52,24 @@ class OptionsError(ValueError):
     """A dptext option is missing or invalid."""
 
 
+# Runners that would silently lose records of a multi-output, multi-sink job like dptext's.
+REFUSED_RUNNERS = {
+    "DaskRunner": ("Beam 2.77's DaskRunner sends every tagged output of a ParDo into one PCollection "
+                   "and computes only the last sink of a pipeline (its run_pipeline computes "
+                   "list(bags.values())[-1]), so a dptext job on it would silently lose its documents or "
+                   "its dead letter. Use DirectRunner (--direct_running_mode multi_processing), "
+                   "PortableRunner, FlinkRunner, SparkRunner or DataflowRunner."),
+}
+
+
+def check_runner(runner) -> None:
+    """Refuse runners known to lose data for this job's shape."""
+    name = runner if isinstance(runner, str) else type(runner).__name__ if runner is not None else ""
+    short = name.rsplit(".", 1)[-1]
+    if short in REFUSED_RUNNERS:
+        raise OptionsError(f"--runner {name}: refused. {REFUSED_RUNNERS[short]}")
+
+
 def mechanism_params(opts: DPTextOptions) -> dict:
     """The mechanism-specific options that apply to the chosen mechanism."""
     if opts.mechanism == "multivariate_laplace":

@@ -5,7 +5,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipeline.io import ParseRecordFn, ReadRecords, WriteDeadLetter, WriteDocuments, detect_format, input_files
-from pipeline.options import DPTextOptions, mechanism_params, validate
+from pipeline.options import DPTextOptions, check_runner, mechanism_params, validate
 from pipeline.report import ReportContext, WriteReport
 from transforms.beam import ACCOUNTING, DEAD_LETTER, DOCUMENTS, PerturbConfig, PerturbDocuments
 
@@ -46,6 +46,7 @@ def run(argv=None, wait: bool = True) -> beam.runners.runner.PipelineResult:
     """Validate, build and run the job; wait=False submits and returns (Flex Template launcher)."""
     options = PipelineOptions(argv)
     opts = options.view_as(DPTextOptions)
+    check_runner(options.view_as(StandardOptions).runner)
     fmt, config, context = prepare(opts)
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = "DirectRunner"

@@ -172,3 +172,12 @@ def test_missing_index_and_input_are_clear_errors(index_dir, tmp_path):
              str(index_dir), "--epsilon", "100"])
     with pytest.raises(OptionsError, match="--index is required"):
         run(["--input", str(corpus), "--output", str(tmp_path / "o"), "--epsilon", "100"])
+
+
+@pytest.mark.parametrize("runner", ["DaskRunner", "apache_beam.runners.dask.dask_runner.DaskRunner"])
+def test_runners_that_lose_data_are_refused(index_dir, tmp_path, runner):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the cat\n", encoding="utf-8")
+    with pytest.raises(OptionsError, match=r"refused.*computes only the last sink"):
+        run(["--input", str(corpus), "--output", str(tmp_path / "o"), "--index", str(index_dir),
+             "--epsilon", "100", "--runner", runner])

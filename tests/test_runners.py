@@ -1,0 +1,133 @@
+"""The same job on the real execution paths we can run: DirectRunner in-process, DirectRunner with
+2 worker processes, and Beam's portable path (Job API + an EXTERNAL pool of SDK worker processes,
+as Flink and Spark run Python). Outputs, dead letter, report counts and metrics must agree.
+
+multivariate_laplace at an enormous epsilon maps every word to itself, so even the documents
+must be identical across runners, not just their counts.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from apache_beam.metrics.metric import MetricsFilter
+
+from pipeline.run import run
+from transforms.index import EmbeddingIndex
+
+WORDS = "the cat sat on a mat dog ran to park hello world good bad day night".split()
+pytestmark = pytest.mark.timeout(300)   # a hung job service or worker pool fails instead of stalling CI
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, seconds: float = 60) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listening on port {port} after {seconds} s")
+
+
+@pytest.fixture(scope="module")
+def portable_services(tmp_path_factory):
+    """Beam's job service and an external SDK worker pool, as separate processes."""
+    env = dict(os.environ)
+    # The worker pool starts `python` from PATH for each worker: this interpreter's bin comes first.
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    job_port, pool_port = _free_port(), _free_port()
+    logs = tmp_path_factory.mktemp("services")
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
+                          "--port", str(job_port)], env=env, stdout=open(logs / "job.log", "w"),
+                         stderr=subprocess.STDOUT),
+        subprocess.Popen([sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
+                          "--service_port", str(pool_port)], env=env, stdout=open(logs / "pool.log", "w"),
+                         stderr=subprocess.STDOUT),
+    ]
+    try:
+        _wait_for_port(job_port, processes[0])
+        _wait_for_port(pool_port, processes[1])
+        yield ["--runner", "PortableRunner", "--job_endpoint", f"localhost:{job_port}",
+               "--environment_type", "EXTERNAL", "--environment_config", f"localhost:{pool_port}"]
+    finally:
+        for p in processes:
+            p.terminate()
+        for p in processes:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runners")
+    EmbeddingIndex.build(WORDS, np.random.default_rng(5).normal(size=(len(WORDS), 5)).astype(np.float32),
+                         root / "idx", neighbours=6, progress=False)
+    rng = np.random.default_rng(0)
+    for shard in range(3):
+        lines = []
+        for i in range(200):
+            if i % 37 == 5:
+                lines.append(b'{"id": "broken')
+            else:
+                text = " ".join(rng.choice(WORDS + ["Unknownish"], size=rng.integers(0, 12)))
+                lines.append(json.dumps({"id": f"{shard}-{i}", "text": text.capitalize()}).encode())
+        (root / f"part-{shard}.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    return root
+
+
+def _run_with(corpus: Path, name: str, runner_args: list[str]) -> dict:
+    output = str(corpus / name / "out")
+    result = run(["--input", str(corpus / "part-*.jsonl"), "--output", output, "--index", str(corpus / "idx"),
+                  "--mechanism", "multivariate_laplace", "--search", "exact", "--epsilon", "1e9", *runner_args])
+    counters = {}
+    for c in result.metrics().query(MetricsFilter().with_namespace("dptext"))["counters"]:
+        counters[c.key.metric.name] = counters.get(c.key.metric.name, 0) + c.committed
+
+    def lines(pattern):
+        return sorted(line for path in glob.glob(pattern) for line in Path(path).read_text("utf-8").split("\n")[:-1])
+
+    report = json.loads(Path(output + ".privacy_report.json").read_text("utf-8"))
+    return {"documents": lines(output + "-*.jsonl"), "dead_letter": lines(output + ".dead_letter-*.jsonl"),
+            "counts": report["counts"], "metrics": counters}
+
+
+@pytest.fixture(scope="module")
+def reference(corpus):
+    return _run_with(corpus, "direct", ["--runner", "DirectRunner"])
+
+
+def test_reference_run_accounts_for_every_record(reference):
+    assert len(reference["documents"]) + len(reference["dead_letter"]) == 3 * 200
+    assert len(reference["dead_letter"]) == 3 * 6
+    assert reference["metrics"]["documents"] == reference["counts"]["documents"] == len(reference["documents"])
+    assert reference["metrics"]["dead_lettered"] == len(reference["dead_letter"])
+
+
+def test_multi_processing_direct_runner_agrees(corpus, reference):
+    other = _run_with(corpus, "multi", ["--runner", "DirectRunner", "--direct_running_mode", "multi_processing",
+                                        "--direct_num_workers", "2"])
+    assert other == reference
+
+
+def test_portable_runner_with_external_worker_pool_agrees(corpus, reference, portable_services):
+    other = _run_with(corpus, "portable", portable_services)
+    assert other == reference
