@@ -124,7 +124,8 @@ class SourceDropped(TruncatedGumbel):
 
     def _perturb_from_table(self, ids, k, rng):
         width = int(k.max()) + 1
-        scores = self.truncated_exponential(rng, (len(ids), width)) * self._weights[ids, :width]
+        weights = np.exp(-self.index.neighbour_distances[ids, :width] / self.p.b)
+        scores = self.truncated_exponential(rng, (len(ids), width)) * weights
         scores[np.arange(width)[None, :] > k[:, None]] = 0
         scores[:, 0] = 0
         return self._table_ids[ids, np.argmax(scores, axis=1)]

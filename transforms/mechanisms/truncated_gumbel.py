@@ -65,9 +65,8 @@ class TruncatedGumbel:
         self.p = TruncatedGumbelParams(epsilon, index.n, index.dmin, index.dmax)
         self.epsilon = self.p.epsilon
         self._table_ids = index.neighbour_ids
-        # exp(-d / b) per table entry: argmin(d - b ln E) == argmax(E exp(-d / b)), see _scores.
-        self._weights = np.exp(-np.asarray(index.neighbour_distances, dtype=np.float64) / self.p.b
-                               ).astype(np.float32)
+        self._table_distances = index.neighbour_distances   # memory-mapped: shared by processes
+        self._minus_inv_b = np.float32(-1.0 / self.p.b)
         # Gumbel(0, b) restricted to [-Dmax, Dmax] is g = -b ln E with E ~ Exponential(1)
         # restricted to [exp(-Dmax / b), exp(Dmax / b)].
         self._e_lo = math.exp(-self.p.dmax / self.p.b)
@@ -108,10 +107,13 @@ class TruncatedGumbel:
         return out
 
     def _perturb_from_table(self, ids: np.ndarray, k: np.ndarray, rng) -> np.ndarray:
-        # Columns beyond a token's own k get score 0, below every candidate's positive score.
+        # argmin(d - b ln E) == argmax(E exp(-d / b)); columns beyond a token's own k get score 0,
+        # below every candidate's positive score.
         width = int(k.max()) + 1
+        weights = self._table_distances[ids, :width] * self._minus_inv_b
+        np.exp(weights, out=weights)
         scores = self.truncated_exponential(rng, (len(ids), width))
-        scores *= self._weights[ids, :width]
+        scores *= weights
         scores *= np.arange(width)[None, :] <= k[:, None]
         col = np.argmax(scores, axis=1)
         return self._table_ids[ids, col]
