@@ -34,7 +34,7 @@ resource "google_storage_bucket_iam_member" "worker_reads_corpora" {
   member = google_service_account.worker.member
 }
 
-# Read-only, for when dptext reads the index from gs://; today it is baked into the images.
+# The launcher (epsilon check, audit) and every worker machine copy the index to local disk once.
 resource "google_storage_bucket_iam_member" "worker_reads_index" {
   bucket = google_storage_bucket.index.name
   role   = "roles/storage.objectViewer"

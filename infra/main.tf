@@ -12,11 +12,14 @@ locals {
   temp_location    = "gs://${google_storage_bucket.temp.name}/temp"
   staging_location = "gs://${google_storage_bucket.temp.name}/staging"
 
+  # An absolute path names an index baked into the images; anything else is in the index bucket.
+  index = startswith(var.index, "/") ? var.index : "gs://${google_storage_bucket.index.name}/${var.index}"
+
   # Template parameter names are the `dptext run` options' underscore names (templates/metadata.json).
   template_parameters = merge(var.extra_parameters, {
     input     = "gs://${google_storage_bucket.corpora.name}/${var.input_pattern}"
     output    = "gs://${google_storage_bucket.outputs.name}/${var.output_prefix}"
-    index     = var.index
+    index     = local.index
     mechanism = var.mechanism
     epsilon   = tostring(var.epsilon)
   })

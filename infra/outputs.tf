@@ -19,7 +19,7 @@ output "temp_bucket" {
 }
 
 output "index_bucket" {
-  description = "The index directory the images are built from."
+  description = "Upload index directories here; index is relative to it."
   value       = google_storage_bucket.index.name
 }
 
@@ -64,8 +64,8 @@ output "terraform_job_id" {
 }
 
 output "build_command" {
-  description = "Builds the images and the template spec this configuration launches (set INDEX_DIR to your index directory)."
-  value       = "PROJECT=${var.project} REGION=${var.region} BUCKET=${google_storage_bucket.staging.name} REPOSITORY=${google_artifact_registry_repository.dptext.repository_id} VERSION=${var.dptext_version} INDEX_DIR=/path/to/index templates/build.sh"
+  description = "Builds the images and the template spec this configuration launches (run it from the repository root)."
+  value       = "PROJECT=${var.project} REGION=${var.region} BUCKET=${google_storage_bucket.staging.name} REPOSITORY=${google_artifact_registry_repository.dptext.repository_id} VERSION=${var.dptext_version} templates/build.sh"
 }
 
 output "run_now_command" {

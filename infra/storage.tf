@@ -92,8 +92,9 @@ resource "google_storage_bucket" "temp" {
   }
 }
 
-# The index directory (`dptext build-index`), kept as the source the images are built from
-# (templates/build.sh INDEX_DIR bakes it in at /opt/dptext/index; dptext reads no gs:// index yet).
+# Index directories (`dptext build-index`). Each launcher and worker machine copies the one a run
+# names to local disk once, keyed by its manifest: upload a rebuilt index under a new path rather
+# than over the one a schedule is reading.
 resource "google_storage_bucket" "index" {
   name                        = "${var.bucket_prefix}-index"
   location                    = var.region

@@ -77,13 +77,12 @@ variable "output_prefix" {
 
 variable "index" {
   type        = string
-  description = "Index directory on the launcher and worker images (dptext --index); templates/build.sh bakes INDEX_DIR in at /opt/dptext/index."
-  default     = "/opt/dptext/index"
+  description = "Index directory (dptext --index): its path inside the index bucket, e.g. index; or, for an index baked into the images by templates/build.sh INDEX_DIR, the absolute path /opt/dptext/index."
+  default     = "index"
 
   validation {
-    # dptext reads local index directories only; gs:// indexes are part of the scale work.
-    condition     = startswith(var.index, "/")
-    error_message = "index must be an absolute path inside the images, normally /opt/dptext/index (where templates/build.sh puts INDEX_DIR); dptext cannot read an index from gs:// yet."
+    condition     = can(regex("^[^/]|^/.", var.index)) && !strcontains(var.index, "://")
+    error_message = "index must be a path inside the index bucket such as index or glove-300d (no gs:// URL: the bucket is added here), or an absolute path inside the images such as /opt/dptext/index."
   }
 }
 
