@@ -118,7 +118,7 @@ def make_corpus(directory: Path, min_tokens: int) -> tuple[str, int, int]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--tokens", type=int, default=1_000_000, help="end-to-end corpus size (tokens)")
+    parser.add_argument("--tokens", type=int, default=3_000_000, help="end-to-end corpus size (tokens, >= 1M)")
     parser.add_argument("--seconds", type=float, default=5.0, help="time per mechanism-only measurement")
     parser.add_argument("--runs", default="in_memory,multi_processing", help="DirectRunner modes to time")
     args = parser.parse_args(argv)
@@ -145,6 +145,12 @@ def main(argv=None) -> int:
             rows.append({"phase": f"mechanism only, 1 core, batch 4096: {label}",
                          "tokens_per_s": round(result["tokens_per_s"]), "peak_rss_mib": round(rss)})
         pattern, tokens, documents = make_corpus(tmp, args.tokens)
+        (tmp / "one.txt").write_text("the cat sat on the mat\n", encoding="utf-8")
+        wall, rss, _, _ = _measure([sys.executable, "-m", "pipeline.cli", "run", "--input", str(tmp / "one.txt"),
+                                    "--output", str(tmp / "one" / "out"), "--index", index,
+                                    "--epsilon", str(DEMO_EPSILON), "--runner", "DirectRunner"])
+        rows.append({"phase": "fixed cost: end to end on a one-line corpus (imports, checks, audit)",
+                     "seconds": round(wall, 1), "peak_rss_mib": round(rss)})
         for mode in args.runs.split(","):
             extra = ["--direct_running_mode", mode] + (["--direct_num_workers", "2"] if mode != "in_memory" else [])
             wall, rss, tree, _ = _measure([sys.executable, "-m", "pipeline.cli", "run", "--input", pattern,
