@@ -8,7 +8,7 @@ import math
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms.beam import OOV_POLICIES
+from transforms.beam import LONG_DOCUMENT_POLICIES, OOV_POLICIES
 
 FORMATS = ("auto", "text", "jsonl")
 SEARCHES = ("auto", "annoy", "exact")
@@ -35,7 +35,10 @@ class DPTextOptions(PipelineOptions):
         add("--oov-placeholder", "--oov_placeholder", dest="oov_placeholder", default="<unk>",
             help="The placeholder token for --oov placeholder.")
         add("--max-doc-chars", "--max_doc_chars", dest="max_doc_chars", type=int, default=1_000_000,
-            help="Documents longer than this go to the dead letter (default 1,000,000 characters).")
+            help="Documents longer than this (default 1,000,000 characters) are handled by --long-docs.")
+        add("--long-docs", "--long_docs", dest="long_docs", default="split", choices=LONG_DOCUMENT_POLICIES,
+            help="Longer documents: split (processed in chunks cut between words, then rejoined; memory "
+                 "bounded by --max-doc-chars) or dead-letter (sent to the dead letter with the reason).")
         add("--batch-chars", "--batch_chars", dest="batch_chars", type=int, default=65536,
             help="Characters of text per perturbation batch (many documents per mechanism call).")
         add("--search", default="auto", choices=SEARCHES,

@@ -38,6 +38,7 @@ def prepare(opts: DPTextOptions) -> tuple[str, PerturbConfig, ReportContext]:
     config = PerturbConfig(index_path=str(opts.index), mechanism=opts.mechanism, epsilon=opts.epsilon,
                            mechanism_params=tuple(sorted(params.items())), oov=opts.oov,
                            placeholder=opts.oov_placeholder, max_doc_chars=opts.max_doc_chars,
+                           long_docs=opts.long_docs,
                            test_seed=opts.test_seed)
     return fmt, config, report_context(opts, index, mechanism)
 

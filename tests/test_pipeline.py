@@ -73,7 +73,8 @@ def test_every_record_comes_out_once_jsonl(index_dir, feasible_epsilon, tmp_path
     shard_a, shard_b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     expected = {str(shard_a): _write_jsonl_with_broken_records(shard_a),
                 str(shard_b): _write_jsonl_with_broken_records(shard_b)}
-    output, result = _run(index_dir, tmp_path, str(tmp_path / "*.jsonl"), feasible_epsilon, "--max-doc-chars", "200")
+    output, result = _run(index_dir, tmp_path, str(tmp_path / "*.jsonl"), feasible_epsilon, "--max-doc-chars", "200",
+                          "--long-docs", "dead-letter")
 
     outputs = [json.loads(line) for line in _lines(output + "-*.jsonl")]
     dead = [json.loads(line) for line in _lines(output + ".dead_letter-*.jsonl")]
@@ -181,3 +182,29 @@ def test_runners_that_lose_data_are_refused(index_dir, tmp_path, runner):
     with pytest.raises(OptionsError, match=r"refused.*computes only the last sink"):
         run(["--input", str(corpus), "--output", str(tmp_path / "o"), "--index", str(index_dir),
              "--epsilon", "100", "--runner", runner])
+
+
+def test_long_documents_are_split_between_words_and_rejoined(index_dir, tmp_path):
+    # Identity mechanism (see above): the rejoined chunks must give back each document exactly.
+    lines = ["The cat sat on the mat, " * 20 + "hello world", "short one", "dog " * 10 + "x" * 40]
+    corpus = tmp_path / "long.txt"
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    output, result = _run(index_dir, tmp_path, str(corpus), 1e9, "--oov", "keep", "--mechanism",
+                          "multivariate_laplace", "--search", "exact", "--max-doc-chars", "30")
+    assert sorted(_lines(output + "-*.txt")) == sorted(lines[:2])
+    (dead,) = [json.loads(line) for line in _lines(output + ".dead_letter-*.jsonl")]
+    assert "has a word longer than that" in dead["reason"]
+    report = json.loads(Path(output + ".privacy_report.json").read_text("utf-8"))
+    assert report["counts"]["documents"] == 2 and report["counts"]["tokens"] == 6 * 20 + 2 + 2
+
+
+def test_split_long_text_cuts_only_between_words():
+    from transforms.beam import split_long_text
+
+    text = "alpha beta, gamma-delta  epsilon"
+    assert split_long_text(text, 6) is None           # "epsilon" has 7 characters
+    for limit in range(7, len(text) + 1):
+        chunks = split_long_text(text, limit)
+        assert "".join(chunks) == text and all(len(c) <= limit for c in chunks)
+        assert all(not (a[-1].isalnum() and b[0].isalnum()) for a, b in zip(chunks, chunks[1:]))
+    assert split_long_text("abcdefgh ij", 4) is None

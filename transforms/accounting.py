@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 PERCENTILES = (50, 90, 99)
 # dp_accounting's PLD evaluates exp(eps) in floating point; above this it overflows, and a per-token
@@ -23,6 +23,11 @@ class DocumentAccount:
     perturbed: int          # in-vocabulary tokens that went through the mechanism
     changed: int            # perturbed tokens whose output word differs (a quality figure, not a guarantee)
     oov: int                # out-of-vocabulary tokens, handled by the OOV policy
+
+    @classmethod
+    def total(cls, parts) -> "DocumentAccount":
+        """One document's account from the accounts of its chunks."""
+        return cls(*(sum(getattr(p, f.name) for p in parts) for f in fields(cls)))
 
 
 @dataclass

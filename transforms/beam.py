@@ -16,12 +16,13 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
 from transforms.accounting import DocumentAccount
-from transforms.tokenize import apply_case, case_pattern, split_tokens, rejoin
+from transforms.tokenize import WORD, apply_case, case_pattern, rejoin, split_tokens
 
 # Outputs of PerturbDocuments: Documents; tuples of DocumentAccount (one per document of a batch);
 # dead-letter records.
 DOCUMENTS, ACCOUNTING, DEAD_LETTER = "documents", "accounting", "dead_letter"
 OOV_POLICIES = ("placeholder", "random", "keep")
+LONG_DOCUMENT_POLICIES = ("split", "dead-letter")
 METRICS_NAMESPACE = "dptext"
 
 
@@ -46,11 +47,15 @@ class PerturbConfig:
     oov: str = "placeholder"
     placeholder: str = "<unk>"
     max_doc_chars: int = 1_000_000
+    long_docs: str = "split"              # longer documents: processed in chunks, or dead-lettered
     test_seed: Optional[int] = None
 
     def __post_init__(self):
         if self.oov not in OOV_POLICIES:
             raise ValueError(f"unknown OOV policy {self.oov!r}; valid: {', '.join(OOV_POLICIES)}")
+        if self.long_docs not in LONG_DOCUMENT_POLICIES:
+            raise ValueError(f"unknown long-document policy {self.long_docs!r}; "
+                             f"valid: {', '.join(LONG_DOCUMENT_POLICIES)}")
 
     def load(self) -> "LoadedMechanism":
         from transforms import mechanisms
@@ -90,27 +95,67 @@ class PerturbBatchFn(beam.DoFn):
         return np.random.default_rng([self.config.test_seed, zlib.crc32(first.source.encode()), first.offset])
 
     def process(self, batch):
-        keep = []
+        short, accounts = [], []
         for doc in batch:
-            if len(doc.text) > self.config.max_doc_chars:
+            if len(doc.text) <= self.config.max_doc_chars:
+                short.append(doc)
+                continue
+            perturbed, account = self._perturb_long(doc)
+            if account is None:
                 self._dead.inc()
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(
-                    doc.source, doc.offset, f"document of {len(doc.text)} characters exceeds "
-                                            f"--max-doc-chars={self.config.max_doc_chars}"))
-            else:
-                keep.append(doc)
-        if not keep:
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER, perturbed)
+                continue
+            yield perturbed
+            accounts.append(account)
+        if short:
+            texts, short_accounts = perturb_texts([d.text for d in short], self._loaded, self.config,
+                                                  self._rng(short[0]))
+            for doc, text in zip(short, texts):
+                yield doc._replace(text=text)
+            accounts += short_accounts
+        if not accounts:
             return
-        outputs, accounts = perturb_texts([d.text for d in keep], self._loaded, self.config, self._rng(keep[0]))
-        for doc, text in zip(keep, outputs):
-            yield doc._replace(text=text)
         # One accounting element per batch holding every document's record: the same records,
         # without a Beam element (and its overhead) per document.
         yield beam.pvalue.TaggedOutput(ACCOUNTING, tuple(accounts))
-        self._documents.inc(len(keep))
+        self._documents.inc(len(accounts))
         self._tokens.inc(sum(a.tokens for a in accounts))
         self._perturbed.inc(sum(a.perturbed for a in accounts))
         self._oov.inc(sum(a.oov for a in accounts))
+
+    def _perturb_long(self, doc: Document):
+        """(perturbed document, its account), or (dead-letter record, None)."""
+        limit = self.config.max_doc_chars
+        chunks = split_long_text(doc.text, limit) if self.config.long_docs == "split" else None
+        if chunks is None:
+            reason = f"document of {len(doc.text)} characters exceeds --max-doc-chars={limit}"
+            if self.config.long_docs == "split":
+                reason += " and has a word longer than that, so it cannot be split"
+            return dead_letter(doc.source, doc.offset, reason), None
+        # Chunks end between words, so perturbing them one by one and rejoining is the same as
+        # perturbing the whole document, with memory bounded by the chunk size.
+        parts, part_accounts, rng = [], [], self._rng(doc)
+        for chunk in chunks:
+            (text,), (account,) = perturb_texts([chunk], self._loaded, self.config, rng)
+            parts.append(text)
+            part_accounts.append(account)
+        return doc._replace(text="".join(parts)), DocumentAccount.total(part_accounts)
+
+
+def split_long_text(text: str, limit: int) -> list[str] | None:
+    """Chunks of at most `limit` characters, cut only where a word does not continue across the
+    cut; None when some word is longer than the limit."""
+    chunks, start = [], 0
+    while len(text) - start > limit:
+        cut = start + limit
+        while cut > start and WORD.match(text[cut - 1]) and WORD.match(text[cut]):
+            cut -= 1
+        if cut == start:
+            return None
+        chunks.append(text[start:cut])
+        start = cut
+    chunks.append(text[start:])
+    return chunks
 
 
 def perturb_texts(texts: list[str], loaded: LoadedMechanism, config: PerturbConfig,
