@@ -1,28 +1,57 @@
 """Readers and writers per format (local paths and globs; any Beam filesystem), and the dead letter.
 
-Records are read as raw bytes with their file and byte offset, so a record that is not UTF-8
-or not valid JSON reaches the dead letter with its position instead of failing the job.
+Text and JSONL records are read as raw bytes with their file and byte offset, so a record that
+is not UTF-8 or not valid JSON reaches the dead letter with its position instead of failing the
+job. Parquet rows are read through Beam's Parquet source with their file and row number.
 """
 from __future__ import annotations
 
 import json
 
 import apache_beam as beam
-from apache_beam.io import filebasedsource
+import numpy as np
+import pyarrow.parquet as pq
+from apache_beam.io import filebasedsource, parquetio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from transforms.beam import DEAD_LETTER, METRICS_NAMESPACE, Document, dead_letter
 
-FORMATS = ("text", "jsonl")
-SUFFIX = {"text": ".txt", "jsonl": ".jsonl"}
+FORMATS = ("text", "jsonl", "parquet")
+SUFFIX = {"text": ".txt", "jsonl": ".jsonl", "parquet": ".parquet"}
 
 
 def detect_format(pattern: str) -> str:
-    """Format from the input's extension (.jsonl/.json -> jsonl, anything else -> text)."""
+    """Format from the input's extension (.jsonl/.json -> jsonl, .parquet -> parquet, else text)."""
     stem = pattern[:-3] if pattern.endswith(".gz") else pattern
+    if stem.endswith(".parquet"):
+        return "parquet"
     return "jsonl" if stem.endswith((".jsonl", ".json", ".ndjson")) else "text"
+
+
+class _ParquetRowSource(parquetio._ParquetSource):
+    """Beam's Parquet source, yielding (file, row number, row as a dict); splittable by row group.
+
+    Same claiming as the parent's read_records (one claim per row group, at its file offset),
+    keeping track of which row group is read so every row has its number in the file.
+    """
+
+    def read_records(self, file_name, range_tracker):
+        utils = parquetio._ParquetUtils
+        with self.open_file(file_name) as handle:
+            pf = pq.ParquetFile(handle)
+            groups = utils.get_number_of_row_groups(pf)
+            first_rows = np.concatenate(([0], np.cumsum([pf.metadata.row_group(i).num_rows
+                                                         for i in range(groups)])))
+            index = utils.find_first_row_group_index(pf, range_tracker.start_position() or 0)
+            next_start = utils.get_offset(pf, index) if index != -1 else range_tracker.stop_position()
+            while range_tracker.try_claim(next_start):
+                rows = pf.read_row_group(index, self._columns).to_pylist()
+                for j, row in enumerate(rows):
+                    yield file_name, int(first_rows[index]) + j, row
+                index += 1
+                next_start = utils.get_offset(pf, index) if index < groups else range_tracker.stop_position()
 
 
 class _LineSource(filebasedsource.FileBasedSource):
@@ -51,14 +80,15 @@ class _LineSource(filebasedsource.FileBasedSource):
 
 
 class ReadRecords(beam.PTransform):
-    """Every line of every file matching the pattern, with its file and byte offset."""
+    """Every record of every file matching the pattern, with its file and position."""
 
-    def __init__(self, pattern: str):
+    def __init__(self, pattern: str, fmt: str):
         super().__init__()
-        self.pattern = pattern
+        self.pattern, self.fmt = pattern, fmt
 
     def expand(self, pbegin):
-        return pbegin | "ReadLines" >> beam.io.Read(_LineSource(self.pattern))
+        source = _ParquetRowSource(self.pattern) if self.fmt == "parquet" else _LineSource(self.pattern)
+        return pbegin | "Read" >> beam.io.Read(source)
 
 
 class ParseRecordFn(beam.DoFn):
@@ -72,6 +102,9 @@ class ParseRecordFn(beam.DoFn):
 
     def process(self, element):
         source, offset, raw = element
+        if self.fmt == "parquet":
+            yield self._document(source, offset, raw)
+            return
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as err:
@@ -87,37 +120,43 @@ class ParseRecordFn(beam.DoFn):
             return
         if not isinstance(record, dict):
             yield self._reject(source, offset, f"JSON value is a {type(record).__name__}, not an object")
-        elif self.text_field not in record:
-            yield self._reject(source, offset, f"missing text field {self.text_field!r}")
-        elif not isinstance(record[self.text_field], str):
-            kind = type(record[self.text_field]).__name__
-            yield self._reject(source, offset, f"text field {self.text_field!r} is a {kind}, not a string")
         else:
-            yield Document(source, offset, record[self.text_field], record)
+            yield self._document(source, offset, record)
+
+    def _document(self, source, offset, record: dict):
+        """A Document from a JSON object or Parquet row, or the dead-letter record saying why not."""
+        if self.text_field not in record:
+            return self._reject(source, offset, f"missing text field {self.text_field!r}")
+        if not isinstance(record[self.text_field], str):
+            kind = type(record[self.text_field]).__name__
+            return self._reject(source, offset, f"text field {self.text_field!r} is a {kind}, not a string")
+        return Document(source, offset, record[self.text_field], record)
 
     def _reject(self, source, offset, reason):
         self._dead.inc()
         return beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(source, offset, reason))
 
 
-def format_document(doc: Document, fmt: str, text_field: str) -> str:
-    """A perturbed document as one output line in its input's format."""
+def format_document(doc: Document, fmt: str, text_field: str):
+    """A perturbed document in its input's format: a text line, a JSON line, or a Parquet row."""
     if fmt == "text":
         return doc.text
     record = dict(doc.record)
     record[text_field] = doc.text
-    return json.dumps(record, ensure_ascii=False)
+    return record if fmt == "parquet" else json.dumps(record, ensure_ascii=False)
 
 
 class WriteDocuments(beam.PTransform):
-    def __init__(self, prefix: str, fmt: str, text_field: str):
+    def __init__(self, prefix: str, fmt: str, text_field: str, parquet_schema=None):
         super().__init__()
-        self.prefix, self.fmt, self.text_field = prefix, fmt, text_field
+        self.prefix, self.fmt, self.text_field, self.parquet_schema = prefix, fmt, text_field, parquet_schema
 
     def expand(self, documents):
-        return (documents
-                | "Format" >> beam.Map(format_document, self.fmt, self.text_field)
-                | "Write" >> beam.io.WriteToText(self.prefix, file_name_suffix=SUFFIX[self.fmt]))
+        formatted = documents | "Format" >> beam.Map(format_document, self.fmt, self.text_field)
+        if self.fmt == "parquet":   # every column keeps the input's type
+            return formatted | "Write" >> beam.io.WriteToParquet(self.prefix, self.parquet_schema,
+                                                                 file_name_suffix=SUFFIX[self.fmt])
+        return formatted | "Write" >> beam.io.WriteToText(self.prefix, file_name_suffix=SUFFIX[self.fmt])
 
 
 class WriteDeadLetter(beam.PTransform):
@@ -139,6 +178,22 @@ def write_text_file(path: str, content: str) -> None:
     """Write one small file on any Beam filesystem (local or gs://)."""
     with FileSystems.create(path) as handle:
         handle.write(content.encode("utf-8"))
+
+
+def parquet_schema(pattern: str, text_field: str):
+    """The input files' common Arrow schema; a file without the text column, or with a schema
+    unlike the first file's, is an error naming it, raised before any record is read."""
+    schema = None
+    for path in input_files(pattern):
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            this = pq.read_schema(handle)
+        if text_field not in this.names:
+            raise ValueError(f"{path}: no column {text_field!r} (--text-field); columns: {', '.join(this.names)}")
+        if schema is not None and not this.equals(schema):
+            raise ValueError(f"{path}: its columns differ from the first input file's; dptext writes one "
+                             "schema per output, so every input file must share it")
+        schema = schema or this
+    return schema
 
 
 def input_files(pattern: str) -> list[str]:

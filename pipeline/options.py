@@ -10,7 +10,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.beam import LONG_DOCUMENT_POLICIES, OOV_POLICIES
 
-FORMATS = ("auto", "text", "jsonl")
+FORMATS = ("auto", "text", "jsonl", "parquet")
 SEARCHES = ("auto", "annoy", "exact")
 
 
@@ -26,9 +26,10 @@ class DPTextOptions(PipelineOptions):
         add("--mechanism", default="truncated_gumbel", help="Mechanism name (default truncated_gumbel).")
         add("--epsilon", type=float, help="Privacy parameter of the mechanism (> 0).")
         add("--format", dest="input_format", default="auto", choices=FORMATS,
-            help="Input format; auto: .jsonl/.json/.ndjson is jsonl, anything else text.")
+            help="Input format; auto: .jsonl/.json/.ndjson is jsonl, .parquet is parquet, anything else text.")
         add("--text-field", "--text_field", dest="text_field", default="text",
-            help="JSONL field holding the text (default text); other fields are carried through.")
+            help="JSONL field or Parquet column holding the text (default text); every other field or "
+                 "column is carried through unchanged.")
         add("--oov", default="placeholder", choices=OOV_POLICIES,
             help="Out-of-vocabulary tokens: placeholder (default), random vocabulary word, or keep "
                  "(no protection for those tokens; the report says so).")

@@ -1,29 +1,41 @@
 """The dptext job: read -> perturb -> write, accounting -> report, dead letter -> write."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline.io import ParseRecordFn, ReadRecords, WriteDeadLetter, WriteDocuments, detect_format, input_files
+from pipeline.io import (ParseRecordFn, ReadRecords, WriteDeadLetter, WriteDocuments, detect_format, input_files,
+                         parquet_schema)
 from pipeline.options import DPTextOptions, check_runner, mechanism_params, validate
 from pipeline.report import ReportContext, WriteReport
 from transforms.beam import ACCOUNTING, DEAD_LETTER, DOCUMENTS, PerturbConfig, PerturbDocuments
 
 
-def build_pipeline(p: beam.Pipeline, opts: DPTextOptions, fmt: str, config: PerturbConfig,
-                   context: ReportContext) -> None:
-    records = p | "ReadCorpus" >> ReadRecords(opts.input)
-    parsed = records | "ParseRecords" >> beam.ParDo(ParseRecordFn(fmt, opts.text_field)).with_outputs(
+@dataclass(frozen=True)
+class Prepared:
+    """What the driver fixed before the job starts."""
+    fmt: str
+    config: PerturbConfig
+    context: ReportContext
+    parquet_schema: object = None     # pyarrow.Schema of Parquet input
+
+
+def build_pipeline(p: beam.Pipeline, opts: DPTextOptions, job: Prepared) -> None:
+    records = p | "ReadCorpus" >> ReadRecords(opts.input, job.fmt)
+    parsed = records | "ParseRecords" >> beam.ParDo(ParseRecordFn(job.fmt, opts.text_field)).with_outputs(
         DEAD_LETTER, main=DOCUMENTS)
-    perturbed = parsed[DOCUMENTS] | "PerturbDocuments" >> PerturbDocuments(config, opts.batch_chars)
-    perturbed[DOCUMENTS] | "WriteDocuments" >> WriteDocuments(opts.output, fmt, opts.text_field)
-    perturbed[ACCOUNTING] | "PrivacyReport" >> WriteReport(opts.output, context)
+    perturbed = parsed[DOCUMENTS] | "PerturbDocuments" >> PerturbDocuments(job.config, opts.batch_chars)
+    perturbed[DOCUMENTS] | "WriteDocuments" >> WriteDocuments(opts.output, job.fmt, opts.text_field,
+                                                              job.parquet_schema)
+    perturbed[ACCOUNTING] | "PrivacyReport" >> WriteReport(opts.output, job.context)
     ((parsed[DEAD_LETTER], perturbed[DEAD_LETTER])
      | "MergeDeadLetter" >> beam.Flatten()
      | "WriteDeadLetter" >> WriteDeadLetter(opts.output))
 
 
-def prepare(opts: DPTextOptions) -> tuple[str, PerturbConfig, ReportContext]:
+def prepare(opts: DPTextOptions) -> Prepared:
     """Everything checked and fixed on the driver before the job starts (fails fast, clearly)."""
     from pipeline.context import report_context
     from transforms import mechanisms
@@ -32,6 +44,7 @@ def prepare(opts: DPTextOptions) -> tuple[str, PerturbConfig, ReportContext]:
     validate(opts)
     input_files(opts.input)
     fmt = detect_format(opts.input) if opts.input_format == "auto" else opts.input_format
+    schema = parquet_schema(opts.input, opts.text_field) if fmt == "parquet" else None
     index = EmbeddingIndex.load(opts.index)
     params = mechanism_params(opts)
     mechanism = mechanisms.create(opts.mechanism, index, opts.epsilon, **params)
@@ -40,7 +53,7 @@ def prepare(opts: DPTextOptions) -> tuple[str, PerturbConfig, ReportContext]:
                            placeholder=opts.oov_placeholder, max_doc_chars=opts.max_doc_chars,
                            long_docs=opts.long_docs,
                            test_seed=opts.test_seed)
-    return fmt, config, report_context(opts, index, mechanism)
+    return Prepared(fmt, config, report_context(opts, index, mechanism), schema)
 
 
 def run(argv=None, wait: bool = True) -> beam.runners.runner.PipelineResult:
@@ -48,11 +61,11 @@ def run(argv=None, wait: bool = True) -> beam.runners.runner.PipelineResult:
     options = PipelineOptions(argv)
     opts = options.view_as(DPTextOptions)
     check_runner(options.view_as(StandardOptions).runner)
-    fmt, config, context = prepare(opts)
+    job = prepare(opts)
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = "DirectRunner"
     p = beam.Pipeline(options=options)
-    build_pipeline(p, opts, fmt, config, context)
+    build_pipeline(p, opts, job)
     result = p.run()
     if wait:
         result.wait_until_finish()

@@ -62,3 +62,24 @@ def test_gzip_is_read_whole(tmp_path):
 def test_format_detection():
     assert detect_format("a/*.jsonl") == "jsonl" and detect_format("x.json.gz") == "jsonl"
     assert detect_format("corpus-*.txt") == "text" and detect_format("data") == "text"
+
+
+def _parquet(path, table, row_group_size):
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, path, row_group_size=row_group_size)
+
+
+def test_parquet_rows_have_their_row_number_however_split(tmp_path):
+    import pyarrow as pa
+
+    from pipeline.io import _ParquetRowSource
+
+    path = tmp_path / "c.parquet"
+    _parquet(path, pa.table({"id": list(range(50)), "text": [f"row {i}" for i in range(50)]}), row_group_size=7)
+    source = _ParquetRowSource(str(path))
+    records = source_test_utils.read_from_source(source)
+    assert sorted((r[1], r[2]["id"]) for r in records) == [(i, i) for i in range(50)]
+    splits = [(s.source, s.start_position, s.stop_position) for s in source.split(desired_bundle_size=64)]
+    assert len(splits) > 1
+    source_test_utils.assert_sources_equal_reference_source((source, None, None), splits)

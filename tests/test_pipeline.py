@@ -208,3 +208,33 @@ def test_split_long_text_cuts_only_between_words():
         assert "".join(chunks) == text and all(len(c) <= limit for c in chunks)
         assert all(not (a[-1].isalnum() and b[0].isalnum()) for a, b in zip(chunks, chunks[1:]))
     assert split_long_text("abcdefgh ij", 4) is None
+
+
+def test_parquet_columns_ride_along_with_their_types(index_dir, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"id": pa.array([1, 2, 3, 4], pa.int64()),
+                      "score": pa.array([0.5, None, 1.5, 2.5], pa.float32()),
+                      "tags": pa.array([["a"], [], ["b", "c"], None], pa.list_(pa.string())),
+                      "text": pa.array(["The cat sat", None, "hello world", "good day"], pa.string())})
+    pq.write_table(table, tmp_path / "part-0.parquet", row_group_size=2)
+    output, _ = _run(index_dir, tmp_path, str(tmp_path / "*.parquet"), 1e9, "--mechanism", "multivariate_laplace",
+                     "--search", "exact")
+    written = pq.read_table(glob.glob(output + "-*.parquet"))
+    assert written.schema.equals(table.schema)
+    rows = sorted(written.to_pylist(), key=lambda r: r["id"])
+    assert rows == [r for r in table.to_pylist() if r["text"] is not None]   # identity mechanism
+    (dead,) = [json.loads(line) for line in _lines(output + ".dead_letter-*.jsonl")]
+    assert dead["offset"] == 1 and "is a NoneType, not a string" in dead["reason"]
+
+
+def test_parquet_file_without_the_text_column_fails_before_processing(index_dir, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["a cat"]}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"body": ["a cat"]}), tmp_path / "b.parquet")
+    with pytest.raises(ValueError, match=r"b.parquet: no column 'text'"):
+        run(["--input", str(tmp_path / "*.parquet"), "--output", str(tmp_path / "o"), "--index", str(index_dir),
+             "--epsilon", "100"])

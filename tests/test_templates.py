@@ -97,7 +97,7 @@ def test_graph_translates_to_portable_primitives_only(tmp_path):
                                "--environment_type", "EXTERNAL", "--environment_config", "localhost:50000"])
     opts = options.view_as(DPTextOptions)
     p = beam.Pipeline(options=options)
-    build_pipeline(p, opts, *prepare(opts))
+    build_pipeline(p, opts, prepare(opts))
     proto = PortableRunner.get_proto_pipeline(p, options)
     leaves = collections.Counter()
 
@@ -136,7 +136,7 @@ def test_dataflow_dry_run_builds_the_job_offline(tmp_path):
         "--sdk_container_image", image, "--dry_run", "True"])
     opts = options.view_as(DPTextOptions)
     p = beam.Pipeline(options=options)
-    build_pipeline(p, opts, *prepare(opts))
+    build_pipeline(p, opts, prepare(opts))
     assert p.run().state == "DONE"
     proto = p.runner.proto_pipeline
     steps = {t.unique_name for t in proto.components.transforms.values()}
