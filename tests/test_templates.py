@@ -87,13 +87,19 @@ def test_dockerfiles_are_wired_for_dataflow():
     assert (TEMPLATES / "main.py").is_file()
 
 
-def test_graph_translates_to_portable_primitives_only(tmp_path):
+@pytest.fixture(scope="module")
+def small_job(tmp_path_factory):
+    """A tiny index and corpus: what graph construction needs."""
+    root = tmp_path_factory.mktemp("job")
     words = [f"w{i}" for i in range(12)]
     EmbeddingIndex.build(words, np.random.default_rng(1).normal(size=(12, 3)).astype(np.float32),
-                         tmp_path / "idx", neighbours=4, progress=False)
-    (tmp_path / "c.jsonl").write_text('{"text": "w1 w2"}\n', encoding="utf-8")
-    options = PipelineOptions(["--input", str(tmp_path / "c.jsonl"), "--output", str(tmp_path / "o"),
-                               "--index", str(tmp_path / "idx"), "--epsilon", "1000", "--runner", "PortableRunner",
+                         root / "idx", neighbours=4, progress=False)
+    (root / "c.jsonl").write_text('{"text": "w1 w2"}\n', encoding="utf-8")
+    return ["--input", str(root / "c.jsonl"), "--index", str(root / "idx"), "--epsilon", "1000"]
+
+
+def test_graph_translates_to_portable_primitives_only(small_job, tmp_path):
+    options = PipelineOptions([*small_job, "--output", str(tmp_path / "o"), "--runner", "PortableRunner",
                                "--environment_type", "EXTERNAL", "--environment_config", "localhost:50000"])
     opts = options.view_as(DPTextOptions)
     p = beam.Pipeline(options=options)
@@ -120,18 +126,14 @@ def test_graph_translates_to_portable_primitives_only(tmp_path):
     assert leaves[common_urns.primitives.PAR_DO.urn] > 0
 
 
-def test_dataflow_dry_run_builds_the_job_offline(tmp_path):
+def test_dataflow_dry_run_builds_the_job_offline(small_job):
     """Beam's DataflowRunner with --dry_run True builds the whole job without credentials or network."""
     from apache_beam.portability.api import beam_runner_api_pb2
 
-    words = [f"w{i}" for i in range(12)]
-    EmbeddingIndex.build(words, np.random.default_rng(1).normal(size=(12, 3)).astype(np.float32),
-                         tmp_path / "idx", neighbours=4, progress=False)
-    (tmp_path / "c.jsonl").write_text('{"text": "w1 w2"}\n', encoding="utf-8")
     image = "europe-west1-docker.pkg.dev/my-project/dptext/dptext-worker:0"
     options = PipelineOptions([
-        "--input", str(tmp_path / "c.jsonl"), "--output", "gs://dptext-dry-run/out/x", "--index", str(tmp_path / "idx"),
-        "--epsilon", "1000", "--runner", "DataflowRunner", "--project", "my-project", "--region", "europe-west1",
+        *small_job, "--output", "gs://dptext-dry-run/out/x",
+        "--runner", "DataflowRunner", "--project", "my-project", "--region", "europe-west1",
         "--temp_location", "gs://dptext-dry-run/temp", "--staging_location", "gs://dptext-dry-run/staging",
         "--sdk_container_image", image, "--dry_run", "True"])
     opts = options.view_as(DPTextOptions)
