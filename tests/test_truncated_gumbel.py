@@ -1,16 +1,17 @@
 """truncated_gumbel: calibration, the fast sampler against the exact oracle, broken variants, audit."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
+from scipy import integrate
 from scipy.stats import chi2
 
 from transforms import mechanisms
-from transforms.audit import (audit_pairs, audit_truncated_gumbel_subsets, pairwise_distances,
-                              truncated_gumbel_distribution)
-from transforms.index import EmbeddingIndex
+from transforms.audit import (audit_pairs, audit_truncated_gumbel_subsets, candidate_order, json_safe,
+                              pairwise_distances, truncated_gumbel_distribution, truncated_poisson_pmf)
 from transforms.mechanisms.base import InfeasibleEpsilonError
 from transforms.mechanisms.truncated_gumbel import (TruncatedGumbel, epsilon_of_scale, gumbel_scale,
                                                     smallest_feasible_epsilon)
@@ -19,56 +20,67 @@ DRAWS = 200_000
 FALSE_ALARM = 1e-6
 
 
-def _index(tmp_path, n, d, neighbours, seed):
-    vectors = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
-    return EmbeddingIndex.build([f"w{i}" for i in range(n)], vectors, tmp_path / f"idx{n}_{neighbours}",
-                                neighbours=neighbours, progress=False)
+@pytest.fixture(scope="module")
+def small(random_index):
+    return random_index(n=9, d=4, neighbours=8, seed=11)
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    return _index(tmp_path_factory.mktemp("tg"), n=9, d=4, neighbours=8, seed=11)
+def short_table(random_index):
+    # K = 3 while k ~ Poisson(ln 15 = 2.7): about 31% of draws need k > K, i.e. the exact-search fallback.
+    return random_index(n=15, d=3, neighbours=3, seed=5)
 
 
-@pytest.fixture(scope="module")
-def short_table(tmp_path_factory):
-    # K = 3 < ln(15) + a few: many draws need k > K and take the exact-search fallback.
-    return _index(tmp_path_factory.mktemp("tg"), n=15, d=3, neighbours=3, seed=5)
+def _chi_square_matches(mech, word: int, oracle_row: np.ndarray, draws: int = DRAWS,
+                        seed: int = 0) -> tuple[float, float]:
+    """Pearson statistic of `draws` samples of M(word) against the oracle row, and its threshold.
 
-
-def _chi_square(mech, word: int, oracle_row: np.ndarray, seed: int) -> tuple[float, float]:
-    """Pearson statistic of DRAWS samples of M(word) against the oracle, and its threshold.
-
-    Under a correct sampler the statistic is chi2(df) distributed whatever DRAWS is, so the
-    threshold (the 1 - 1e-6 quantile) fixes the false-alarm rate at 1e-6. A sampler whose cell
-    probabilities are off by delta raises the statistic by about DRAWS * delta^2 / p, so with
-    200,000 draws deviations of ~0.01 on a cell of probability 0.1 are caught (~200 >> ~40).
-    Cells with expected count < 5 are pooled so the chi-square approximation holds.
+    Under H0 (a correct sampler) the statistic is chi2(df) distributed whatever `draws` is, so the
+    threshold, the 1 - 1e-6 quantile of chi2(df), fixes the false-alarm rate at 1e-6. A sampler
+    whose cell probability p is off by delta adds about draws * delta^2 / p to the statistic, so
+    it is caught once draws * delta^2 / p exceeds the quantile (~35-45 for df <= 14): with
+    200,000 draws, delta ~ 0.005 on a cell with p = 0.1. Cells with expected count < 5 are pooled
+    into one so the chi-square approximation holds; an output the oracle gives probability 0
+    makes the statistic infinite.
     """
-    out = mech.perturb(np.full(DRAWS, word, dtype=np.int32), np.random.default_rng(seed))
+    out = mech.perturb(np.full(draws, word, dtype=np.int32), np.random.default_rng(seed))
     observed = np.bincount(out, minlength=len(oracle_row)).astype(float)
-    expected = oracle_row * DRAWS
-    small = expected < 5
-    obs = np.append(observed[~small], observed[small].sum())
-    exp = np.append(expected[~small], expected[small].sum())
+    expected = oracle_row * draws
+    pooled = expected < 5
+    obs = np.append(observed[~pooled], observed[pooled].sum())
+    exp = np.append(expected[~pooled], expected[pooled].sum())
+    if (obs[exp == 0] > 0).any():
+        return math.inf, float(chi2.ppf(1 - FALSE_ALARM, (exp > 0).sum() - 1))
     keep = exp > 0
-    stat = float((((obs - exp) ** 2)[keep] / exp[keep]).sum() + obs[~keep].sum() * 1e12)
+    stat = float(((obs[keep] - exp[keep]) ** 2 / exp[keep]).sum())
     return stat, float(chi2.ppf(1 - FALSE_ALARM, keep.sum() - 1))
 
 
-def _oracle(index, epsilon):
-    mech = mechanisms.create("truncated_gumbel", index, epsilon)
-    dist = pairwise_distances(index.vectors)
-    return mech, truncated_gumbel_distribution(dist, mech.p.b, index.dmax)
+def _oracle(index, epsilon, mechanism=None):
+    mech = (mechanism or TruncatedGumbel)(index, epsilon)
+    return mech, truncated_gumbel_distribution(pairwise_distances(index.vectors), mech.p.b, index.dmax)
 
 
 # ---- calibration ----------------------------------------------------------------------------
-@pytest.mark.parametrize("n, dmin, dmax", [(9, 0.5, 4.0), (33860, 0.7446, 16.25), (1000, 0.01, 3.0)])
+# (9, 1, 1.2) and (40, 1, 1) reach the Lambert-W branch of b (a Dmin > exp(2 Dmax / Dmin));
+# the others stay on the ln(a Dmin) branch, as GloVe-like embeddings do.
+@pytest.mark.parametrize("n, dmin, dmax", [(9, 0.5, 4.0), (33860, 0.7446, 16.25), (1000, 0.01, 3.0),
+                                           (9, 1.0, 1.2), (40, 1.0, 1.0)])
 def test_scale_and_epsilon_formulas_agree(n, dmin, dmax):
     floor = smallest_feasible_epsilon(n, dmin)
-    for factor in (1.0001, 1.01, 1.5, 3, 10, 1000):
+    for factor in (1.0001, 1.01, 1.5, 3, 10, 100, 1e3, 1e5):
         eps = factor * floor
-        assert epsilon_of_scale(gumbel_scale(eps, n, dmin, dmax), n, dmin, dmax) == pytest.approx(eps, rel=1e-9)
+        b = gumbel_scale(eps, n, dmin, dmax)
+        assert b > 0
+        assert epsilon_of_scale(b, n, dmin, dmax) == pytest.approx(eps, rel=1e-9)
+
+
+def test_both_branches_of_the_scale_are_exercised():
+    n, dmin, dmax = 9, 1.0, 1.2
+    floor = smallest_feasible_epsilon(n, dmin)
+    # b >= Dmin exactly on the ln(a Dmin) branch, b < Dmin on the Lambert-W branch.
+    assert gumbel_scale(1.5 * floor, n, dmin, dmax) >= dmin
+    assert gumbel_scale(1e3 * floor, n, dmin, dmax) < dmin
 
 
 def test_infeasible_epsilon_names_the_smallest_feasible_one(small):
@@ -78,28 +90,74 @@ def test_infeasible_epsilon_names_the_smallest_feasible_one(small):
         with pytest.raises(InfeasibleEpsilonError, match=f"smallest feasible epsilon is {floor:.6g}") as err:
             mechanisms.create("truncated_gumbel", small, eps)
         assert err.value.smallest_feasible == pytest.approx(floor)
-    mechanisms.create("truncated_gumbel", small, floor * 1.000001)
+    assert mechanisms.create("truncated_gumbel", small, floor * 1.000001).p.b > 0
+
+
+# ---- the exact oracle -------------------------------------------------------------------------
+def _oracle_by_adaptive_quadrature(dist, b, dmax):
+    """The same formula term by term (each k, each candidate) with scipy's adaptive quadrature."""
+    n = len(dist)
+    pk = truncated_poisson_pmf(math.log(n), n)
+    G = lambda z: math.exp(-math.exp(-z / b))                      # noqa: E731  (max-Gumbel CDF)
+    mass = G(dmax) - G(-dmax)
+    f = lambda z: math.exp(-z / b - math.exp(-z / b)) / b / mass if abs(z) <= dmax else 0.0   # noqa: E731
+    S = lambda z: 1.0 if z < -dmax else 0.0 if z > dmax else (G(dmax) - G(z)) / mass         # noqa: E731
+    P = np.zeros((n, n))
+    for w in range(n):
+        order = candidate_order(dist[w], w)
+        d = dist[w, order]
+        for j in range(n):
+            for k in range(max(j, 1), n):
+                edges = sorted(set(np.concatenate((d[:k + 1] - dmax, d[:k + 1] + dmax)).tolist()))
+                integrand = lambda x: f(x - d[j]) * math.prod(S(x - d[i]) for i in range(k + 1) if i != j)  # noqa: E731
+                P[w, order[j]] += pk[k] * sum(integrate.quad(integrand, lo, hi, epsabs=0, epsrel=1e-12)[0]
+                                              for lo, hi in zip(edges[:-1], edges[1:]))
+    return P
+
+
+@pytest.mark.parametrize("factor", [1.5, 10.0])
+def test_oracle_matches_term_by_term_adaptive_quadrature(factor):
+    dist = pairwise_distances(np.random.default_rng(3).normal(size=(6, 3)))
+    dmin, dmax = dist[dist > 0].min(), dist.max()
+    b = gumbel_scale(factor * smallest_feasible_epsilon(6, dmin), 6, dmin, dmax)
+    P = truncated_gumbel_distribution(dist, b, dmax)
+    np.testing.assert_allclose(P, _oracle_by_adaptive_quadrature(dist, b, dmax), rtol=1e-9, atol=0)
+
+
+def test_oracle_rows_are_distributions(small, short_table):
+    for index in (small, short_table):
+        for factor in (1.2, 1.5, 10.0):
+            _, P = _oracle(index, factor * smallest_feasible_epsilon(index.n, index.dmin))
+            np.testing.assert_allclose(P.sum(axis=1), 1.0, rtol=0, atol=1e-9)
+            assert (P > 0).all()        # the source word and every other word are possible outputs
 
 
 # ---- the fast sampler against the exact oracle -----------------------------------------------
-def test_oracle_rows_are_distributions(small):
-    _, P = _oracle(small, 1.5 * smallest_feasible_epsilon(small.n, small.dmin))
-    np.testing.assert_allclose(P.sum(axis=1), 1.0, atol=1e-9)
-    assert (P > 0).all()
-
-
-@pytest.mark.parametrize("fixture, factor", [("small", 1.2), ("small", 2.0), ("short_table", 1.5)])
-def test_sampler_matches_exact_oracle(request, fixture, factor):
+@pytest.mark.parametrize("fixture, factor, words, draws", [
+    ("small", 1.2, (0, 4, 8), DRAWS),
+    ("small", 10.0, (0, 4, 8), DRAWS),       # b < Dmax: the Gumbel shape matters more
+    # The fallback runs per token in Python (~0.2 ms each), so fewer draws here; the false-alarm
+    # rate is still 1e-6, the smallest detectable deviation grows by sqrt(2).
+    ("short_table", 1.5, (0, 14), DRAWS // 2),
+])
+def test_sampler_matches_exact_oracle(request, fixture, factor, words, draws):
     index = request.getfixturevalue(fixture)
-    mech, P = _oracle(index, factor * smallest_feasible_epsilon(index.n, index.dmin))
-    assert np.sort(P, axis=1)[:, -3:].sum(axis=1).min() < 0.99   # not degenerate: several likely outputs
-    for word in (0, 4, index.n - 1):
-        stat, threshold = _chi_square(mech, word, P[word], seed=100 + word)
+    mech, P = _oracle(index, factor * smallest_feasible_epsilon(index.n, index.dmin), ClippedK)
+    for word in words:
+        assert (P[word] > 0.05).sum() >= 3           # not degenerate: several likely outputs
+        stat, threshold = _chi_square_matches(mech, word, P[word], draws, seed=100 + word)
         assert stat < threshold, f"word {word}: chi-square {stat:.1f} >= {threshold:.1f}"
 
 
+def test_fallback_beyond_the_table_is_exercised(short_table):
+    mech = TruncatedGumbel(short_table, 1.5 * smallest_feasible_epsilon(short_table.n, short_table.dmin))
+    out = mech.perturb(np.zeros(2000, dtype=np.int32), np.random.default_rng(7))
+    # Words outside the table row (rank > K) can only come from the exact-search fallback.
+    assert np.isin(out, short_table.neighbour_ids[0], invert=True).sum() > 20
+
+
 class SquaredNoise(TruncatedGumbel):
-    """Broken: the Gumbel noise enters squared (sign kept)."""
+    """Broken: the Gumbel noise enters squared (sign(g) g^2 / b)."""
 
     def _perturb_from_table(self, ids, k, rng):
         width = int(k.max()) + 1
@@ -109,14 +167,20 @@ class SquaredNoise(TruncatedGumbel):
         return self._table_ids[ids, np.argmin(scores, axis=1)]
 
 
-class UntruncatedK(TruncatedGumbel):
-    """Broken: k ~ Poisson(ln n) without conditioning on k >= 1 (k = 0 returns the word itself)."""
+class ZeroK(TruncatedGumbel):
+    """Broken: k ~ Poisson(ln n) not conditioned on k >= 1 (k = 0: the only candidate is w)."""
 
     def perturb(self, ids, rng):
-        k = rng.poisson(self.p.poisson_rate, len(ids))
-        k = np.minimum(k, self.index.neighbours)
-        out = self._perturb_from_table(ids, np.maximum(k, 1), rng)
-        return np.where(k == 0, ids, out)
+        k = np.minimum(rng.poisson(self.p.poisson_rate, len(ids)), self.index.neighbours)
+        return np.where(k == 0, ids, self._perturb_from_table(ids, np.maximum(k, 1), rng))
+
+
+class ClippedK(TruncatedGumbel):
+    """Broken: k clipped into [1, n - 1] instead of drawn again (k = 0 becomes 1)."""
+
+    def perturb(self, ids, rng):
+        k = np.clip(rng.poisson(self.p.poisson_rate, len(ids)), 1, self.index.n - 1)
+        return self._perturb_from_table(ids, k, rng)
 
 
 class SourceDropped(TruncatedGumbel):
@@ -131,11 +195,11 @@ class SourceDropped(TruncatedGumbel):
         return self._table_ids[ids, np.argmax(scores, axis=1)]
 
 
-@pytest.mark.parametrize("broken", [SquaredNoise, UntruncatedK, SourceDropped])
+@pytest.mark.parametrize("broken", [SquaredNoise, ZeroK, ClippedK, SourceDropped])
 def test_broken_variants_fail_the_oracle_test(small, broken):
     eps = 1.5 * smallest_feasible_epsilon(small.n, small.dmin)
     _, P = _oracle(small, eps)
-    stat, threshold = _chi_square(broken(small, eps), 4, P[4], seed=104)
+    stat, threshold = _chi_square_matches(broken(small, eps), 4, P[4], seed=104)
     assert stat > threshold, f"{broken.__name__} was not detected: {stat:.1f} <= {threshold:.1f}"
 
 
@@ -143,25 +207,72 @@ def test_broken_variants_fail_the_oracle_test(small, broken):
 def test_audit_figures(small):
     mech, P = _oracle(small, 1.5 * smallest_feasible_epsilon(small.n, small.dmin))
     dist = pairwise_distances(small.vectors)
-    figures = audit_pairs(P, dist, neighbours=3, rate=mech.epsilon)
+    figures = audit_pairs(P, dist, neighbour_ids=np.asarray(small.neighbour_ids)[:, :4], rate=mech.epsilon)
+    assert figures == audit_pairs(P, dist, neighbour_ids=3, rate=mech.epsilon)   # table or K: same pairs
     logp = np.log(P)
-    brute = max(logp[w, y] - logp[v, y] for w in range(9) for v in range(9) if w != v for y in range(9))
-    assert figures["worst_log_ratio"] == pytest.approx(brute)
+    brute = {(w, v, y): logp[w, y] - logp[v, y] for w in range(9) for v in range(9) if w != v for y in range(9)}
+    (w, v, y), worst = max(brute.items(), key=lambda item: item[1])
+    assert math.isfinite(figures["worst_log_ratio"])
+    assert figures["worst_log_ratio"] == pytest.approx(worst)
+    assert (figures["worst_pair"], figures["worst_output"]) == ([w, v], y)
+    assert figures["worst_pair_distance"] == pytest.approx(dist[w, v])
+    assert figures["worst_metric_rate"] == pytest.approx(max(r / dist[w, v] for (w, v, _), r in brute.items()))
     assert 0 < figures["worst_log_ratio_within_typical_candidates"] <= figures["worst_log_ratio_within_neighbours"]
     assert figures["worst_log_ratio_within_neighbours"] <= figures["worst_log_ratio"]
     profile = list(figures["delta_profile"].values())
     near = list(figures["delta_profile_within_typical_candidates"].values())
-    assert all(a >= b for a, b in zip(profile, profile[1:]))
+    assert all(a >= b for a, b in zip(profile, profile[1:])) and profile[0] > profile[-1]
     assert all(n <= a for n, a in zip(near, profile))
     # The profile is the hockey-stick divergence, checked by brute force at eps' = 1.
     brute_delta = max(np.maximum(0, P[w] - np.e * P[v]).sum() for w in range(9) for v in range(9) if w != v)
     assert figures["delta_profile"]["1"] == pytest.approx(brute_delta)
 
 
-def test_guarantee_prints_the_audited_figures_and_no_pure_bound(small):
-    mech = mechanisms.create("truncated_gumbel", small, 1.5 * smallest_feasible_epsilon(small.n, small.dmin))
+def test_log_ratio_is_infinite_where_the_other_word_never_outputs_y():
+    P = np.array([[0.5, 0.5, 0.0], [0.0, 0.5, 0.5], [0.25, 0.5, 0.25]])
+    dist = np.array([[0, 1, 2], [1, 0, 1], [2, 1, 0]], dtype=float)
+    figures = audit_pairs(P, dist, rate=1.0)
+    assert figures["worst_log_ratio"] == math.inf and figures["worst_metric_rate"] == math.inf
+    assert figures["delta_profile"]["20"] == pytest.approx(0.5)
+
+
+@pytest.fixture(scope="module")
+def sixty(random_index):
+    return random_index(n=60, d=5, neighbours=6, seed=21)
+
+
+def test_subset_audit(sixty):
+    eps = 1.5 * smallest_feasible_epsilon(sixty.n, sixty.dmin)
+    rows = audit_truncated_gumbel_subsets(sixty, eps)
+    assert [r["n"] for r in rows] == [9, 20, 40]
+    for r in rows:
+        # Each subset is calibrated at the same multiple of its own floor as eps is of the index's.
+        assert r["epsilon"] == pytest.approx(1.5 * smallest_feasible_epsilon(r["n"], r["dmin"]))
+        assert r["b"] == pytest.approx(gumbel_scale(r["epsilon"], r["n"], r["dmin"], r["dmax"]))
+        assert r["claimed_epsilon_times_dmax"] == pytest.approx(r["epsilon"] * r["dmax"])
+        assert r["neighbours"] == min(sixty.neighbours, r["n"] - 1)
+        assert 0 < r["worst_log_ratio_within_neighbours"] <= r["worst_log_ratio"] < math.inf
+        assert 0 < r["worst_metric_rate"] < math.inf
+        assert all(0 <= x <= 1 for x in r["delta_profile"].values())
+        assert set(r["worst_pair"]) < set(range(sixty.n))
+    assert audit_truncated_gumbel_subsets(sixty, eps) == rows          # cached, and a copy
+    rows[0]["n"] = -1
+    assert audit_truncated_gumbel_subsets(sixty, eps)[0]["n"] == 9
+
+
+def test_guarantee_prints_the_audited_figures_and_no_pure_bound(sixty):
+    mech = mechanisms.create("truncated_gumbel", sixty, 1.5 * smallest_feasible_epsilon(sixty.n, sixty.dmin))
     g = mech.guarantee()
+    json.dumps(g, allow_nan=False)
     assert g["per_token_pure_epsilon"] is None
-    assert g["audited"] == audit_truncated_gumbel_subsets(small, mech.epsilon)
-    worst = max(r["worst_log_ratio"] for r in g["audited"])
-    assert f"{worst:.3g}" in g["statement"] and "local" in g["statement"]
+    assert g["kind"] == "local (audited); no vocabulary-wide DP bound"
+    assert g["claimed"]["epsilon"] == mech.epsilon and g["claimed"]["b"] == mech.p.b
+    audited = audit_truncated_gumbel_subsets(sixty, mech.epsilon)
+    assert g["audited"] == json_safe(audited)
+    worst = max(r["worst_log_ratio"] for r in audited)
+    near = max(r["worst_log_ratio_within_typical_candidates"] for r in audited)
+    delta = max(r["max_delta_at_rate_times_distance"] for r in audited)
+    assert "local" in g["statement"]
+    for figure in (worst, near, delta):
+        assert f"{figure:.3g}" in g["statement"]
+    assert any(f"{delta:.3g}" in item and "distant words" in item for item in g["not_protected"])

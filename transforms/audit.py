@@ -9,6 +9,7 @@ within K-nearest-neighbour pairs, and the privacy profile delta(eps').
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 
 import numpy as np
@@ -76,44 +77,69 @@ def pairwise_distances(vectors: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(((v[:, None, :] - v[None, :, :]) ** 2).sum(-1), 0.0))
 
 
-def audit_pairs(P: np.ndarray, dist: np.ndarray, neighbours: int | None = None, rate: float | None = None,
-                profile_epsilons=PROFILE_EPSILONS) -> dict:
-    """Worst-case figures over all ordered pairs (w, w'), w != w', of an exact distribution P."""
+def audit_pairs(P: np.ndarray, dist: np.ndarray, neighbour_ids=None, eps_grid=PROFILE_EPSILONS,
+                rate: float | None = None) -> dict:
+    """Worst-case figures over all ordered pairs (w, w'), w != w', of an exact distribution P.
+
+    neighbour_ids: the K-nearest-neighbour table of the audited vocabulary ((n, K + 1) ids, the
+    word first, as in the index) or just K (the table is then ranked from dist); with it, the
+    worst log-ratio is also reported for pairs where one word is among the other's K nearest.
+    eps_grid: the eps' of the privacy profile delta(eps'). rate: when given, the hockey-stick
+    delta at eps' = rate * d(w, w') per pair (what metric DP at that rate would make 0).
+    A log-ratio is +inf where P[w', y] = 0 < P[w, y].
+    """
+    P = np.asarray(P, dtype=np.float64)
     n = len(P)
     with np.errstate(divide="ignore"):
         logp = np.log(P)
     pair = ~np.eye(n, dtype=bool)
-    # ratio[w, w2] = max_y log P[w, y] - log P[w2, y]
+    # ratio[w, w2] = max_y ln P[w, y] - ln P[w2, y]; 0/0 outputs (nan) are no evidence either way.
     with np.errstate(invalid="ignore"):
-        ratio = np.nanmax(logp[:, None, :] - logp[None, :, :], axis=2)
+        diff = logp[:, None, :] - logp[None, :, :]
+    diff[np.isnan(diff)] = -np.inf
+    ratio = diff.max(axis=2)
     ratio[~pair] = -np.inf
     w, w2 = np.unravel_index(np.argmax(ratio), ratio.shape)
-    result = {"n": n, "worst_log_ratio": float(ratio[w, w2]), "worst_pair_distance": float(dist[w, w2])}
+    result = {"n": n, "worst_log_ratio": float(ratio[w, w2]), "worst_pair": [int(w), int(w2)],
+              "worst_output": int(np.argmax(diff[w, w2])), "worst_pair_distance": float(dist[w, w2])}
     positive = pair & (dist > 0)
     per_distance = np.where(positive, ratio / np.where(positive, dist, 1.0), -np.inf)
     result["worst_metric_rate"] = float(per_distance.max())
-    if neighbours is not None:
-        result["neighbours"] = neighbours
-        result["worst_log_ratio_within_neighbours"] = float(ratio[_near_pairs(dist, neighbours)].max())
+    if neighbour_ids is not None:
+        table = _neighbour_table(dist, neighbour_ids)
+        result["neighbours"] = table.shape[1] - 1
+        result["worst_log_ratio_within_neighbours"] = float(ratio[_near_pairs(table)].max())
         # The typical candidate set has about ln n neighbours: the pairs the mechanism mixes most.
         typical = max(1, round(math.log(n)))
-        near = _near_pairs(dist, typical)
+        near = _near_pairs(_neighbour_table(dist, typical))
         result["typical_candidates"] = typical
         result["worst_log_ratio_within_typical_candidates"] = float(ratio[near].max())
         result["delta_profile_within_typical_candidates"] = {
-            f"{e:g}": _hockey_stick(P, np.full((n, n), e), near) for e in profile_epsilons}
-    result["delta_profile"] = {f"{e:g}": _hockey_stick(P, np.full((n, n), e), pair) for e in profile_epsilons}
+            f"{e:g}": _hockey_stick(P, np.full((n, n), e), near) for e in eps_grid}
+    result["delta_profile"] = {f"{e:g}": _hockey_stick(P, np.full((n, n), e), pair) for e in eps_grid}
     if rate is not None:
         result["max_delta_at_rate_times_distance"] = _hockey_stick(P, rate * dist, pair)
     return result
 
 
-def _near_pairs(dist: np.ndarray, k: int) -> np.ndarray:
-    """Pairs (w, w2), w != w2, where either word is among the other's k nearest (k >= 1)."""
-    n = len(dist)
+def _neighbour_table(dist: np.ndarray, neighbour_ids) -> np.ndarray:
+    """A (n, K + 1) table, the word first: the given one, or ranked from dist when K is given."""
+    if np.ndim(neighbour_ids) == 0:
+        k = int(neighbour_ids)
+        if not 1 <= k <= len(dist) - 1:
+            raise ValueError(f"K must be between 1 and n - 1 = {len(dist) - 1}, got {k}")
+        return np.stack([candidate_order(dist[i], i)[: k + 1] for i in range(len(dist))])
+    table = np.asarray(neighbour_ids)
+    if table.ndim != 2 or len(table) != len(dist) or (table[:, 0] != np.arange(len(dist))).any():
+        raise ValueError("neighbour_ids must be an (n, K + 1) table whose row i starts with i")
+    return table
+
+
+def _near_pairs(table: np.ndarray) -> np.ndarray:
+    """Pairs (w, w2), w != w2, where either word is among the other's K nearest (table rows)."""
+    n = len(table)
     near = np.zeros((n, n), dtype=bool)
-    for i in range(n):
-        near[i, candidate_order(dist[i], i)[1:k + 1]] = True
+    near[np.repeat(np.arange(n), table.shape[1] - 1), table[:, 1:].ravel()] = True
     return (near | near.T) & ~np.eye(n, dtype=bool)
 
 
@@ -132,36 +158,58 @@ def audit_truncated_gumbel_subsets(index, epsilon: float, sizes=AUDIT_SIZES, see
     feasibility floor as epsilon is of the full index's (the calibration the paper prescribes)."""
     from transforms.mechanisms.truncated_gumbel import gumbel_scale, smallest_feasible_epsilon
 
-    key = (index.manifest.get("embedding_id"), epsilon, tuple(sizes), seed)
-    if key in _AUDIT_CACHE:
-        return _AUDIT_CACHE[key]
-    ratio = epsilon / smallest_feasible_epsilon(index.n, index.dmin)
+    key = (index.manifest.get("embedding_id"), float(epsilon), tuple(sizes), seed)
+    if key not in _AUDIT_CACHE:
+        _AUDIT_CACHE[key] = _audit_subsets(index, epsilon, sizes, seed, gumbel_scale, smallest_feasible_epsilon)
+    return copy.deepcopy(_AUDIT_CACHE[key])     # callers may annotate their copy, never the cache
+
+
+def _audit_subsets(index, epsilon, sizes, seed, gumbel_scale, smallest_feasible_epsilon) -> list[dict]:
+    relative = epsilon / smallest_feasible_epsilon(index.n, index.dmin)
     # The subsets are drawn with a fixed seed: which words are audited is not privacy randomness,
     # and a fixed choice makes the report reproducible.
     rng = np.random.default_rng(seed)
     rows = []
-    for size in sizes:
-        size = min(size, index.n)
+    for size in dict.fromkeys(min(int(s), index.n) for s in sizes):
         chosen = np.sort(rng.choice(index.n, size, replace=False))
         dist = pairwise_distances(index.vectors[chosen])
         dmin, dmax = float(dist[dist > 0].min()), float(dist.max())
-        eps = ratio * smallest_feasible_epsilon(size, dmin)
+        eps = relative * smallest_feasible_epsilon(size, dmin)
         b = gumbel_scale(eps, size, dmin, dmax)
         P = truncated_gumbel_distribution(dist, b, dmax)
-        row = {"n": size, "epsilon": eps, "dmin": dmin, "dmax": dmax, "b": b,
+        row = {"n": size, "epsilon": eps, "relative_to_floor": relative, "dmin": dmin, "dmax": dmax, "b": b,
                "claimed_epsilon_times_dmin": eps * dmin, "claimed_epsilon_times_dmax": eps * dmax}
-        row.update(audit_pairs(P, dist, neighbours=min(index.neighbours, size - 1), rate=eps))
+        row.update(audit_pairs(P, dist, neighbour_ids=min(index.neighbours, size - 1), rate=eps))
+        row["worst_pair"] = [int(chosen[i]) for i in row["worst_pair"]]       # vocabulary ids
+        row["worst_output"] = int(chosen[row["worst_output"]])
         row["metric_rate_contradicted"] = row["worst_metric_rate"] > eps
         rows.append(row)
-    _AUDIT_CACHE[key] = rows
     return rows
+
+
+def json_safe(value):
+    """Floats, ints, strings, lists and dicts only; infinities as the strings "inf" / "-inf"."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) else ("inf" if value > 0 else "-inf" if value < 0 else "nan")
+    return value
 
 
 def truncated_gumbel_guarantee(mech) -> dict:
     """What truncated_gumbel may claim: the paper's parameter next to the audited figures."""
     audited = audit_truncated_gumbel_subsets(mech.index, mech.epsilon)
     worst = max(audited, key=lambda r: r["worst_log_ratio"])
-    return {
+    near = max(audited, key=lambda r: r["worst_log_ratio_within_typical_candidates"])
+    delta = max(r["max_delta_at_rate_times_distance"] for r in audited)
+    return json_safe({
         "mechanism": "truncated_gumbel",
         "kind": "local (audited); no vocabulary-wide DP bound",
         "claimed": {"epsilon": mech.epsilon, "b": mech.p.b,
@@ -174,16 +222,16 @@ def truncated_gumbel_guarantee(mech) -> dict:
             f"{', '.join(str(r['n']) for r in audited)} words drawn from this embedding found a worst-case "
             f"log-ratio of {worst['worst_log_ratio']:.3g} (n={worst['n']}; the subset's epsilon x Dmin is "
             f"{worst['claimed_epsilon_times_dmin']:.3g}, epsilon x Dmax {worst['claimed_epsilon_times_dmax']:.3g}), "
-            f"{worst['worst_log_ratio_within_typical_candidates']:.3g} even between words among each other's "
-            f"{worst['typical_candidates']} nearest, and a hockey-stick delta up to "
-            f"{max(r['max_delta_at_rate_times_distance'] for r in audited):.3g} at epsilon x distance, "
-            "so no vocabulary-wide epsilon-DP is claimed."),
+            f"{near['worst_log_ratio_within_typical_candidates']:.3g} even between words among each other's "
+            f"{near['typical_candidates']} nearest (n={near['n']}), and a hockey-stick delta up to "
+            f"{delta:.3g} at epsilon x distance, so no vocabulary-wide epsilon-DP is claimed."),
         "per_token_pure_epsilon": None,
         "not_protected": ["out-of-vocabulary tokens (handled by the OOV policy)",
                           "document length, token positions and punctuation",
                           "which tokens are in the vocabulary",
-                          "distant words: outputs of far-apart words are nearly disjoint"],
-    }
+                          "distant words: outputs of far-apart words are nearly disjoint (hockey-stick delta up "
+                          f"to {delta:.3g} at epsilon x distance in the audit)"],
+    })
 
 
 def format_audit(rows: list[dict]) -> str:
