@@ -7,21 +7,20 @@ import pytest
 from scipy import stats
 
 from transforms import mechanisms
-from transforms.index import EmbeddingIndex
+from transforms.mechanisms.base import unit_directions
 from transforms.mechanisms.multivariate_laplace import MultivariateLaplace
 
 DRAWS = 20_000
-# KS tests at a fixed seed: a correct sampler fails with probability 1e-4; with 20,000 draws the
-# KS distance that reaches p = 1e-4 is about 2.0 / sqrt(20,000) = 0.014, so any CDF error above
-# ~1.5 percentage points is caught.
+# KS tests at a fixed seed, with scipy's exact p-value: a correct sampler fails with probability
+# 1e-4. The KS distance sup |F_N - F| that reaches p = 1e-4 is about sqrt(ln(2 / 1e-4) / 2) / sqrt(N)
+# = 2.2 / sqrt(N) (1.36 / sqrt(N) at p = 0.05): with N = 20,000 draws any CDF error above ~0.016
+# is caught, and four times the draws would halve that.
 P_MIN = 1e-4
 
 
 @pytest.fixture(scope="module")
-def index(tmp_path_factory):
-    vectors = np.random.default_rng(2).normal(size=(60, 7)).astype(np.float32)
-    return EmbeddingIndex.build([f"w{i}" for i in range(60)], vectors, tmp_path_factory.mktemp("ml"),
-                                neighbours=5, progress=False)
+def index(random_index):
+    return random_index(n=60, d=7, neighbours=5, seed=2)
 
 
 def _noise(mech, index, seed=0):
@@ -35,6 +34,22 @@ class HalfRadius(MultivariateLaplace):
     def noisy_vectors(self, ids, rng):
         base = self.index.vectors[ids].astype(np.float64)
         return base + (super().noisy_vectors(ids, rng) - base) / 2
+
+
+class ExponentialRadius(MultivariateLaplace):
+    """Broken: radius ~ Exponential(1/eps) (the one-dimensional Laplace radius) instead of Gamma(d, 1/eps)."""
+
+    def noisy_vectors(self, ids, rng):
+        r = rng.exponential(1 / self.epsilon, len(ids))
+        return self.index.vectors[ids] + r[:, None] * unit_directions(rng, len(ids), self.index.d)
+
+
+class GaussianNotNormalised(MultivariateLaplace):
+    """Broken: the Gaussian direction is not normalised (radius r |u| instead of r)."""
+
+    def noisy_vectors(self, ids, rng):
+        r = rng.gamma(self.index.d, 1 / self.epsilon, len(ids))
+        return self.index.vectors[ids] + r[:, None] * rng.standard_normal((len(ids), self.index.d))
 
 
 class CubeDirection(MultivariateLaplace):
@@ -57,13 +72,17 @@ def _direction_p(mech, index):
     x = noise / np.linalg.norm(noise, axis=1, keepdims=True)
     half = (index.d - 1) / 2
     axes = (np.eye(index.d)[0], np.ones(index.d) / np.sqrt(index.d))
-    return 2 * min(stats.kstest((1 + x @ u) / 2, stats.beta(half, half).cdf).pvalue for u in axes)
+    return min(1.0, 2 * min(stats.kstest((1 + x @ u) / 2, stats.beta(half, half).cdf).pvalue for u in axes))
 
 
 def test_radius_is_gamma_d_over_epsilon(index):
     mech = mechanisms.create("multivariate_laplace", index, 2.5)
     assert _radius_p(mech, index) > P_MIN
-    assert _radius_p(HalfRadius(index, 2.5), index) < P_MIN
+
+
+@pytest.mark.parametrize("broken", [HalfRadius, ExponentialRadius, GaussianNotNormalised])
+def test_broken_radius_fails(index, broken):
+    assert _radius_p(broken(index, 2.5), index) < P_MIN
 
 
 def test_direction_is_uniform_on_the_sphere(index):
