@@ -6,20 +6,7 @@ import numpy as np
 
 from pipeline.options import DPTextOptions
 from pipeline.report import ReportContext
-
-
-def _json_safe(value):
-    """Floats, lists and dicts only (numpy scalars and inf made JSON-safe)."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        value = float(value)
-        return value if np.isfinite(value) else str(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
+from transforms.audit import json_safe
 
 
 def report_context(opts: DPTextOptions, index, mechanism) -> ReportContext:
@@ -30,8 +17,8 @@ def report_context(opts: DPTextOptions, index, mechanism) -> ReportContext:
     runner = opts.view_as(StandardOptions).runner or "DirectRunner"
     return ReportContext(
         mechanism=mechanism.name,
-        parameters=_json_safe(mechanism.params()),
-        guarantee=_json_safe(mechanism.guarantee()),
+        parameters=json_safe(mechanism.params()),
+        guarantee=json_safe(mechanism.guarantee()),
         index={"path": str(opts.index), "embedding_id": manifest["embedding_id"],
                "vectors_sha256": manifest["files"]["vectors.f32"]["sha256"],
                "n": manifest["n"], "d": manifest["d"], "dmin": manifest["dmin"], "dmax": manifest["dmax"],
