@@ -15,6 +15,8 @@ import math
 import numpy as np
 from scipy.special import gammaln
 
+from transforms.index_build import candidate_order
+
 AUDIT_SIZES = (9, 20, 40)
 PROFILE_EPSILONS = (1.0, 2.0, 5.0, 10.0, 20.0)
 _NODES, _WEIGHTS = np.polynomial.legendre.leggauss(48)
@@ -26,12 +28,6 @@ def truncated_poisson_pmf(lam: float, n: int) -> np.ndarray:
     pmf = np.exp(k * math.log(lam) - lam - gammaln(k + 1))
     pmf[0] = 0.0
     return pmf / pmf.sum()
-
-
-def candidate_order(dist_row: np.ndarray, word: int) -> np.ndarray:
-    """The word first, then every other word by (distance, id): the order candidates enter C_k."""
-    others = np.delete(np.arange(len(dist_row)), word)
-    return np.concatenate(([word], others[np.lexsort((others, dist_row[others]))]))
 
 
 def _gumbel_pieces(z: np.ndarray, b: float, dmax: float):

@@ -16,6 +16,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from transforms.index_build import build_tables, candidate_order
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 VOCAB = "vocab.txt"
@@ -120,7 +122,8 @@ class EmbeddingIndex:
     def exact_neighbours(self, word_id: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The word and its k nearest neighbours by exact search (for k beyond the table)."""
         dist = self.distances_from(word_id)
-        return _rank_row(word_id, dist, k + 1)
+        ids = candidate_order(dist, word_id)[: k + 1].astype(np.int32)
+        return ids, dist[ids]
 
     def nearest(self, points: np.ndarray, method: str = "annoy", search_k: int = -1) -> np.ndarray:
         """Id of the nearest vocabulary word to each row of points (float, shape (m, d))."""
@@ -164,8 +167,6 @@ class EmbeddingIndex:
               annoy_trees: int = DEFAULT_ANNOY_TREES, source: dict | None = None,
               progress: bool = True) -> "EmbeddingIndex":
         """Compute the exact tables and write the index directory; returns the loaded index."""
-        from transforms.index_build import build_tables
-
         words = list(words)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         n, d = vectors.shape
@@ -304,14 +305,6 @@ def _check_build_inputs(words: list[str], vectors: np.ndarray, neighbours: int) 
         raise ValueError("a word is empty or contains a line break; the vocabulary file is one word per line")
     if not np.isfinite(vectors).all():
         raise ValueError("vectors contain NaN or infinity")
-
-
-def _rank_row(word_id: int, dist: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
-    """The word first, then the others by (distance, id): the `keep` first of that order."""
-    others = np.delete(np.arange(len(dist)), word_id)
-    order = others[np.lexsort((others, dist[others]))][: keep - 1]
-    ids = np.concatenate(([word_id], order)).astype(np.int32)
-    return ids, dist[ids]
 
 
 def _build_annoy(vectors: np.ndarray, path: Path, trees: int) -> None:

@@ -46,6 +46,13 @@ def _exact_row(vectors64: np.ndarray, i: int) -> np.ndarray:
     return np.einsum("ij,ij->i", diff, diff)
 
 
+def candidate_order(dist_row: np.ndarray, word: int) -> np.ndarray:
+    """The word first, then every other word by (distance, id): the order of the neighbour table,
+    of the exact-search fallback and of the audit's oracle, which must all agree."""
+    others = np.delete(np.arange(len(dist_row)), word)
+    return np.concatenate(([word], others[np.lexsort((others, dist_row[others]))]))
+
+
 def _ranked(ids: np.ndarray, d2: np.ndarray):
     """Sort candidate columns of each row by (squared distance, id)."""
     order = np.lexsort((ids, d2), axis=-1)
@@ -110,10 +117,9 @@ def build_tables(vectors: np.ndarray, neighbours: int, progress: bool = True) ->
 
     for i in recheck:
         exact = _exact_row(v64, i)
+        order = candidate_order(exact, i)[: k + 1]
+        ids_out[i], d2_out[i] = order, exact[order]
         others = np.delete(np.arange(n), i)
-        order = others[np.lexsort((others, exact[others]))]
-        ids_out[i, 0], d2_out[i, 0] = i, 0.0
-        ids_out[i, 1:], d2_out[i, 1:] = order[:k], exact[order[:k]]
         pos = np.where(exact[others] > 0, exact[others], np.inf)
         row_min_pos[i], row_min_arg[i] = pos.min(), others[pos.argmin()]
 
