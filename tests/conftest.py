@@ -3,8 +3,29 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
 
 from transforms.index import EmbeddingIndex
+
+
+def shard_lines(pattern: str) -> list[str]:
+    """Lines of every file matching a local or gs:// pattern, split on "\n" only (a CR inside a
+    document is its text), files in name order."""
+    paths = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+    lines = []
+    for path in paths:
+        with FileSystems.open(path) as handle:
+            lines += handle.read().decode("utf-8").split("\n")[:-1]
+    return lines
+
+
+def dptext_counters(result) -> dict:
+    """The job's dptext counters, each summed over the steps that increment it."""
+    counters: dict = {}
+    for c in result.metrics().query(MetricsFilter().with_namespace("dptext"))["counters"]:
+        counters[c.key.metric.name] = counters.get(c.key.metric.name, 0) + c.committed
+    return counters
 
 
 def build_random_index(path, n: int, d: int, neighbours: int, seed: int) -> EmbeddingIndex:

@@ -8,6 +8,7 @@ import pytest
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.run import run
+from tests.conftest import shard_lines
 from tests.gcs_emulator import gcs_emulator
 from transforms.index import EmbeddingIndex, IndexLoadError
 
@@ -22,11 +23,6 @@ def _put(uri: str, data: bytes) -> None:
 def _get(uri: str) -> bytes:
     with FileSystems.open(uri) as handle:
         return handle.read()
-
-
-def _lines(pattern: str) -> list[str]:
-    return [line for m in FileSystems.match([pattern])[0].metadata_list
-            for line in _get(m.path).decode("utf-8").split("\n")[:-1]]
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +62,8 @@ def test_pipeline_reads_and_writes_gs_paths(bucket):
     output = f"{bucket}/out/run"
     run(["--input", f"{bucket}/corpus/*.jsonl", "--output", output, "--index", f"{bucket}/index",
          "--epsilon", "1000", "--runner", "DirectRunner"])
-    docs = [json.loads(line) for line in _lines(output + "-*.jsonl")]
-    dead = [json.loads(line) for line in _lines(output + ".dead_letter-*.jsonl")]
+    docs = [json.loads(line) for line in shard_lines(output + "-*.jsonl")]
+    dead = [json.loads(line) for line in shard_lines(output + ".dead_letter-*.jsonl")]
     assert sorted(d["id"] for d in docs) == [1, 2, 3]
     assert [d["source"] for d in dead] == [f"{bucket}/corpus/part-1.jsonl"] and "invalid JSON" in dead[0]["reason"]
     report = json.loads(_get(output + ".privacy_report.json"))

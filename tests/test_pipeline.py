@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from apache_beam.metrics.metric import MetricsFilter
 
 from pipeline.options import OptionsError
+from tests.conftest import dptext_counters, shard_lines
 from pipeline.run import run
 from transforms.index import EmbeddingIndex
 from transforms.mechanisms.truncated_gumbel import smallest_feasible_epsilon
@@ -41,12 +41,6 @@ def _run(index_dir, tmp_path, inputs, epsilon, *extra):
     return output, result
 
 
-def _lines(pattern):
-    """Lines of every matching file, split on "\n" only (a CR inside a document is its text)."""
-    return [line for path in sorted(glob.glob(pattern))
-            for line in Path(path).read_bytes().decode("utf-8").split("\n")[:-1]]
-
-
 def _write_jsonl_with_broken_records(path: Path) -> dict[int, str]:
     """A JSONL shard with good and broken records; returns byte offset -> expected outcome."""
     records = [
@@ -76,8 +70,8 @@ def test_every_record_comes_out_once_jsonl(index_dir, feasible_epsilon, tmp_path
     output, result = _run(index_dir, tmp_path, str(tmp_path / "*.jsonl"), feasible_epsilon, "--max-doc-chars", "200",
                           "--long-docs", "dead-letter")
 
-    outputs = [json.loads(line) for line in _lines(output + "-*.jsonl")]
-    dead = [json.loads(line) for line in _lines(output + ".dead_letter-*.jsonl")]
+    outputs = [json.loads(line) for line in shard_lines(output + "-*.jsonl")]
+    dead = [json.loads(line) for line in shard_lines(output + ".dead_letter-*.jsonl")]
     assert len(outputs) == 2 * 3 and len(dead) == 2 * 6
     seen = [(d["source"], d["offset"]) for d in dead]
     assert len(set(seen)) == len(seen)
@@ -100,10 +94,7 @@ def test_every_record_comes_out_once_jsonl(index_dir, feasible_epsilon, tmp_path
     assert report["counts"]["oov"] == 2 and report["counts"]["tokens"] == 2 * (6 + 5 + 0)
     for path in glob.glob(output + ".dead_letter-*") + glob.glob(output + ".privacy_report.*"):
         assert SECRET not in Path(path).read_text("utf-8")
-    counters = {}
-    for c in result.metrics().query(MetricsFilter().with_namespace("dptext"))["counters"]:
-        counters[c.key.metric.name] = counters.get(c.key.metric.name, 0) + c.committed   # summed over steps
-    assert counters == {"documents": 6, "tokens": 22, "perturbed": 20, "oov": 2, "dead_lettered": 12}
+    assert dptext_counters(result) == {"documents": 6, "tokens": 22, "perturbed": 20, "oov": 2, "dead_lettered": 12}
     captured = capfd.readouterr()
     assert SECRET not in captured.out and SECRET not in captured.err
 
@@ -119,8 +110,8 @@ def test_text_format_bytes_survive_when_the_mechanism_keeps_every_word(index_dir
     corpus.write_bytes("\n".join(lines).encode("utf-8") + b"\n\xff\xfe bad bytes\n")
     output, _ = _run(index_dir, tmp_path, str(corpus), 1e9, "--oov", "keep", "--test-seed", "3",
                   "--mechanism", "multivariate_laplace", "--search", "exact")
-    assert sorted(_lines(output + "-*.txt")) == sorted(lines)
-    dead = [json.loads(line) for line in _lines(output + ".dead_letter-*.jsonl")]
+    assert sorted(shard_lines(output + "-*.txt")) == sorted(lines)
+    dead = [json.loads(line) for line in shard_lines(output + ".dead_letter-*.jsonl")]
     assert [d["reason"].split(" (")[0] for d in dead] == ["not UTF-8"]
     report = json.loads(Path(output + ".privacy_report.json").read_text("utf-8"))
     assert "TEST SEED" in report["randomness"]
@@ -132,7 +123,7 @@ def test_random_oov_policy_uses_vocabulary_words(index_dir, feasible_epsilon, tm
     corpus = tmp_path / "c.txt"
     corpus.write_text("Qwerty asdfgh zxcvb\n", encoding="utf-8")
     output, _ = _run(index_dir, tmp_path, str(corpus), feasible_epsilon, "--oov", "random")
-    (line,) = _lines(output + "-*.txt")
+    (line,) = shard_lines(output + "-*.txt")
     words = line.split(" ")
     assert len(words) == 3 and words[0][0].isupper()
     assert all(w.lower() in WORDS for w in words)
@@ -142,7 +133,7 @@ def test_multivariate_laplace_runs_and_reports_composed_bounds(index_dir, tmp_pa
     corpus = tmp_path / "c.txt"
     corpus.write_text("the cat sat on the mat\nhello world\n", encoding="utf-8")
     output, _ = _run(index_dir, tmp_path, str(corpus), 3.0, "--mechanism", "multivariate_laplace")
-    assert len(_lines(output + "-*.txt")) == 2
+    assert len(shard_lines(output + "-*.txt")) == 2
     report = json.loads(Path(output + ".privacy_report.json").read_text("utf-8"))
     bound = report["per_document_bound"]
     assert bound["basic"]["max"] == pytest.approx(6 * 3.0 * report["index"]["dmax"])
@@ -191,8 +182,8 @@ def test_long_documents_are_split_between_words_and_rejoined(index_dir, tmp_path
     corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
     output, result = _run(index_dir, tmp_path, str(corpus), 1e9, "--oov", "keep", "--mechanism",
                           "multivariate_laplace", "--search", "exact", "--max-doc-chars", "30")
-    assert sorted(_lines(output + "-*.txt")) == sorted(lines[:2])
-    (dead,) = [json.loads(line) for line in _lines(output + ".dead_letter-*.jsonl")]
+    assert sorted(shard_lines(output + "-*.txt")) == sorted(lines[:2])
+    (dead,) = [json.loads(line) for line in shard_lines(output + ".dead_letter-*.jsonl")]
     assert "has a word longer than that" in dead["reason"]
     report = json.loads(Path(output + ".privacy_report.json").read_text("utf-8"))
     assert report["counts"]["documents"] == 2 and report["counts"]["tokens"] == 6 * 20 + 2 + 2
@@ -225,7 +216,7 @@ def test_parquet_columns_ride_along_with_their_types(index_dir, tmp_path):
     assert written.schema.equals(table.schema)
     rows = sorted(written.to_pylist(), key=lambda r: r["id"])
     assert rows == [r for r in table.to_pylist() if r["text"] is not None]   # identity mechanism
-    (dead,) = [json.loads(line) for line in _lines(output + ".dead_letter-*.jsonl")]
+    (dead,) = [json.loads(line) for line in shard_lines(output + ".dead_letter-*.jsonl")]
     assert dead["offset"] == 1 and "is a NoneType, not a string" in dead["reason"]
 
 

@@ -7,7 +7,6 @@ must be identical across runners, not just their counts.
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 import socket
@@ -18,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from apache_beam.metrics.metric import MetricsFilter
 
 from pipeline.run import run
+from tests.conftest import dptext_counters, shard_lines
 from transforms.index import EmbeddingIndex
 
 WORDS = "the cat sat on a mat dog ran to park hello world good bad day night".split()
@@ -98,16 +97,10 @@ def _run_with(corpus: Path, name: str, runner_args: list[str]) -> dict:
     output = str(corpus / name / "out")
     result = run(["--input", str(corpus / "part-*.jsonl"), "--output", output, "--index", str(corpus / "idx"),
                   "--mechanism", "multivariate_laplace", "--search", "exact", "--epsilon", "1e9", *runner_args])
-    counters = {}
-    for c in result.metrics().query(MetricsFilter().with_namespace("dptext"))["counters"]:
-        counters[c.key.metric.name] = counters.get(c.key.metric.name, 0) + c.committed
-
-    def lines(pattern):
-        return sorted(line for path in glob.glob(pattern) for line in Path(path).read_text("utf-8").split("\n")[:-1])
-
     report = json.loads(Path(output + ".privacy_report.json").read_text("utf-8"))
-    return {"documents": lines(output + "-*.jsonl"), "dead_letter": lines(output + ".dead_letter-*.jsonl"),
-            "counts": report["counts"], "metrics": counters}
+    return {"documents": sorted(shard_lines(output + "-*.jsonl")),
+            "dead_letter": sorted(shard_lines(output + ".dead_letter-*.jsonl")),
+            "counts": report["counts"], "metrics": dptext_counters(result)}
 
 
 @pytest.fixture(scope="module")
