@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from transforms import index_build
-from transforms.index import ANNOY, MANIFEST, NEIGHBOUR_DISTANCES, VECTORS, EmbeddingIndex, IndexLoadError
+from transforms.index import ANNOY, MANIFEST, NEIGHBOUR_DISTANCES, VECTORS, EmbeddingIndex, IndexLoadError, table_key
 
 
 def _brute_force(vectors: np.ndarray):
@@ -105,3 +105,31 @@ def test_bad_build_inputs(tmp_path):
         EmbeddingIndex.build(["a", "b", "c"], v, tmp_path / "x", neighbours=3, progress=False)
     with pytest.raises(ValueError, match="all vectors are identical"):
         EmbeddingIndex.build(["a", "b", "c"], v, tmp_path / "x", neighbours=1, progress=False)
+
+
+def test_cached_table_is_computed_once_stored_verified_and_reloaded(tmp_path):
+    from tests.conftest import build_random_index
+
+    index = build_random_index(tmp_path / "idx", 30, 4, 5, seed=3)
+    calls = []
+
+    def column_means(idx):
+        calls.append(1)
+        return np.asarray(idx.vectors, dtype=np.float64).mean(axis=0)
+
+    first = index.table("means", column_means, {"kind": "mean"})
+    again = index.table("means", column_means, {"kind": "mean"})
+    assert len(calls) == 1 and np.array_equal(first, again)
+    # A fresh load (another worker) finds it in the manifest, verified by hash, without recomputing.
+    reloaded = EmbeddingIndex.load(tmp_path / "idx", verify=True)
+    assert np.array_equal(reloaded.table("means", column_means, {"kind": "mean"}), first)
+    assert len(calls) == 1
+    # Other parameters are another table.
+    reloaded.table("means", column_means, {"kind": "other"})
+    assert len(calls) == 2
+    # The stored table is covered by the manifest's hashes like every other file.
+    entry = reloaded.manifest["tables"][table_key("means", {"kind": "mean"})]
+    with open(tmp_path / "idx" / entry["file"], "r+b") as handle:
+        handle.write(b"\xff" * 8)
+    with pytest.raises(IndexLoadError, match=entry["file"]):
+        EmbeddingIndex.load(tmp_path / "idx", verify=True)

@@ -5,14 +5,16 @@ files that numpy memory-maps, so every process on a machine shares one copy in t
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -25,6 +27,8 @@ VECTORS = "vectors.f32"
 NEIGHBOUR_IDS = "neighbour_ids.i32"
 NEIGHBOUR_DISTANCES = "neighbour_distances.f32"
 ANNOY = "annoy.ann"
+
+TABLE_LOCK = ".tables.lock"
 
 DEFAULT_NEIGHBOURS = 64
 DEFAULT_ANNOY_TREES = 16
@@ -73,6 +77,7 @@ class EmbeddingIndex:
         self.neighbour_distances = neighbour_distances
         self._annoy = _AnnoyHandle(path / ANNOY, manifest["d"])
         self._sq_norms = None
+        self._tables: dict[str, np.ndarray] = {}
 
     # ---- shape and constants -------------------------------------------------------------
     @property
@@ -161,6 +166,49 @@ class EmbeddingIndex:
             out[block] = best
         return out
 
+    # ---- embedding-only tables of the mechanisms -------------------------------------------
+    def table(self, name: str, compute: Callable[["EmbeddingIndex"], np.ndarray],
+              params: dict | None = None) -> np.ndarray:
+        """A table that depends only on the embedding (a KDE prior, a covariance square root):
+        computed once, stored in the index directory with the manifest updated, memory-mapped.
+
+        `params` (JSON-able) are part of the table's identity: other parameters, another table.
+        Processes on one machine serialise on a lock file, so the table is computed once; a
+        read-only index directory gets the table computed in memory (logged, without data).
+        """
+        key = table_key(name, params)
+        if key in self._tables:
+            return self._tables[key]
+        try:
+            lock = open(self.path / TABLE_LOCK, "a+")
+        except OSError:
+            logging.warning("dptext: index directory %s is read-only; table %s computed in memory", self.path, key)
+            self._tables[key] = np.asarray(compute(self))
+            return self._tables[key]
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            manifest = json.loads((self.path / MANIFEST).read_text(encoding="utf-8"))
+            entry = manifest.get("tables", {}).get(key)
+            if entry is None:
+                started = time.time()
+                array = np.ascontiguousarray(compute(self))
+                array = array.astype(array.dtype.newbyteorder("<"), copy=False)
+                file = f"{key}.{array.dtype.str.lstrip('<|')}"
+                _write_atomically(self.path / file, array.tofile)
+                manifest["files"][file] = {"sha256": sha256_file(self.path / file), "bytes": array.nbytes,
+                                           "dtype": array.dtype.str, "shape": list(array.shape)}
+                entry = {"file": file, "name": name, "params": params or {},
+                         "build_seconds": round(time.time() - started, 2)}
+                manifest.setdefault("tables", {})[key] = entry
+                text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
+                _write_atomically(self.path / MANIFEST, lambda f: Path(f).write_text(text, encoding="utf-8"))
+            meta = manifest["files"][entry["file"]]
+            self.manifest.setdefault("tables", {})[key] = entry
+            self.manifest["files"][entry["file"]] = meta
+        self._tables[key] = np.memmap(self.path / entry["file"], dtype=np.dtype(meta["dtype"]), mode="r",
+                                      shape=tuple(meta["shape"]))
+        return self._tables[key]
+
     # ---- build ---------------------------------------------------------------------------
     @classmethod
     def build(cls, words: Sequence[str], vectors: np.ndarray, out_dir, neighbours: int = DEFAULT_NEIGHBOURS,
@@ -245,6 +293,21 @@ class EmbeddingIndex:
         return cls(path, manifest, words, arrays[VECTORS], arrays[NEIGHBOUR_IDS], arrays[NEIGHBOUR_DISTANCES])
 
 
+def table_key(name: str, params: dict | None) -> str:
+    """The file stem of a cached table: its name, plus a short hash of its parameters."""
+    if not params:
+        return name
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{name}-{digest}"
+
+
+def _write_atomically(path: Path, write: Callable[[str], None]) -> None:
+    """write(temporary path), then rename into place: readers never see half a file."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+    write(str(partial))
+    os.replace(partial, path)
+
+
 def _float32_score_error(point_norms: np.ndarray, max_norm: float, d: int) -> np.ndarray:
     """Twice a bound on |float32 (|v|^2 - 2 p.v) - exact| (Higham 3.1 for the dot product)."""
     u = np.finfo(np.float32).eps / 2
@@ -280,13 +343,12 @@ def localize(uri: str) -> Path:
         target = local / name
         if target.is_file() and target.stat().st_size == meta["bytes"]:
             continue
-        partial = local / f".{name}.{os.getpid()}.part"
-        with open_remote(name) as src, open(partial, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 22)
-        os.replace(partial, target)
-    partial = local / f".{MANIFEST}.{os.getpid()}.part"
-    partial.write_bytes(manifest_bytes)
-    os.replace(partial, local / MANIFEST)
+
+        def copy(partial, name=name):
+            with open_remote(name) as src, open(partial, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 22)
+        _write_atomically(target, copy)
+    _write_atomically(local / MANIFEST, lambda partial: Path(partial).write_bytes(manifest_bytes))
     return local
 
 
