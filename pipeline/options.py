@@ -4,14 +4,17 @@ The CLI, `dptext run --help` and (later) the Flex Template metadata all come fro
 """
 from __future__ import annotations
 
+import inspect
 import math
+import sys
+from dataclasses import dataclass
+from typing import Callable
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.beam import LONG_DOCUMENT_POLICIES, OOV_POLICIES
 
 FORMATS = ("auto", "text", "jsonl", "parquet")
-SEARCHES = ("auto", "annoy", "exact")
 
 
 class DPTextOptions(PipelineOptions):
@@ -42,14 +45,13 @@ class DPTextOptions(PipelineOptions):
                  "bounded by --max-doc-chars) or dead-letter (sent to the dead letter with the reason).")
         add("--batch-chars", "--batch_chars", dest="batch_chars", type=int, default=65536,
             help="Characters of text per perturbation batch (many documents per mechanism call).")
-        add("--search", default="auto", choices=SEARCHES,
-            help="multivariate_laplace nearest-word search: exact, annoy, or auto (exact for small vocabularies).")
-        add("--search-k", "--search_k", dest="search_k", type=int, default=-1,
-            help="multivariate_laplace with --search annoy: Annoy's search_k (-1: Annoy's default).")
         add("--delta", type=float, default=1e-6,
             help="delta for the composed per-document bound in the report (default 1e-6).")
         add("--test-seed", "--test_seed", dest="test_seed", type=int, default=None,
             help="TESTS ONLY: fixed seed; outputs are reproducible and not private; the report says so.")
+        for spec in mechanism_parameter_specs().values():
+            spellings = dict.fromkeys((f"--{spec.name.replace('_', '-')}", f"--{spec.name}"))
+            add(*spellings, dest=spec.name, type=spec.parse, choices=spec.choices, default=None, help=spec.help)
 
 
 class OptionsError(ValueError):
@@ -74,11 +76,65 @@ def check_runner(runner) -> None:
         raise OptionsError(f"--runner {name}: refused. {REFUSED_RUNNERS[short]}")
 
 
+@dataclass(frozen=True)
+class MechanismParameterSpec:
+    """One `dptext run` option for a mechanism parameter, shared by the mechanisms that take it."""
+    name: str
+    parse: Callable[[str], object]
+    help: str
+    mechanisms: tuple[str, ...]
+    choices: tuple | None = None
+
+
+def parse_bool(text: str) -> bool:
+    lowered = str(text).strip().lower()
+    if lowered not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(f"expected true or false, got {text!r}")
+    return lowered in ("true", "1", "yes")
+
+
+def mechanism_parameter_specs() -> dict[str, MechanismParameterSpec]:
+    """Every keyword parameter of every registered mechanism's factory, with its help text from
+    the module's PARAMETERS, typed from its default: the single source of the run options."""
+    from transforms.mechanisms import base   # the package import registers every mechanism
+
+    registered = base.registered
+    found: dict[str, dict] = {}
+    for mech_name, factory in sorted(registered().items()):
+        module = sys.modules[factory.__module__]
+        helps, choices = getattr(module, "PARAMETERS", {}), getattr(module, "CHOICES", {})
+        for param in list(inspect.signature(factory).parameters.values())[2:]:   # after index, epsilon
+            default = param.default
+            parse = parse_bool if isinstance(default, bool) else type(default) if default is not None else str
+            entry = found.setdefault(param.name, {"parse": parse, "helps": {}, "mechanisms": [], "choices": set()})
+            entry["choices"].update(choices.get(param.name, ()))
+            entry["mechanisms"].append(mech_name)
+            entry["helps"][mech_name] = f"{helps.get(param.name, param.name)} (default {default})"
+    specs = {}
+    for name, entry in found.items():
+        helps = entry["helps"]
+        if len(set(helps.values())) == 1:
+            text = f"{', '.join(entry['mechanisms'])}: {next(iter(helps.values()))}"
+        else:
+            text = "; ".join(f"{m}: {h}" for m, h in helps.items())
+        specs[name] = MechanismParameterSpec(name, entry["parse"], text, tuple(entry["mechanisms"]),
+                                             tuple(sorted(entry["choices"])) or None)
+    return specs
+
+
 def mechanism_params(opts: DPTextOptions) -> dict:
-    """The mechanism-specific options that apply to the chosen mechanism."""
-    if opts.mechanism == "multivariate_laplace":
-        return {"search": opts.search, "search_k": opts.search_k}
-    return {}
+    """The mechanism parameters given on the command line, for the chosen mechanism; a parameter
+    that the chosen mechanism does not take is an error rather than silently ignored."""
+    params = {}
+    for name, spec in mechanism_parameter_specs().items():
+        value = getattr(opts, name, None)
+        if value is None:
+            continue
+        if opts.mechanism not in spec.mechanisms:
+            raise OptionsError(f"--{name.replace('_', '-')} is a parameter of {', '.join(spec.mechanisms)}, "
+                               f"not of --mechanism {opts.mechanism}")
+        params[name] = value
+    return params
 
 
 def validate(opts: DPTextOptions) -> None:
@@ -98,3 +154,4 @@ def validate(opts: DPTextOptions) -> None:
         raise OptionsError(f"--delta must be in (0, 1), got {opts.delta}")
     if not opts.text_field:
         raise OptionsError("--text-field must not be empty")
+    mechanism_params(opts)

@@ -45,6 +45,10 @@ def _regex(action: argparse.Action) -> list[str]:
         from transforms.mechanisms import NAMES as choices
     if choices:
         return ["^(" + "|".join(re.escape(str(c)) for c in choices) + ")$"]
+    from pipeline.options import parse_bool
+
+    if action.type is parse_bool:
+        return ["^(true|false|1|0|yes|no)$"]
     if action.type is float:
         return [_NUMBER]
     if action.type is int:

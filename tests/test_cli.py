@@ -53,3 +53,12 @@ def test_version_help_and_usage(capsys):
     out = capsys.readouterr().out
     assert "--epsilon" in out and "--oov" in out and "--test-seed" in out
     assert main(["nope"]) == 2
+
+
+def test_a_mechanism_parameter_of_another_mechanism_is_an_error_not_ignored(tmp_path, capsys):
+    (tmp_path / "c.txt").write_text("x\n", encoding="utf-8")
+    assert main(["run", "--input", str(tmp_path / "c.txt"), "--output", str(tmp_path / "o"),
+                 "--index", str(tmp_path / "none"), "--epsilon", "50", "--mechanism", "truncated_gumbel",
+                 "--search", "exact"]) == 2
+    assert "--search is a parameter of multivariate_laplace, not of --mechanism truncated_gumbel" in \
+        capsys.readouterr().err
