@@ -31,8 +31,9 @@ def words_vectors():
 def test_tables_and_extremes_match_brute_force(tmp_path, words_vectors, monkeypatch, chunk_rows,
                                                distrust_float32):
     monkeypatch.setattr(index_build, "CHUNK_ROWS", chunk_rows)
-    if distrust_float32:   # every row takes the exact float64 fallback path
+    if distrust_float32:   # every row takes the exact float64 fallback path, in column slices of 7
         monkeypatch.setattr(index_build, "_float32_d2_error_bound", lambda norms, d: np.full(len(norms), 1e9))
+        monkeypatch.setattr(index_build, "EXACT_COLUMNS", 7)
     words, vectors = words_vectors
     index = EmbeddingIndex.build(words, vectors, tmp_path / "idx", neighbours=10, progress=False)
     dist, dmin, dmax = _brute_force(vectors)
@@ -133,3 +134,18 @@ def test_cached_table_is_computed_once_stored_verified_and_reloaded(tmp_path):
         handle.write(b"\xff" * 8)
     with pytest.raises(IndexLoadError, match=entry["file"]):
         EmbeddingIndex.load(tmp_path / "idx", verify=True)
+
+
+def test_row_blocks_assemble_in_any_order_and_must_cover_every_word(words_vectors):
+    """The unit a distributed build hands to workers: blocks computed independently, in any
+    order, assemble to the single-process tables; a missing block is an error, not a hole."""
+    _, vectors = words_vectors
+    geom = index_build.Geometry(vectors)
+    whole = index_build.build_tables(vectors, 10, progress=False)
+    blocks = [index_build.row_block(geom, s, min(s + 37, len(vectors)), 10) for s in range(0, len(vectors), 37)]
+    shuffled = index_build.assemble(geom, blocks[::-1])
+    np.testing.assert_array_equal(shuffled.neighbour_ids, whole.neighbour_ids)
+    np.testing.assert_array_equal(shuffled.neighbour_distances, whole.neighbour_distances)
+    assert (shuffled.dmin, shuffled.dmax, shuffled.dmax_pair) == (whole.dmin, whole.dmax, whole.dmax_pair)
+    with pytest.raises(ValueError, match="do not cover every word"):
+        index_build.assemble(geom, blocks[1:])

@@ -16,6 +16,7 @@ CHUNK_ROWS = 1024        # at most this many rows of the n x n distance matrix a
 CHUNK_BYTES = 256 << 20  # ... and at most this many bytes of it, so memory stays bounded as n grows
 MARGIN = 8               # extra candidates ranked in float32 before exact re-scoring
 EXACT_SUBCHUNK = 128     # rows re-scored in float64 at once (bounds the (rows, K, d) difference array)
+EXACT_COLUMNS = 65536    # words per float64 slice of an exact row (bounds its (words, d) difference array)
 _U32 = np.finfo(np.float32).eps / 2   # unit roundoff of float32
 
 
@@ -41,9 +42,33 @@ def _float32_d2_error_bound(norms: np.ndarray, d: int) -> np.ndarray:
     return 2 * gamma * norms * top + 8 * _U32 * (norms ** 2 + top ** 2) + 1e-12
 
 
-def _exact_row(vectors64: np.ndarray, i: int) -> np.ndarray:
-    diff = vectors64 - vectors64[i]
-    return np.einsum("ij,ij->i", diff, diff)
+class Geometry:
+    """What every row block needs: the float32 vectors, their squared norms and the per-row
+    float32 error bound. O(n d) float32 and O(n) float64: no float64 copy of the vectors, so a
+    worker of a distributed build holds little more than the memory-mapped vectors."""
+
+    def __init__(self, vectors: np.ndarray):
+        self.v32 = vectors if vectors.dtype == np.float32 else np.ascontiguousarray(vectors, dtype=np.float32)
+        self.n, self.d = self.v32.shape
+        sq64 = np.zeros(self.n)
+        for s in range(0, self.n, EXACT_COLUMNS):
+            block = self.v32[s:s + EXACT_COLUMNS].astype(np.float64)
+            sq64[s:s + EXACT_COLUMNS] = np.einsum("ij,ij->i", block, block)
+        self.sq32 = sq64.astype(np.float32)
+        self.tol = _float32_d2_error_bound(np.sqrt(sq64), self.d)
+
+    def exact_row(self, i: int) -> np.ndarray:
+        """Exact float64 squared distances from word i to every word (columns in chunks)."""
+        out = np.empty(self.n)
+        vi = self.v32[i].astype(np.float64)
+        for s in range(0, self.n, EXACT_COLUMNS):
+            diff = self.v32[s:s + EXACT_COLUMNS].astype(np.float64) - vi
+            out[s:s + EXACT_COLUMNS] = np.einsum("ij,ij->i", diff, diff)
+        return out
+
+    def chunk_rows(self) -> int:
+        """Rows per block: the (rows, n) float32 distance block stays within CHUNK_BYTES."""
+        return max(1, min(CHUNK_ROWS, CHUNK_BYTES // (4 * self.n)))
 
 
 def candidate_order(dist_row: np.ndarray, word: int) -> np.ndarray:
@@ -59,79 +84,104 @@ def _ranked(ids: np.ndarray, d2: np.ndarray):
     return np.take_along_axis(ids, order, -1), np.take_along_axis(d2, order, -1)
 
 
-def build_tables(vectors: np.ndarray, neighbours: int, progress: bool = True) -> Tables:
-    from tqdm import tqdm
+@dataclass(frozen=True)
+class RowBlock:
+    """Exact figures of rows [start, start + len): the unit of work of a (distributed) build."""
+    start: int
+    neighbour_ids: np.ndarray   # int32 (rows, K + 1)
+    neighbour_d2: np.ndarray    # float64 (rows, K + 1), exact squared distances
+    min_pos: np.ndarray         # float64 (rows,): exact smallest non-zero squared distance of the row
+    min_arg: np.ndarray         # int64 (rows,): the word at that distance
+    max_approx: np.ndarray      # float64 (rows,): float32 row maximum, for the exact Dmax pass
 
-    n, d = vectors.shape
-    k = neighbours
-    v32 = np.ascontiguousarray(vectors, dtype=np.float32)
-    v64 = v32.astype(np.float64)
-    sq64 = np.einsum("ij,ij->i", v64, v64)
-    sq32 = sq64.astype(np.float32)
-    tol = _float32_d2_error_bound(np.sqrt(sq64), d)
+
+def row_block(geom: Geometry, start: int, stop: int, k: int) -> RowBlock:
+    """Exact K nearest neighbours and row minima of rows [start, stop) against all words.
+
+    Float32 products rank the candidates; they are re-scored in float64; a row whose ranking the
+    float32 error bound cannot certify is recomputed exactly, so the block is exact on its own.
+    """
+    n, v32, sq32, tol = geom.n, geom.v32, geom.sq32, geom.tol
     m = min(k + MARGIN, n - 1)
-
-    ids_out = np.empty((n, k + 1), dtype=np.int32)
-    d2_out = np.empty((n, k + 1), dtype=np.float64)
-    row_min_pos = np.full(n, np.inf)          # exact smallest non-zero squared distance per row
-    row_min_arg = np.zeros(n, dtype=np.int64)
-    row_max_approx = np.empty(n, dtype=np.float64)
-    recheck: list[int] = []                   # rows whose float32 ranking might be wrong
-
-    bar = tqdm(total=n, unit="word", desc="exact neighbours", disable=not progress, mininterval=1.0)
-    chunk = max(1, min(CHUNK_ROWS, CHUNK_BYTES // (4 * n)))
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        rows = np.arange(start, stop)
-        d2 = v32[start:stop] @ v32.T
-        d2 *= -2.0
-        d2 += sq32[start:stop, None]
-        d2 += sq32[None, :]
-        row_max_approx[start:stop] = d2.max(axis=1)
-        d2[rows - start, rows] = np.inf           # the word itself is added back in front
-        if m < n - 1:
-            part = _argpartition_threaded(d2, m)
-            cand = part[:, :m]
-            rest_min = np.take_along_axis(d2, part[:, m:m + 1], 1)[:, 0].astype(np.float64)
-        else:
-            cand = np.argsort(d2, axis=1)[:, : n - 1]
-            rest_min = np.full(len(rows), np.inf)
-        for s in range(0, len(rows), EXACT_SUBCHUNK):
-            sub = slice(s, s + EXACT_SUBCHUNK)
-            r = rows[sub]
-            diff = v64[cand[sub]] - v64[r][:, None, :]
-            exact = np.einsum("bkd,bkd->bk", diff, diff)
-            c_ids, c_d2 = _ranked(cand[sub], exact)
-            ids_out[r, 0], d2_out[r, 0] = r, 0.0
-            ids_out[r, 1:], d2_out[r, 1:] = c_ids[:, :k], c_d2[:, :k]
-            # Exact iff every excluded word is provably farther than the last kept one, and the
-            # row's smallest non-zero distance is among the candidates.
-            pos = np.where(c_d2 > 0, c_d2, np.inf)
-            row_min_pos[r] = pos.min(axis=1)
-            row_min_arg[r] = c_ids[np.arange(len(r)), pos.argmin(axis=1)]
-            unsafe = (c_d2[:, k - 1] >= rest_min[sub] - tol[r]) | ~np.isfinite(row_min_pos[r])
-            unsafe &= np.isfinite(rest_min[sub])
-            recheck.extend(r[unsafe].tolist())
-        bar.update(len(rows))
-    bar.close()
-
-    for i in recheck:
-        exact = _exact_row(v64, i)
+    rows = np.arange(start, stop)
+    d2 = v32[start:stop] @ v32.T
+    d2 *= -2.0
+    d2 += sq32[start:stop, None]
+    d2 += sq32[None, :]
+    max_approx = d2.max(axis=1).astype(np.float64)
+    d2[rows - start, rows] = np.inf           # the word itself is added back in front
+    if m < n - 1:
+        part = _argpartition_threaded(d2, m)
+        cand = part[:, :m]
+        rest_min = np.take_along_axis(d2, part[:, m:m + 1], 1)[:, 0].astype(np.float64)
+    else:
+        cand = np.argsort(d2, axis=1)[:, : n - 1]
+        rest_min = np.full(len(rows), np.inf)
+    del d2
+    ids_out = np.empty((len(rows), k + 1), dtype=np.int32)
+    d2_out = np.empty((len(rows), k + 1), dtype=np.float64)
+    min_pos = np.full(len(rows), np.inf)
+    min_arg = np.zeros(len(rows), dtype=np.int64)
+    recheck = []
+    for s in range(0, len(rows), EXACT_SUBCHUNK):
+        sub = slice(s, s + EXACT_SUBCHUNK)
+        r = rows[sub]
+        diff = v32[cand[sub]].astype(np.float64) - v32[r].astype(np.float64)[:, None, :]
+        exact = np.einsum("bkd,bkd->bk", diff, diff)
+        c_ids, c_d2 = _ranked(cand[sub], exact)
+        ids_out[sub, 0], d2_out[sub, 0] = r, 0.0
+        ids_out[sub, 1:], d2_out[sub, 1:] = c_ids[:, :k], c_d2[:, :k]
+        # Exact iff every excluded word is provably farther than the last kept one, and the
+        # row's smallest non-zero distance is among the candidates.
+        pos = np.where(c_d2 > 0, c_d2, np.inf)
+        min_pos[sub] = pos.min(axis=1)
+        min_arg[sub] = c_ids[np.arange(len(r)), pos.argmin(axis=1)]
+        unsafe = (c_d2[:, k - 1] >= rest_min[sub] - tol[r]) | ~np.isfinite(min_pos[sub])
+        unsafe &= np.isfinite(rest_min[sub])
+        recheck.extend((s + np.flatnonzero(unsafe)).tolist())
+    for local in recheck:
+        i = start + local
+        exact = geom.exact_row(i)
         order = candidate_order(exact, i)[: k + 1]
-        ids_out[i], d2_out[i] = order, exact[order]
+        ids_out[local], d2_out[local] = order, exact[order]
         others = np.delete(np.arange(n), i)
         pos = np.where(exact[others] > 0, exact[others], np.inf)
-        row_min_pos[i], row_min_arg[i] = pos.min(), others[pos.argmin()]
+        min_pos[local], min_arg[local] = pos.min(), others[pos.argmin()]
+    return RowBlock(start, ids_out, d2_out, min_pos, min_arg, max_approx)
 
-    dmin_row = int(np.argmin(row_min_pos))
-    if not np.isfinite(row_min_pos[dmin_row]):
+
+def build_tables(vectors: np.ndarray, neighbours: int, progress: bool = True) -> Tables:
+    """Every row block in turn, then the global extremes (a distributed build runs the blocks on
+    workers and the same `assemble` on the driver)."""
+    from tqdm import tqdm
+
+    geom = Geometry(vectors)
+    chunk = geom.chunk_rows()
+    blocks = []
+    with tqdm(total=geom.n, unit="word", desc="exact neighbours", disable=not progress, mininterval=1.0) as bar:
+        for start in range(0, geom.n, chunk):
+            blocks.append(row_block(geom, start, min(start + chunk, geom.n), neighbours))
+            bar.update(len(blocks[-1].min_pos))
+    return assemble(geom, blocks)
+
+
+def assemble(geom: Geometry, blocks: list[RowBlock]) -> Tables:
+    """The tables and the exact global Dmin and Dmax from the row blocks (in any order)."""
+    blocks = sorted(blocks, key=lambda b: b.start)
+    covered = np.concatenate([np.arange(b.start, b.start + len(b.min_pos)) for b in blocks])
+    if not np.array_equal(covered, np.arange(geom.n)):
+        raise ValueError("the row blocks do not cover every word exactly once")
+    min_pos = np.concatenate([b.min_pos for b in blocks])
+    dmin_row = int(np.argmin(min_pos))
+    if not np.isfinite(min_pos[dmin_row]):
         raise ValueError("all vectors are identical: there is no non-zero distance")
-    dmax, dmax_pair = _exact_dmax(v64, row_max_approx, tol)
+    min_arg = np.concatenate([b.min_arg for b in blocks])
+    dmax, dmax_pair = _exact_dmax(geom, np.concatenate([b.max_approx for b in blocks]))
     return Tables(
-        neighbour_ids=ids_out,
-        neighbour_distances=np.sqrt(d2_out).astype(np.float32),
-        dmin=float(np.sqrt(row_min_pos[dmin_row])),
-        dmin_pair=(dmin_row, int(row_min_arg[dmin_row])),
+        neighbour_ids=np.concatenate([b.neighbour_ids for b in blocks]),
+        neighbour_distances=np.sqrt(np.concatenate([b.neighbour_d2 for b in blocks])).astype(np.float32),
+        dmin=float(np.sqrt(min_pos[dmin_row])),
+        dmin_pair=(dmin_row, int(min_arg[dmin_row])),
         dmax=dmax,
         dmax_pair=dmax_pair,
     )
@@ -148,12 +198,13 @@ def _argpartition_threaded(d2: np.ndarray, m: int) -> np.ndarray:
         return np.concatenate(list(parts))
 
 
-def _exact_dmax(v64: np.ndarray, row_max_approx: np.ndarray, tol: np.ndarray):
+def _exact_dmax(geom: Geometry, row_max_approx: np.ndarray):
     """Exact global maximum: recompute every row whose float32 maximum could hold it."""
+    tol = geom.tol
     floor = np.max(row_max_approx - tol)
     best, pair = -1.0, (0, 0)
     for i in np.flatnonzero(row_max_approx + tol >= floor):
-        exact = _exact_row(v64, int(i))
+        exact = geom.exact_row(int(i))
         j = int(np.argmax(exact))
         if exact[j] > best:
             best, pair = float(exact[j]), (int(i), j)
