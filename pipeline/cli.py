@@ -50,13 +50,26 @@ def _build_index(argv: list[str]) -> int:
     parser.add_argument("--format", default="auto", choices=("auto", "word2vec", "glove", "word2vec-binary"))
     parser.add_argument("--neighbours", type=int, default=DEFAULT_NEIGHBOURS, help="K (default 64)")
     parser.add_argument("--annoy-trees", type=int, default=DEFAULT_ANNOY_TREES)
-    args = parser.parse_args(argv)
+    parser.add_argument("--beam", action="store_true", help=(
+        "run the exact all-pairs pass as a Beam job over row blocks; every other option is a Beam "
+        "pipeline option (--runner, --direct_num_workers, --job_endpoint, ...)"))
+    parser.add_argument("--staging", help="with --beam: a directory all workers can reach (gs://... on a "
+                                          "cluster; default a local temporary directory)")
+    parser.add_argument("--rows-per-block", type=int, help="with --beam: rows per work item")
+    args, beam_args = parser.parse_known_args(argv)
+    if beam_args and not args.beam:
+        parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
     try:
         words, vectors, stats = read_embedding(args.embedding, fmt=args.format)
         source = {"file": args.embedding, "sha256": sha256_file(args.embedding), "format": stats.format,
                   "duplicates_skipped": stats.duplicates_skipped}
+        tables = None
+        if args.beam:
+            from pipeline.build_index import beam_tables
+
+            tables = beam_tables(vectors, args.neighbours, beam_args, args.staging, args.rows_per_block)
         index = EmbeddingIndex.build(words, vectors, args.out, neighbours=args.neighbours,
-                                     annoy_trees=args.annoy_trees, source=source)
+                                     annoy_trees=args.annoy_trees, source=source, tables=tables)
     except (EmbeddingFormatError, ValueError, FileNotFoundError) as err:
         print(f"dptext build-index: error: {err}", file=sys.stderr)
         return 2

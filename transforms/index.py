@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from transforms.index_build import build_tables, candidate_order
+from transforms.index_build import Tables, build_tables, candidate_order
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -213,8 +213,9 @@ class EmbeddingIndex:
     @classmethod
     def build(cls, words: Sequence[str], vectors: np.ndarray, out_dir, neighbours: int = DEFAULT_NEIGHBOURS,
               annoy_trees: int = DEFAULT_ANNOY_TREES, source: dict | None = None,
-              progress: bool = True) -> "EmbeddingIndex":
-        """Compute the exact tables and write the index directory; returns the loaded index."""
+              progress: bool = True, tables: Tables | None = None) -> "EmbeddingIndex":
+        """Compute the exact tables (unless a distributed build already did) and write the index
+        directory; returns the loaded index."""
         words = list(words)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         n, d = vectors.shape
@@ -222,7 +223,10 @@ class EmbeddingIndex:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         started = time.time()
-        tables = build_tables(vectors, neighbours, progress=progress)
+        if tables is None:
+            tables = build_tables(vectors, neighbours, progress=progress)
+        elif tables.neighbour_ids.shape != (n, neighbours + 1):
+            raise ValueError(f"tables of shape {tables.neighbour_ids.shape} for {n} words and K={neighbours}")
         arrays = {
             VECTORS: vectors,
             NEIGHBOUR_IDS: tables.neighbour_ids,
