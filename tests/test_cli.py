@@ -62,3 +62,23 @@ def test_a_mechanism_parameter_of_another_mechanism_is_an_error_not_ignored(tmp_
                  "--search", "exact"]) == 2
     assert "--search is a parameter of multivariate_laplace, not of --mechanism truncated_gumbel" in \
         capsys.readouterr().err
+
+
+def test_every_registered_mechanism_runs_end_to_end_with_its_report(tmp_path, capsys):
+    """`dptext run --mechanism NAME` for every name in mechanisms.NAMES: one small corpus, one
+    index, each report names the mechanism and carries its guarantee and exact counts."""
+    from transforms import mechanisms
+
+    assert main(["build-index", "--embedding", str(_glove(tmp_path / "e.txt")), "--out", str(tmp_path / "idx"),
+                 "--neighbours", "6"]) == 0
+    (tmp_path / "c.txt").write_text("the cat sat on a mat\nhello world, good day\n", encoding="utf-8")
+    for name in mechanisms.NAMES:
+        prefix = tmp_path / name / "out"
+        assert main(["run", "--input", str(tmp_path / "c.txt"), "--output", str(prefix), "--index",
+                     str(tmp_path / "idx"), "--mechanism", name, "--epsilon", "1000",
+                     "--runner", "DirectRunner"]) == 0, capsys.readouterr().err
+        report = json.loads((tmp_path / name / "out.privacy_report.json").read_text())
+        assert report["mechanism"] == name and report["guarantee"]["mechanism"] == name
+        assert report["guarantee"]["statement"] and report["guarantee"]["not_protected"]
+        assert report["counts"]["documents"] == 2 and report["counts"]["tokens"] == 10
+        assert report["counts"]["perturbed"] + report["counts"]["oov"] == 10
