@@ -1,0 +1,149 @@
+"""kde_prior: the exponential mechanism over the whole vocabulary with a KDE density prior as its
+base measure (Feyisetan et al., FLAIRS 2021; MECHANISMS.md section 3).
+
+P[M(w) = y] is proportional to pi(y)^alpha exp(-eps d(w, y) / 2) over all of W, pi the Gaussian
+KDE of the embedding (transforms/kde.py). pi depends only on the embedding, so the mechanism is
+metric DP at rate eps: the ratio of the weights of y under w and w' is at most exp(eps d(w, w') / 2)
+by the triangle inequality, and so is the ratio of the normalisers.
+
+Samplers: "exact" (Gumbel-max over W, shared with the other vocabulary-wide exponential
+mechanisms) and "mh", Metropolis-Hastings on the K-nearest-neighbour graph started at w. The MH
+proposal is uniform over the current word's K table neighbours, so q(y | x) = 1/K if y in N(x),
+else 0. The graph is not symmetric: the Hastings ratio p(y) q(x | y) / (p(x) q(y | x)) is
+p(y) / p(x) when x is among y's neighbours and 0 otherwise, so only moves between mutual
+neighbours are ever accepted. The chain is then reversible with respect to the target restricted
+to w's connected component of the mutual K-NN graph: a word with no mutual neighbour never moves.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from transforms.kde import kde_log_prior
+from transforms.mechanisms.base import as_ids, check_epsilon, register
+
+NAME = "kde_prior"
+SAMPLERS = ("exact", "mh")
+DEFAULT_CHAIN_LENGTH = 100
+MUTUAL_TABLE = "knn_mutual"
+
+PARAMETERS = {
+    "alpha": "exponent of the KDE density prior pi(y)^alpha (>= 0; 0 is the plain exponential mechanism over "
+             "the vocabulary)",
+    "sampler": "exact (Gumbel-max over the whole vocabulary: metric DP) or mh (Metropolis-Hastings on the "
+               "K-nearest-neighbour graph: approximate, its total-variation distance is audited)",
+    "chain_length": "Metropolis-Hastings steps per token (sampler mh only)",
+    "bandwidth_scale": "multiplies the KDE bandwidth of Scott's rule (1 = Scott's rule; in 300 dimensions "
+                       "Scott's rule leaves pi nearly uniform, larger values let it follow the local density)",
+}
+CHOICES = {"sampler": SAMPLERS}
+
+
+@dataclass(frozen=True)
+class KDEPriorParams:
+    epsilon: float
+    alpha: float = 1.0
+    sampler: str = "exact"
+    chain_length: int = DEFAULT_CHAIN_LENGTH
+    bandwidth_scale: float = 1.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "epsilon", check_epsilon(self.epsilon))
+        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha >= 0):
+            raise ValueError(f"alpha must be a finite number >= 0, got {self.alpha!r}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; valid: {', '.join(SAMPLERS)}")
+        if isinstance(self.chain_length, bool) or not isinstance(self.chain_length, (int, np.integer)) \
+                or self.chain_length < 1:
+            raise ValueError(f"chain_length must be an integer >= 1, got {self.chain_length!r}")
+        if not (isinstance(self.bandwidth_scale, (int, float)) and math.isfinite(self.bandwidth_scale)
+                and self.bandwidth_scale > 0):
+            raise ValueError(f"bandwidth_scale must be a finite number > 0, got {self.bandwidth_scale!r}")
+
+
+def mutual_neighbours(neighbour_ids: np.ndarray, rows: int = 4096) -> np.ndarray:
+    """(n, K) bool: entry [x, k] is True when x is among the K neighbours of y = neighbour_ids[x, k + 1],
+    i.e. when the reverse proposal y -> x has probability 1/K rather than 0."""
+    table = np.asarray(neighbour_ids)
+    out = np.empty((len(table), table.shape[1] - 1), dtype=bool)
+    for s in range(0, len(table), rows):
+        x = np.arange(s, min(s + rows, len(table)))
+        out[x] = (table[table[x, 1:], 1:] == x[:, None, None]).any(axis=2)
+    return out
+
+
+class KDEPrior:
+    name = NAME
+
+    def __init__(self, index, epsilon: float, alpha: float = 1.0, sampler: str = "exact",
+                 chain_length: int = DEFAULT_CHAIN_LENGTH, bandwidth_scale: float = 1.0):
+        self.index = index
+        self.p = KDEPriorParams(epsilon, alpha, sampler, chain_length, bandwidth_scale)
+        self.epsilon = self.p.epsilon
+        self.log_pi = kde_log_prior(index, self.p.bandwidth_scale)
+        # Shifted so the largest weight is exp(0): constant factors cancel in the distribution.
+        self.log_base = self.p.alpha * (np.asarray(self.log_pi, dtype=np.float64) - float(np.max(self.log_pi)))
+        self._mutual = index.table(MUTUAL_TABLE, lambda idx: mutual_neighbours(idx.neighbour_ids)) \
+            if self.p.sampler == "mh" else None
+
+    def params(self) -> dict:
+        out = {"epsilon": self.epsilon, "alpha": self.p.alpha, "sampler": self.p.sampler,
+               "prior": "Gaussian KDE of the embedding, full covariance, Scott's rule",
+               "bandwidth_scale": self.p.bandwidth_scale}
+        if self.p.sampler == "mh":
+            out.update(chain_length=self.p.chain_length, proposal_neighbours=self.index.neighbours)
+        return out
+
+    def perturb(self, ids, rng: np.random.Generator) -> np.ndarray:
+        ids = as_ids(ids, self.index.n)
+        if not len(ids):
+            return ids
+        if self.p.sampler == "mh":
+            return self.mh_chain(ids, rng)
+        from transforms.mechanisms.vocabulary_exponential import sample_capped_exponential
+
+        return sample_capped_exponential(self.index, ids, rng, self.epsilon, log_base=self.log_base, cap=math.inf)
+
+    # ---- Metropolis-Hastings on the K-NN graph -------------------------------------------
+    def log_target(self, source: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """alpha ln pi(y) - eps d(w, y) / 2 (up to a constant), d in float64; source: (m, d) phi(w)."""
+        diff = self.index.vectors[candidates] - source
+        return self.log_base[candidates] - 0.5 * self.epsilon * np.sqrt(np.einsum("ij,ij->i", diff, diff))
+
+    def reverse_possible(self, current: np.ndarray, column: np.ndarray) -> np.ndarray:
+        """Whether the proposed word's neighbour list holds the current word (the Hastings correction)."""
+        return self._mutual[current, column - 1]
+
+    def mh_chain(self, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """chain_length MH steps from each id; all tokens advance one step together."""
+        K = self.index.neighbours
+        table = self.index.neighbour_ids
+        source = self.index.vectors[ids].astype(np.float64)
+        x = ids.copy()
+        score = self.log_base[x].copy()              # d(w, w) = 0
+        for _ in range(self.p.chain_length):
+            column = rng.integers(1, K + 1, len(x))
+            u = rng.random(len(x))
+            # Proposals the reverse move could not undo have acceptance 0: score only the others.
+            live = np.flatnonzero(self.reverse_possible(x, column))
+            y = table[x[live], column[live]]
+            proposed = self.log_target(source[live], y)
+            accept = u[live] < np.exp(np.minimum(proposed - score[live], 0.0))
+            moved = live[accept]
+            x[moved] = y[accept]
+            score[moved] = proposed[accept]
+        return x
+
+    # ---- the privacy statement -----------------------------------------------------------
+    def guarantee(self) -> dict:
+        from transforms.audit import kde_prior_guarantee
+
+        return kde_prior_guarantee(self)
+
+
+@register(NAME)
+def create(index, epsilon: float, alpha: float = 1.0, sampler: str = "exact",
+           chain_length: int = DEFAULT_CHAIN_LENGTH, bandwidth_scale: float = 1.0) -> KDEPrior:
+    return KDEPrior(index, epsilon, alpha, sampler, chain_length, bandwidth_scale)
