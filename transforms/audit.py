@@ -316,10 +316,11 @@ def mh_transition_matrix(log_target: np.ndarray, neighbour_ids: np.ndarray, mutu
     table = np.asarray(neighbour_ids)
     n, K = len(table), table.shape[1] - 1
     mutual = mutual_neighbours(table) if mutual is None else np.asarray(mutual)
-    x = np.repeat(np.arange(n), K)
-    y = table[:, 1:].ravel()
+    edge = mutual.ravel()                          # one-way edges are never taken: not stored
+    x = np.repeat(np.arange(n), K)[edge]
+    y = table[:, 1:].ravel()[edge]
     log_target = np.asarray(log_target, dtype=np.float64)
-    move = np.exp(np.minimum(log_target[y] - log_target[x], 0.0)) / K * mutual.ravel()
+    move = np.exp(np.minimum(log_target[y] - log_target[x], 0.0)) / K
     stay = 1.0 - np.bincount(x, move, minlength=n)
     return sparse.csr_matrix((np.concatenate((move, stay)), (np.concatenate((x, np.arange(n))),
                                                                np.concatenate((y, np.arange(n))))), shape=(n, n))
@@ -393,14 +394,15 @@ def audit_kde_mh_index(index, epsilon: float, log_base: np.ndarray, chain_length
     lengths = sorted({L for L in (1, 3, 10, 30, 100, 300, 1000, 3000) if L < chain_length} | {int(chain_length)})
     chosen = np.sort(np.random.default_rng(seed).choice(index.n, min(starts, index.n), replace=False))
     table = np.asarray(index.neighbour_ids)
+    vectors = _Float64Vectors(index.vectors)
     tv = []
-    for w in chosen:
-        target = base - 0.5 * epsilon * index.distances_from(int(w))
-        exact = _softmax(target)
-        tv.append(total_variation(mh_chain_distributions(target, table, int(w), lengths, mutual), exact))
+    for w, dist in zip(chosen, vectors.distances(chosen)):
+        target = base - 0.5 * epsilon * dist
+        tv.append(total_variation(mh_chain_distributions(target, table, int(w), lengths, mutual), _softmax(target)))
     tv = np.array(tv)
     stuck = np.flatnonzero(~np.asarray(mutual).any(axis=1))
-    stuck_tv = 1.0 - _self_probabilities(index, epsilon, base, stuck) if stuck.size else np.zeros(0)
+    stuck_tv = np.array([1.0 - _softmax(base - 0.5 * epsilon * dist)[w]
+                         for w, dist in zip(stuck, vectors.distances(stuck))])
     result = {
         "chain_length": int(chain_length), "start_words": len(chosen), "seed": seed,
         "tv_by_chain_length": [{"chain_length": L, "tv_median": float(np.median(tv[:, i])),
@@ -417,18 +419,20 @@ def audit_kde_mh_index(index, epsilon: float, log_base: np.ndarray, chain_length
     return result
 
 
-def _self_probabilities(index, epsilon: float, log_base: np.ndarray, words: np.ndarray, rows: int = 256) -> np.ndarray:
-    """Exact P[M(w) = w] of kde_prior for the given words (chunked float64 distances to every word)."""
-    v = np.asarray(index.vectors, dtype=np.float64)
-    sq = np.einsum("ij,ij->i", v, v)
-    out = np.empty(len(words))
-    for s in range(0, len(words), rows):
-        w = words[s:s + rows]
-        d2 = sq[w, None] + sq[None, :] - 2.0 * (v[w] @ v.T)     # cancellation error ~1e-16 |v|^2
-        d2[np.arange(len(w)), w] = 0.0
-        p = _softmax(log_base[None, :] - 0.5 * epsilon * np.sqrt(np.maximum(d2, 0.0)))
-        out[s:s + rows] = p[np.arange(len(w)), w]
-    return out
+class _Float64Vectors:
+    """Exact-enough float64 distances from a few words to every word, by chunked matrix products."""
+
+    def __init__(self, vectors: np.ndarray):
+        self.v = np.asarray(vectors, dtype=np.float64)
+        self.sq = np.einsum("ij,ij->i", self.v, self.v)
+
+    def distances(self, words: np.ndarray, rows: int = 256):
+        """One (n,) distance row per word, in order (the expansion's error is ~1e-16 |v|^2)."""
+        for s in range(0, len(words), rows):
+            w = np.asarray(words[s:s + rows])
+            d2 = self.sq[w, None] + self.sq[None, :] - 2.0 * (self.v[w] @ self.v.T)
+            d2[np.arange(len(w)), w] = 0.0
+            yield from np.sqrt(np.maximum(d2, 0.0))
 
 
 def kde_prior_guarantee(mech) -> dict:
