@@ -27,10 +27,10 @@ from transforms.mechanisms.base import as_ids, check_epsilon, register
 NAME = "kde_prior"
 SAMPLERS = ("exact", "mh")
 # From the exact TV audit on the default index (16 random start words, alpha 1, median TV to the
-# exact distribution at 100 / 1000 / 3000 steps): eps 1: 0.43 / 0.039 / 0.024; eps 2: 0.77 / 0.45 /
-# (below); eps 3: 0.085 / 0.051 / 0.032; eps >= 4: <= 0.002 at any length. Up to ~100 steps the
-# chain barely leaves w (most proposals are one-way or rejected); 1000 is where it starts to
-# approximate the target across eps, at ~3 ms per step for a batch of 4096 tokens.
+# exact distribution after 100 / 1000 / 3000 / 10000 steps): eps 1: 0.43 / 0.039 / 0.024; eps 2:
+# 0.77 / 0.45 / 0.14 / 0.011; eps 3: 0.085 / 0.051 / 0.032; eps >= 4: <= 0.002 at any length. Up to
+# ~100 steps the chain barely leaves w (most proposals are one-way or rejected); 1000 brings the
+# median below 0.05 except near eps 2 (which needs ~10^4), at ~3 ms per step for 4096 tokens.
 DEFAULT_CHAIN_LENGTH = 1000
 MUTUAL_TABLE = "knn_mutual"
 
