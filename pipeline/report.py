@@ -147,17 +147,21 @@ def _guarantee_markdown(g: dict) -> list[str]:
     if "rate" in g:
         out.append(f"- rate: {_fmt(g['rate'])}")
     if "claimed" in g:
-        out.append(f"- the paper's claim: {g['claimed']['statement']} (epsilon {_fmt(g['claimed']['epsilon'])}, "
-                   f"b {_fmt(g['claimed']['b'])})")
+        claimed = g["claimed"]
+        figures = ", ".join(f"{k} {_fmt(v)}" for k, v in claimed.items() if k != "statement")
+        out.append(f"- the paper's claim: {claimed['statement']} ({figures})")
     out.append(f"- per-token pure epsilon: {_fmt(g.get('per_token_pure_epsilon'))}")
     out.append("")
-    if g.get("audited"):
+    audited = g.get("audited")
+    if isinstance(audited, list) and audited:
         from transforms.audit import format_audit
 
-        out += ["Exact audit on vocabularies drawn from this embedding, each at the same multiple of its own "
-                "feasibility floor (worst log-ratio over all pairs; worst per unit distance; within K nearest "
-                "neighbours; max hockey-stick delta at epsilon x distance; delta profile d(eps')):", "",
-                "```", format_audit(g["audited"]), "```", ""]
+        out += ["Exact audit on vocabularies drawn from this embedding (worst log-ratio over all pairs; worst "
+                "per unit distance; within K nearest neighbours; max hockey-stick delta at epsilon x distance; "
+                "delta profile d(eps')):", "", "```", format_audit(audited), "```", ""]
+    elif audited:
+        out += ["Audit (every figure is in the JSON report):", "", "```",
+                json.dumps(audited, indent=1, ensure_ascii=False)[:4000], "```", ""]
     return out
 
 
