@@ -60,8 +60,9 @@ def test_a_mechanism_parameter_of_another_mechanism_is_an_error_not_ignored(tmp_
     assert main(["run", "--input", str(tmp_path / "c.txt"), "--output", str(tmp_path / "o"),
                  "--index", str(tmp_path / "none"), "--epsilon", "50", "--mechanism", "truncated_gumbel",
                  "--search", "exact"]) == 2
-    assert "--search is a parameter of multivariate_laplace, not of --mechanism truncated_gumbel" in \
-        capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--search is a parameter of" in err and "multivariate_laplace" in err
+    assert "not of --mechanism truncated_gumbel" in err
 
 
 def test_every_registered_mechanism_runs_end_to_end_with_its_report(tmp_path, capsys):

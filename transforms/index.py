@@ -141,6 +141,60 @@ class EmbeddingIndex:
             return self._nearest_exact(points)
         raise ValueError(f"unknown nearest-word search {method!r}; valid: annoy, exact")
 
+    def nearest_to_noisy(self, ids: np.ndarray, points: np.ndarray, m: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Exact m nearest words (ids, float64 distances, by (distance, id)) to points = phi(w) + noise.
+
+        Every word outside w's table is at least dK(w) (its K-th neighbour distance) from w, hence
+        at least dK(w) - |noise| from the point; when the m-th nearest table word is closer than
+        that, the table holds the exact answer. Other rows fall back to a search of every word.
+        """
+        ids = np.asarray(ids)
+        points = np.asarray(points, dtype=np.float64)
+        vectors = np.asarray(self.vectors)
+        out_ids = np.empty((len(ids), m), dtype=np.int32)
+        out_d = np.empty((len(ids), m))
+        fallback = []
+        for s in range(0, len(ids), 256):      # bounds the (rows, K + 1, d) float64 differences
+            rows = slice(s, s + 256)
+            table = np.asarray(self.neighbour_ids[ids[rows]])
+            diff = vectors[table].astype(np.float64) - points[rows, None, :]
+            dist = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+            order = np.lexsort((table, dist), axis=1)[:, :m]
+            out_ids[rows] = np.take_along_axis(table, order, 1)
+            out_d[rows] = np.take_along_axis(dist, order, 1)
+            noise = np.linalg.norm(points[rows] - vectors[ids[rows]].astype(np.float64), axis=1)
+            d_k = np.asarray(self.neighbour_distances[ids[rows], -1], dtype=np.float64) * (1 - 1e-5)
+            unsure = ~(out_d[rows][:, -1] < d_k - noise)
+            fallback.extend((s + np.flatnonzero(unsure)).tolist())
+        if fallback and m == 1:          # float32 products certified by their error bound: faster
+            rows = np.array(fallback)
+            out_ids[rows, 0] = self._nearest_exact(points[rows].astype(np.float32))
+            out_d[rows, 0] = np.linalg.norm(vectors[out_ids[rows, 0]].astype(np.float64) - points[rows], axis=1)
+        elif fallback:
+            rows = np.array(fallback)
+            out_ids[rows], out_d[rows] = self._nearest_all(points[rows], m)
+        return out_ids, out_d
+
+    def _nearest_all(self, points: np.ndarray, m: int, rows_per_product: int = 256):
+        """Exact m nearest of every word to each point: float64 distances to all, by (distance, id)."""
+        if self._sq_norms is None:
+            self._nearest_exact(np.zeros((0, self.d), dtype=np.float32))
+        vectors64 = self.__dict__.get("_vectors64")
+        if vectors64 is None:
+            vectors64 = self.__dict__["_vectors64"] = np.asarray(self.vectors, dtype=np.float64)
+        ids = np.empty((len(points), m), dtype=np.int32)
+        dist = np.empty((len(points), m))
+        for s in range(0, len(points), rows_per_product):
+            block = points[s:s + rows_per_product]
+            d2 = self._sq_norms[None, :] - 2.0 * (block @ vectors64.T) + np.einsum("ij,ij->i", block, block)[:, None]
+            near = np.argpartition(d2, m, axis=1)[:, : m + 1] if m < self.n - 1 else np.argsort(d2, axis=1)
+            for r in range(len(block)):         # the few candidates re-scored from differences
+                cand = near[r]
+                exact = np.linalg.norm(vectors64[cand] - block[r], axis=1)
+                order = np.lexsort((cand, exact))[:m]
+                ids[s + r], dist[s + r] = cand[order], exact[order]
+        return ids, dist
+
     def _nearest_exact(self, points: np.ndarray, rows_per_product: int = 512) -> np.ndarray:
         # Float32 matrix products rank every word; any word within the float32 error bound of
         # the best is re-scored in float64, so rounding never picks a word that is not nearest.

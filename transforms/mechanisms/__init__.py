@@ -7,6 +7,7 @@ from transforms.mechanisms import multivariate_laplace, truncated_gumbel  # noqa
 from transforms.mechanisms import kde_prior  # noqa: F401
 from transforms.mechanisms import knn_exponential  # noqa: F401
 from transforms.mechanisms import tem  # noqa: F401
+from transforms.mechanisms import distance_truncated_laplace, mahalanobis, vickrey  # noqa: F401
 from transforms.mechanisms.base import InfeasibleEpsilonError, Mechanism, check_epsilon, registered
 
 NAMES = tuple(sorted(registered()))

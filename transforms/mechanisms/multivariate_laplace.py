@@ -13,7 +13,11 @@ import numpy as np
 from transforms.mechanisms.base import as_ids, check_epsilon, register, unit_directions
 
 NAME = "multivariate_laplace"
+PARAMETERS = {"search": "nearest-word search of multivariate_laplace, distance_truncated_laplace, mahalanobis and "
+                        "vickrey's noisy vectors: exact, annoy, or auto (exact up to n*d = 50M)",
+              "search_k": "Annoy's search_k with --search annoy (-1: Annoy's default)"}
 SEARCHES = ("auto", "annoy", "exact")
+CHOICES = {"search": SEARCHES}
 # "auto" searches exactly up to this many vocabulary entries (n * d): on the default embedding
 # (10M) the exact search is faster than an Annoy search with comparable recall (README).
 AUTO_EXACT_LIMIT = 50_000_000
@@ -48,17 +52,30 @@ class MultivariateLaplace:
         return {"epsilon": self.epsilon, "radius": f"Gamma(shape={self.index.d}, scale=1/epsilon)",
                 "search": self.search, "search_k": self.p.search_k}
 
+    def radii(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """r ~ Gamma(d, 1/eps): with a uniform direction, noise of density proportional to exp(-eps |z|)."""
+        return rng.gamma(shape=self.index.d, scale=1.0 / self.epsilon, size=size)
+
+    def noise(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        return self.radii(rng, size)[:, None] * unit_directions(rng, size, self.index.d)
+
     def noisy_vectors(self, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """phi(w) + r x for each id: the point whose nearest word is the output."""
-        d = self.index.d
-        radius = rng.gamma(shape=d, scale=1.0 / self.epsilon, size=len(ids))
-        return self.index.vectors[ids] + radius[:, None] * unit_directions(rng, len(ids), d)
+        """phi(w) + z for each id: the point whose nearest word is the output."""
+        return np.asarray(self.index.vectors[ids], dtype=np.float64) + self.noise(rng, len(ids))
+
+    def nearest(self, ids: np.ndarray, points: np.ndarray, m: int = 1) -> np.ndarray:
+        """The m nearest words to each point (the post-processing step), by the configured search."""
+        if self.search == "annoy":
+            forest = self.index._annoy.get()
+            return np.array([forest.get_nns_by_vector(p, m, self.p.search_k) for p in points.astype(np.float32)],
+                            dtype=np.int32).reshape(len(points), m)
+        return self.index.nearest_to_noisy(ids, points, m)[0]
 
     def perturb(self, ids, rng: np.random.Generator) -> np.ndarray:
         ids = as_ids(ids, self.index.n)
         if not len(ids):
             return ids
-        return self.index.nearest(self.noisy_vectors(ids, rng), self.search, self.p.search_k)
+        return self.nearest(ids, self.noisy_vectors(ids, rng))[:, 0]
 
     def guarantee(self) -> dict:
         dmax = self.index.dmax
