@@ -21,6 +21,7 @@ setup(
         "scipy>=1.11",
         "dp-accounting==0.6.0",
         "tqdm>=4.60",
+        "matplotlib>=3.8",      # dptext stats: plots of N_w and S_w against epsilon
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "python-hcl2==8.1.4",

@@ -11,6 +11,8 @@ commands:
   run           privatize a corpus with a Beam pipeline (every Beam pipeline option passes through)
   build-index   build an index directory from an embedding file (word2vec text/binary, GloVe)
   audit         exact audit of truncated_gumbel on small vocabularies drawn from an index
+  stats         N_w and S_w of a mechanism over a grid of epsilon (CSV, JSON, PNG); reads only the index
+  calibrate     the epsilon whose median N_w reaches a target (compare mechanisms at matched deniability)
   demo          default embedding + public tweet sample, end to end
   template-metadata   write templates/metadata.json from the run options (--check: fail on drift)
 
@@ -86,6 +88,18 @@ def _audit(argv: list[str]) -> int:
     return main(argv) or 0
 
 
+def _stats(argv: list[str]) -> int:
+    from pipeline.stats import stats_main
+
+    return stats_main(argv)
+
+
+def _calibrate(argv: list[str]) -> int:
+    from pipeline.stats import calibrate_main
+
+    return calibrate_main(argv)
+
+
 def _demo(argv: list[str]) -> int:
     from pipeline.demo import main
 
@@ -98,7 +112,8 @@ def _template_metadata(argv: list[str]) -> int:
     return main(argv)
 
 
-COMMANDS = {"run": _run, "build-index": _build_index, "audit": _audit, "demo": _demo,
+COMMANDS = {"run": _run, "build-index": _build_index, "audit": _audit, "stats": _stats, "calibrate": _calibrate,
+            "demo": _demo,
             "template-metadata": _template_metadata}
 
 
