@@ -33,10 +33,13 @@ def _run(argv: list[str]) -> int:
     from transforms.index import IndexLoadError
 
     try:
-        run(argv)
+        result = run(argv)
     except (OptionsError, ValueError, FileNotFoundError, IndexLoadError) as err:
         print(f"dptext run: error: {err}", file=sys.stderr)
         return 2
+    from pipeline.report import format_counters, job_counters
+
+    print("dptext counters (also in the privacy report):\n" + format_counters(job_counters(result)))
     return 0
 
 

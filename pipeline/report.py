@@ -116,6 +116,9 @@ def render_markdown(report: dict) -> str:
     idx = report["index"]
     out = [f"# dptext privacy report: {report['mechanism']}", ""]
     out += ["## What is protected", ""] + [f"- {line}" for line in report["statement"]] + [""]
+    if report.get("metrics"):
+        out += ["## Beam metrics", "", "| counter | value |", "|---|---:|"]
+        out += [f"| {k} | {v:,} |" for k, v in report["metrics"].items()] + [""]
     out += ["## Mechanism", "", "| parameter | value |", "|---|---|"]
     out += [f"| {k} | {_fmt(v)} |" for k, v in report["parameters"].items()] + [""]
     out += _guarantee_markdown(report["guarantee"])
@@ -199,3 +202,36 @@ def _write_report(account: CorpusAccount, prefix: str, context: ReportContext) -
     write_text_file(md_path, render_markdown(report))
     return json_path
 
+
+
+METRIC_ORDER = ("documents", "tokens", "perturbed", "oov", "dead_lettered", "bytes_in", "bytes_out", "batch_retries")
+
+
+def job_counters(result) -> dict:
+    """The job's dptext counters (counts only), each summed over the steps that increment it."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    from transforms.beam import METRICS_NAMESPACE
+
+    counters = dict.fromkeys(METRIC_ORDER, 0)
+    for c in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]:
+        counters[c.key.metric.name] = counters.get(c.key.metric.name, 0) + (c.committed or 0)
+    return counters
+
+
+def format_counters(counters: dict) -> str:
+    return "\n".join(f"  {name:<14} {value:>14,}" for name, value in counters.items())
+
+
+def add_metrics_to_report(prefix: str, counters: dict) -> None:
+    """Record the final Beam counters in the JSON and Markdown reports written by the job."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from pipeline.io import write_text_file
+
+    json_path, md_path = report_paths(prefix)
+    with FileSystems.open(json_path) as handle:
+        report = json.loads(handle.read().decode("utf-8"))
+    report["metrics"] = counters
+    write_text_file(json_path, json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n")
+    write_text_file(md_path, render_markdown(report))

@@ -9,7 +9,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipeline.io import (ParseRecordFn, ReadRecords, WriteDeadLetter, WriteDocuments, detect_format, input_files,
                          parquet_schema)
 from pipeline.options import DPTextOptions, check_runner, mechanism_params, validate
-from pipeline.report import ReportContext, WriteReport
+from pipeline.report import ReportContext, WriteReport, add_metrics_to_report, job_counters
 from transforms.beam import ACCOUNTING, DEAD_LETTER, DOCUMENTS, PerturbConfig, PerturbDocuments
 
 
@@ -59,14 +59,20 @@ def prepare(opts: DPTextOptions) -> Prepared:
 def run(argv=None, wait: bool = True) -> beam.runners.runner.PipelineResult:
     """Validate, build and run the job; wait=False submits and returns (Flex Template launcher)."""
     options = PipelineOptions(argv)
-    opts = options.view_as(DPTextOptions)
     check_runner(options.view_as(StandardOptions).runner)
-    job = prepare(opts)
+    return execute(options, prepare(options.view_as(DPTextOptions)), wait)
+
+
+def execute(options: PipelineOptions, job: Prepared, wait: bool = True) -> beam.runners.runner.PipelineResult:
+    """Run a prepared job. When waiting, the job's counters are added to the report at the end
+    (the report is written inside the job, before its metrics are final)."""
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = "DirectRunner"
+    opts = options.view_as(DPTextOptions)
     p = beam.Pipeline(options=options)
     build_pipeline(p, opts, job)
     result = p.run()
     if wait:
         result.wait_until_finish()
+        add_metrics_to_report(opts.output, job_counters(result))
     return result

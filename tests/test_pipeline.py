@@ -94,7 +94,15 @@ def test_every_record_comes_out_once_jsonl(index_dir, feasible_epsilon, tmp_path
     assert report["counts"]["oov"] == 2 and report["counts"]["tokens"] == 2 * (6 + 5 + 0)
     for path in glob.glob(output + ".dead_letter-*") + glob.glob(output + ".privacy_report.*"):
         assert SECRET not in Path(path).read_text("utf-8")
-    assert dptext_counters(result) == {"documents": 6, "tokens": 22, "perturbed": 20, "oov": 2, "dead_lettered": 12}
+    counters = dptext_counters(result)
+    # bytes in: the UTF-8 text of every document that reached the mechanism (the three kept per
+    # shard and the over-long one); bytes out: the text written.
+    long_text = ("hello " * 50 + SECRET).encode()
+    assert counters.pop("bytes_out") == sum(len(r["text"].encode()) for r in outputs)
+    assert counters.pop("bytes_in") == 2 * (len(b"The cat sat on the mat.") + len(long_text)
+                                            + len(f"I love this {SECRET} movie".encode()))
+    assert counters == {"documents": 6, "tokens": 22, "perturbed": 20, "oov": 2, "dead_lettered": 12}
+    assert report["metrics"]["dead_lettered"] == 12 and report["metrics"]["bytes_in"] > 0
     captured = capfd.readouterr()
     assert SECRET not in captured.out and SECRET not in captured.err
 

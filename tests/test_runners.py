@@ -124,3 +124,53 @@ def test_multi_processing_direct_runner_agrees(corpus, reference):
 def test_portable_runner_with_external_worker_pool_agrees(corpus, reference, portable_services):
     other = _run_with(corpus, "portable", portable_services)
     assert other == reference
+
+
+# ---- faults: a batch fails on its first attempt; no record is lost or duplicated -------------------
+def _run_with_fault(corpus: Path, name: str, runner_args: list[str], error: str) -> dict:
+    """The reference job with one injected failure on the first attempt of the batch holding "cat"."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.options import DPTextOptions
+    from pipeline.run import execute, prepare
+    from tests.faults import FlakyConfig
+
+    output = str(corpus / name / "out")
+    options = PipelineOptions(["--input", str(corpus / "part-*.jsonl"), "--output", output, "--index",
+                               str(corpus / "idx"), "--mechanism", "multivariate_laplace", "--search", "exact",
+                               "--epsilon", "1e9", *runner_args])
+    job = prepare(options.view_as(DPTextOptions))
+    flag = corpus / f"{name}.fault"
+    flaky = FlakyConfig(**{f: getattr(job.config, f) for f in job.config.__dataclass_fields__},
+                        flag_file=str(flag), trigger_id=WORDS.index("cat"), error=error)
+    result = execute(options, type(job)(job.fmt, flaky, job.context, job.parquet_schema))
+    assert flag.exists(), "the fault was never injected"
+    report = json.loads(Path(output + ".privacy_report.json").read_text("utf-8"))
+    counters = dptext_counters(result)
+    return {"documents": sorted(shard_lines(output + "-*.jsonl")),
+            "dead_letter": sorted(shard_lines(output + ".dead_letter-*.jsonl")),
+            "counts": report["counts"], "metrics": counters}
+
+
+def _same_as_reference(faulty: dict, reference: dict, retries: int) -> None:
+    assert faulty["metrics"].pop("batch_retries", 0) == retries
+    assert faulty == reference
+
+
+def test_transient_fault_is_retried_in_the_dofn_on_the_direct_runner(corpus, reference):
+    """FnApiRunner does not retry failed bundles (an exception fails the job): the DoFn retries a
+    batch on a transient error, emitting nothing until the batch succeeded."""
+    _same_as_reference(_run_with_fault(corpus, "fault-direct", ["--runner", "DirectRunner"], "OSError"),
+                       reference, retries=1)
+
+
+def test_any_fault_is_retried_by_the_bundle_based_direct_runner(corpus, reference):
+    """BundleBasedDirectRunner retries a failed bundle (up to 4 attempts, executor.TransformExecutor)
+    and commits only the successful attempt's outputs, so even a non-transient error is survived."""
+    _same_as_reference(_run_with_fault(corpus, "fault-bundle", ["--runner", "BundleBasedDirectRunner"],
+                                       "RuntimeError"), reference, retries=0)
+
+
+def test_transient_fault_is_retried_on_the_portable_runner(corpus, reference, portable_services):
+    _same_as_reference(_run_with_fault(corpus, "fault-portable", portable_services, "OSError"),
+                       reference, retries=1)

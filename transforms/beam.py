@@ -6,6 +6,8 @@ processes on one machine share its pages); many documents' tokens go through one
 """
 from __future__ import annotations
 
+import logging
+import time
 import zlib
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
@@ -24,6 +26,10 @@ DOCUMENTS, ACCOUNTING, DEAD_LETTER = "documents", "accounting", "dead_letter"
 OOV_POLICIES = ("placeholder", "random", "keep")
 LONG_DOCUMENT_POLICIES = ("split", "dead-letter")
 METRICS_NAMESPACE = "dptext"
+# Errors worth retrying a batch for (an index page or a remote file that could not be read, a
+# timeout); anything else is a bug or bad data and fails the bundle at once.
+TRANSIENT_ERRORS = (OSError, TimeoutError)
+TRANSIENT_ATTEMPTS = 3
 
 
 class Document(NamedTuple):
@@ -82,6 +88,9 @@ class PerturbBatchFn(beam.DoFn):
         self._perturbed = Metrics.counter(METRICS_NAMESPACE, "perturbed")
         self._oov = Metrics.counter(METRICS_NAMESPACE, "oov")
         self._dead = Metrics.counter(METRICS_NAMESPACE, "dead_lettered")
+        self._retries = Metrics.counter(METRICS_NAMESPACE, "batch_retries")
+        self._bytes_in = Metrics.counter(METRICS_NAMESPACE, "bytes_in")
+        self._bytes_out = Metrics.counter(METRICS_NAMESPACE, "bytes_out")
 
     def setup(self):
         self._loaded = self._shared_handle.acquire(self.config.load, tag=repr(self.config))
@@ -95,24 +104,22 @@ class PerturbBatchFn(beam.DoFn):
         return np.random.default_rng([self.config.test_seed, zlib.crc32(first.source.encode()), first.offset])
 
     def process(self, batch):
-        short, accounts = [], []
-        for doc in batch:
-            if len(doc.text) <= self.config.max_doc_chars:
-                short.append(doc)
-                continue
-            perturbed, account = self._perturb_long(doc)
-            if account is None:
-                self._dead.inc()
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER, perturbed)
-                continue
-            yield perturbed
-            accounts.append(account)
-        if short:
-            texts, short_accounts = perturb_texts([d.text for d in short], self._loaded, self.config,
-                                                  self._rng(short[0]))
-            for doc, text in zip(short, texts):
-                yield doc._replace(text=text)
-            accounts += short_accounts
+        # Everything is computed before anything is emitted, so a retried batch can neither
+        # duplicate nor lose a record; only then are the counters incremented.
+        for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
+            try:
+                outputs, accounts, dead = self._perturb_batch(batch)
+                break
+            except TRANSIENT_ERRORS as err:
+                if attempt == TRANSIENT_ATTEMPTS:
+                    raise
+                # The error's type only: its message could quote a path or, in principle, data.
+                logging.warning("dptext: transient %s on a batch of %d documents (attempt %d of %d); retrying",
+                                type(err).__name__, len(batch), attempt, TRANSIENT_ATTEMPTS)
+                self._retries.inc()
+                time.sleep(0.2 * attempt)
+        yield from outputs
+        self._dead.inc(dead)
         if not accounts:
             return
         # One accounting element per batch holding every document's record: the same records,
@@ -122,6 +129,29 @@ class PerturbBatchFn(beam.DoFn):
         self._tokens.inc(sum(a.tokens for a in accounts))
         self._perturbed.inc(sum(a.perturbed for a in accounts))
         self._oov.inc(sum(a.oov for a in accounts))
+        self._bytes_in.inc(sum(len(doc.text.encode("utf-8")) for doc in batch))
+        self._bytes_out.inc(sum(len(out.text.encode("utf-8")) for out in outputs if isinstance(out, Document)))
+
+    def _perturb_batch(self, batch):
+        """(outputs to emit, accounts, dead-lettered count) of one batch; emits nothing."""
+        outputs, short, accounts, dead = [], [], [], 0
+        for doc in batch:
+            if len(doc.text) <= self.config.max_doc_chars:
+                short.append(doc)
+                continue
+            perturbed, account = self._perturb_long(doc)
+            if account is None:
+                dead += 1
+                outputs.append(beam.pvalue.TaggedOutput(DEAD_LETTER, perturbed))
+                continue
+            outputs.append(perturbed)
+            accounts.append(account)
+        if short:
+            texts, short_accounts = perturb_texts([d.text for d in short], self._loaded, self.config,
+                                                  self._rng(short[0]))
+            outputs += [doc._replace(text=text) for doc, text in zip(short, texts)]
+            accounts += short_accounts
+        return outputs, accounts, dead
 
     def _perturb_long(self, doc: Document):
         """(perturbed document, its account), or (dead-letter record, None)."""
