@@ -71,7 +71,8 @@ def write_stats(rows: list[dict], out: Path, meta: dict) -> list[Path]:
     axes[0].set_ylim(-0.02, 1.02)
     axes[1].set_ylim(bottom=0)
     axes[0].legend(loc="best", fontsize=8)
-    fig.suptitle(f"{meta['mechanism']} {meta['parameters'] or ''} on {meta['index']['n']:,} words "
+    params = f" {meta['parameters']}" if meta["parameters"] else ""
+    fig.suptitle(f"{meta['mechanism']}{params} on {meta['index']['n']:,} words "
                  f"({rows[0]['words']:,} sampled, {rows[0]['draws']} draws each)", fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "stats.png", dpi=110)
