@@ -287,3 +287,16 @@ def test_guarantee_prints_the_audited_figures_and_no_pure_bound(sixty):
     for figure in (worst, near, delta):
         assert f"{figure:.3g}" in g["statement"]
     assert any(f"{delta:.3g}" in item and "distant words" in item for item in g["not_protected"])
+
+
+@pytest.mark.parametrize("above_floor", [1e-4, 1e-9])
+def test_sampler_matches_the_oracle_just_above_the_feasibility_floor(small, above_floor):
+    """There b is huge (Dmax / b ~ 1e-5 to 1e-10): the noise and the weights differ by less than
+    float32 resolves, which once made every draw return the word itself. Same chi-square as above."""
+    from transforms.mechanisms.truncated_gumbel import smallest_feasible_epsilon
+
+    eps = smallest_feasible_epsilon(small.n, small.dmin) * (1 + above_floor)
+    mech, P = _oracle(small, eps)
+    assert small.dmax / mech.p.b < 1e-3
+    stat, threshold = _chi_square_matches(mech, 4, P[4], seed=9)
+    assert stat < threshold

@@ -66,7 +66,10 @@ class TruncatedGumbel:
         self.epsilon = self.p.epsilon
         self._table_ids = index.neighbour_ids
         self._table_distances = index.neighbour_distances   # memory-mapped: shared by processes
-        self._minus_inv_b = np.float32(-1.0 / self.p.b)
+        # Just above the feasibility floor b grows without bound: the noise and the weights then
+        # differ by less than float32 resolves (Dmax / b < 1e-3), so those draws use float64.
+        self._dtype = np.float32 if self.p.dmax / self.p.b >= 1e-3 else np.float64
+        self._minus_inv_b = self._dtype(-1.0 / self.p.b)
         # Gumbel(0, b) restricted to [-Dmax, Dmax] is g = -b ln E with E ~ Exponential(1)
         # restricted to [exp(-Dmax / b), exp(Dmax / b)].
         self._e_lo = math.exp(-self.p.dmax / self.p.b)
@@ -83,11 +86,12 @@ class TruncatedGumbel:
     def truncated_exponential(self, rng: np.random.Generator, shape) -> np.ndarray:
         """E ~ Exponential(1) restricted to [exp(-Dmax/b), exp(Dmax/b)] by inverse CDF."""
         # 1 - span * v is uniform on (1 - span, 1]; float32 np.log is vectorised (log1p is not).
-        u = rng.random(shape, dtype=np.float32)
-        u *= -np.float32(self._e_span)
-        u += np.float32(1.0)
+        dtype = self._dtype
+        u = rng.random(shape, dtype=dtype)
+        u *= -dtype(self._e_span)
+        u += dtype(1.0)
         np.log(u, out=u)
-        return np.float32(self._e_lo) - u
+        return dtype(self._e_lo) - u
 
     def perturb(self, ids, rng: np.random.Generator) -> np.ndarray:
         ids = as_ids(ids, self.index.n)
@@ -110,7 +114,7 @@ class TruncatedGumbel:
         # argmin(d - b ln E) == argmax(E exp(-d / b)); columns beyond a token's own k get score 0,
         # below every candidate's positive score.
         width = int(k.max()) + 1
-        weights = self._table_distances[ids, :width] * self._minus_inv_b
+        weights = self._table_distances[ids, :width].astype(self._dtype, copy=False) * self._minus_inv_b
         np.exp(weights, out=weights)
         scores = self.truncated_exponential(rng, (len(ids), width))
         scores *= weights
