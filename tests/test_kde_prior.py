@@ -12,8 +12,9 @@ from scipy.stats import gaussian_kde, multivariate_normal
 
 from tests.test_truncated_gumbel import _chi_square_matches
 from transforms import kde
-from transforms.audit import (audit_kde_mh_index, audit_pairs, json_safe, kde_mh_distribution, kde_mh_tv_profile,
-                              kde_prior_distribution, mh_chain_distributions, pairwise_distances, total_variation)
+from transforms.audit import (audit_kde_mh_index, audit_pairs, capped_exponential_distribution, json_safe,
+                              kde_mh_distribution, kde_mh_tv_profile, mh_chain_distributions, pairwise_distances,
+                              total_variation)
 from transforms.index import EmbeddingIndex
 from transforms.mechanisms.kde_prior import KDEPrior, mutual_neighbours
 
@@ -32,29 +33,6 @@ def graph(random_index):
 def stuck(random_index):
     # Same shape, seed 0: two words have no mutual neighbour and the mutual graph has 3 components.
     return random_index(n=30, d=3, neighbours=5, seed=0)
-
-
-@pytest.fixture
-def exact_sampler(monkeypatch):
-    """TEMPORARY: until transforms/mechanisms/vocabulary_exponential.py lands, a brute-force Gumbel-max
-    over the whole vocabulary with its signature (removed once the real sampler exists)."""
-    import sys
-    import types
-
-    try:
-        import transforms.mechanisms.vocabulary_exponential  # noqa: F401
-        return
-    except ImportError:
-        pass
-
-    def sample_capped_exponential(index, ids, rng, epsilon, log_base=None, cap=math.inf):
-        dist = pairwise_distances(index.vectors)[ids]
-        score = np.asarray(log_base)[None, :] - 0.5 * epsilon * np.minimum(dist, cap)
-        return np.argmax(score + rng.gumbel(size=score.shape), axis=1).astype(np.int32)
-
-    module = types.ModuleType("transforms.mechanisms.vocabulary_exponential")
-    module.sample_capped_exponential = sample_capped_exponential
-    monkeypatch.setitem(sys.modules, module.__name__, module)
 
 
 # ---- the KDE prior ----------------------------------------------------------------------------
@@ -146,20 +124,20 @@ class EpsilonNotHalved(KDEPrior):
 
 
 @pytest.mark.parametrize("word", [0, 11, 23])
-def test_exact_sampler_matches_the_closed_form(graph, exact_sampler, word):
+def test_exact_sampler_matches_the_closed_form(graph, word):
     # _chi_square_matches: Pearson statistic of 200,000 draws against the exact row, threshold at
     # the 1 - 1e-6 quantile of chi2(df), df = cells - 1 after pooling cells expected below 5
     # (reasoning in tests/test_truncated_gumbel.py). alpha = 2 so that the prior matters.
     mech = KDEPrior(graph, EPS, alpha=2.0)
-    exact = kde_prior_distribution(pairwise_distances(graph.vectors), EPS, mech.log_base)
+    exact = capped_exponential_distribution(pairwise_distances(graph.vectors), EPS, mech.log_base)
     stat, threshold = _chi_square_matches(mech, word, exact[word], seed=word)
     assert stat < threshold
 
 
 @pytest.mark.parametrize("broken", [PriorExponentIgnored, EpsilonNotHalved])
-def test_broken_exact_samplers_fail(graph, exact_sampler, broken):
+def test_broken_exact_samplers_fail(graph, broken):
     good = KDEPrior(graph, EPS, alpha=2.0)
-    exact = kde_prior_distribution(pairwise_distances(graph.vectors), EPS, good.log_base)
+    exact = capped_exponential_distribution(pairwise_distances(graph.vectors), EPS, good.log_base)
     stat, threshold = _chi_square_matches(broken(graph, EPS, alpha=2.0), 11, exact[11], seed=11)
     assert stat > threshold
 
@@ -238,7 +216,7 @@ def test_a_word_without_mutual_neighbour_never_moves(stuck):
     mech = KDEPrior(stuck, EPS, sampler="mh", chain_length=50)
     lonely = np.flatnonzero(~mutual_neighbours(stuck.neighbour_ids).any(axis=1))
     assert lonely.size == 2
-    exact = kde_prior_distribution(pairwise_distances(stuck.vectors), EPS, mech.log_base)
+    exact = capped_exponential_distribution(pairwise_distances(stuck.vectors), EPS, mech.log_base)
     for w in lonely:
         chain = mh_chain_distributions(mech.log_base - 0.5 * EPS * stuck.distances_from(w), stuck.neighbour_ids,
                                        w, [1, 1000])
@@ -252,11 +230,11 @@ def test_audit_confirms_metric_rate_for_the_exact_distribution(graph):
     dist = pairwise_distances(graph.vectors)
     for alpha in (0.0, 1.0, 3.0):
         base = KDEPrior(graph, EPS, alpha=alpha).log_base
-        result = audit_pairs(kde_prior_distribution(dist, EPS, base), dist, rate=EPS)
+        result = audit_pairs(capped_exponential_distribution(dist, EPS, base), dist, rate=EPS)
         assert result["worst_metric_rate"] <= EPS * (1 + 1e-9)
         assert result["max_delta_at_rate_times_distance"] < 1e-12
         # Broken: without the 1/2 in the exponent the rate bound fails.
-        broken = audit_pairs(kde_prior_distribution(dist, 2 * EPS, base), dist, rate=EPS)
+        broken = audit_pairs(capped_exponential_distribution(dist, 2 * EPS, base), dist, rate=EPS)
         assert broken["worst_metric_rate"] > EPS
 
 
@@ -289,7 +267,7 @@ def test_index_audit_agrees_with_the_dense_profile(stuck):
     for row, ref in zip(audited["tv_by_chain_length"], dense):
         assert row["chain_length"] == ref["chain_length"] and row["tv_max"] == pytest.approx(ref["tv_max"], abs=1e-12)
     lonely = ~mutual_neighbours(stuck.neighbour_ids).any(axis=1)
-    exact = kde_prior_distribution(pairwise_distances(stuck.vectors), EPS, mech.log_base)
+    exact = capped_exponential_distribution(pairwise_distances(stuck.vectors), EPS, mech.log_base)
     assert audited["words_without_mutual_neighbour"] == lonely.sum()
     assert audited["tv_max_words_without_mutual_neighbour"] == pytest.approx((1 - np.diag(exact)[lonely]).max())
     assert total_variation(exact[0], exact[0]) == 0

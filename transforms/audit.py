@@ -295,7 +295,8 @@ if __name__ == "__main__":
 
 
 # ---- kde_prior (MECHANISMS.md section 3): the exact distribution and the MH chain's --------------
-# P[M(w) = y] is proportional to exp(log_base[y] - eps d(w, y) / 2), log_base = alpha ln pi. The MH
+# P[M(w) = y] is proportional to exp(log_base[y] - eps d(w, y) / 2), log_base = alpha ln pi (the exact
+# distribution is capped_exponential_distribution(dist, eps, log_base), cap infinite). The MH
 # sampler's output after L steps from w is the row w of P_w^L, P_w its transition matrix for
 # the target of w: computed exactly (sparse matrix-vector products), then compared with the
 # exact distribution in total variation.
@@ -311,11 +312,6 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 def _exponential_distribution(dist: np.ndarray, epsilon: float, log_base: np.ndarray) -> np.ndarray:
     """Exact P[w, y] proportional to exp(log_base[y] - epsilon dist[w, y] / 2), rows normalised."""
     return _softmax(np.asarray(log_base, dtype=np.float64)[None, :] - 0.5 * epsilon * np.asarray(dist, np.float64))
-
-
-def kde_prior_distribution(dist: np.ndarray, epsilon: float, log_base: np.ndarray) -> np.ndarray:
-    """The exact kde_prior output distribution for every input (row) and output (column)."""
-    return _exponential_distribution(dist, epsilon, log_base)
 
 
 def mh_transition_matrix(log_target: np.ndarray, neighbour_ids: np.ndarray, mutual: np.ndarray | None = None):
@@ -379,7 +375,7 @@ def kde_mh_tv_profile(dist: np.ndarray, epsilon: float, log_base: np.ndarray, ne
     exact output distribution and the exact kde_prior distribution (small vocabularies)."""
     from transforms.mechanisms.kde_prior import mutual_neighbours
 
-    exact = kde_prior_distribution(dist, epsilon, log_base)
+    exact = _exponential_distribution(dist, epsilon, log_base)     # = capped_exponential_distribution, no cap
     mutual = mutual_neighbours(neighbour_ids)
     base = np.asarray(log_base, dtype=np.float64)
     tv = np.stack([total_variation(mh_chain_distributions(base - 0.5 * epsilon * dist[w], neighbour_ids, w,

@@ -23,6 +23,7 @@ import numpy as np
 
 from transforms.kde import kde_log_prior
 from transforms.mechanisms.base import as_ids, check_epsilon, register
+from transforms.mechanisms.vocabulary_exponential import sample_capped_exponential
 
 NAME = "kde_prior"
 SAMPLERS = ("exact", "mh")
@@ -107,8 +108,6 @@ class KDEPrior:
             return ids
         if self.p.sampler == "mh":
             return self.mh_chain(ids, rng)
-        from transforms.mechanisms.vocabulary_exponential import sample_capped_exponential
-
         return sample_capped_exponential(self.index, ids, rng, self.epsilon, log_base=self.log_base, cap=math.inf)
 
     # ---- Metropolis-Hastings on the K-NN graph -------------------------------------------
