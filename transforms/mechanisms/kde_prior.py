@@ -6,8 +6,8 @@ KDE of the embedding (transforms/kde.py). pi depends only on the embedding, so t
 metric DP at rate eps: the ratio of the weights of y under w and w' is at most exp(eps d(w, w') / 2)
 by the triangle inequality, and so is the ratio of the normalisers.
 
-Samplers: "exact" (Gumbel-max over W, shared with the other vocabulary-wide exponential
-mechanisms) and "mh", Metropolis-Hastings on the K-nearest-neighbour graph started at w. The MH
+Samplers: "exact" (sample_capped_exponential, shared with tem: Gumbel-max over the word's table
+neighbours plus one tail outcome, with rejection for the tail, exact over all of W) and "mh", Metropolis-Hastings on the K-nearest-neighbour graph started at w. The MH
 proposal is uniform over the current word's K table neighbours, so q(y | x) = 1/K if y in N(x),
 else 0. The graph is not symmetric: the Hastings ratio p(y) q(x | y) / (p(x) q(y | x)) is
 p(y) / p(x) when x is among y's neighbours and 0 otherwise, so only moves between mutual
@@ -38,7 +38,7 @@ MUTUAL_TABLE = "knn_mutual"
 PARAMETERS = {
     "alpha": "exponent of the KDE density prior pi(y)^alpha (>= 0; 0 is the plain exponential mechanism over "
              "the vocabulary)",
-    "sampler": "exact (Gumbel-max over the whole vocabulary: metric DP) or mh (Metropolis-Hastings on the "
+    "sampler": "exact (exact draw over the whole vocabulary: metric DP) or mh (Metropolis-Hastings on the "
                "K-nearest-neighbour graph: approximate, its total-variation distance is audited)",
     "chain_length": "Metropolis-Hastings steps per token (sampler mh only)",
     "bandwidth_scale": "multiplies the KDE bandwidth of Scott's rule (1 = Scott's rule; in 300 dimensions "
