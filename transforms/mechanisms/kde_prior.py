@@ -7,12 +7,13 @@ metric DP at rate eps: the ratio of the weights of y under w and w' is at most e
 by the triangle inequality, and so is the ratio of the normalisers.
 
 Samplers: "exact" (sample_capped_exponential, shared with tem: Gumbel-max over the word's table
-neighbours plus one tail outcome, with rejection for the tail, exact over all of W) and "mh", Metropolis-Hastings on the K-nearest-neighbour graph started at w. The MH
-proposal is uniform over the current word's K table neighbours, so q(y | x) = 1/K if y in N(x),
-else 0. The graph is not symmetric: the Hastings ratio p(y) q(x | y) / (p(x) q(y | x)) is
-p(y) / p(x) when x is among y's neighbours and 0 otherwise, so only moves between mutual
-neighbours are ever accepted. The chain is then reversible with respect to the target restricted
-to w's connected component of the mutual K-NN graph: a word with no mutual neighbour never moves.
+neighbours plus one tail outcome, with rejection for the tail; exact over all of W) and "mh",
+Metropolis-Hastings on the K-nearest-neighbour graph started at w. The MH proposal is uniform over
+the current word's K table neighbours, so q(y | x) = 1/K if y in N(x), else 0. The graph is not
+symmetric: the Hastings ratio p(y) q(x | y) / (p(x) q(y | x)) is p(y) / p(x) when x is among y's
+neighbours and 0 otherwise, so only moves between mutual neighbours are ever accepted. The chain is
+then reversible with respect to the target restricted to w's connected component of the mutual
+K-NN graph: a word with no mutual neighbour never moves.
 """
 from __future__ import annotations
 
