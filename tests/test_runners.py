@@ -8,11 +8,6 @@ must be identical across runners, not just their counts.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,53 +21,14 @@ WORDS = "the cat sat on a mat dog ran to park hello world good bad day night".sp
 pytestmark = pytest.mark.timeout(300)   # a hung job service or worker pool fails instead of stalling CI
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_port(port: int, process: subprocess.Popen, seconds: float = 60) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args} exited with {process.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"nothing listening on port {port} after {seconds} s")
-
-
 @pytest.fixture(scope="module")
 def portable_services(tmp_path_factory):
-    """Beam's job service and an external SDK worker pool, as separate processes."""
-    env = dict(os.environ)
-    # The worker pool starts `python` from PATH for each worker: this interpreter's bin comes first.
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    job_port, pool_port = _free_port(), _free_port()
-    logs = tmp_path_factory.mktemp("services")
-    processes = [
-        subprocess.Popen([sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
-                          "--port", str(job_port)], env=env, stdout=open(logs / "job.log", "w"),
-                         stderr=subprocess.STDOUT),
-        subprocess.Popen([sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
-                          "--service_port", str(pool_port)], env=env, stdout=open(logs / "pool.log", "w"),
-                         stderr=subprocess.STDOUT),
-    ]
-    try:
-        _wait_for_port(job_port, processes[0])
-        _wait_for_port(pool_port, processes[1])
-        yield ["--runner", "PortableRunner", "--job_endpoint", f"localhost:{job_port}",
-               "--environment_type", "EXTERNAL", "--environment_config", f"localhost:{pool_port}"]
-    finally:
-        for p in processes:
-            p.terminate()
-        for p in processes:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+    """Beam's job service and an external SDK worker pool, as separate processes (the venv's bin
+    first on PATH: the pool starts `python` from PATH for each worker)."""
+    from benchmarks.scaleout import portable_services as services
+
+    with services(tmp_path_factory.mktemp("services")) as runner_args:
+        yield runner_args
 
 
 @pytest.fixture(scope="module")
