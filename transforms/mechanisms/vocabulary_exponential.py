@@ -130,13 +130,24 @@ def _rounds(index, ids, table_ids, dk, p_table, half_eps, cap, base: _Base, rng,
         y[redo] = base.draw(rng, len(redo[0]))
         inside[redo] = (rows[redo[0]] == y[redo][:, None]).any(axis=1)
     vectors = np.asarray(index.vectors)             # a plain view: memmap indexing is slow per call
-    source = vectors[ids[pending]].astype(np.float64)
-    d = np.empty((m, rounds))
-    step = max(1, _PROPOSALS_PER_CALL // rounds)   # bounds the (rows, rounds, d) float64 differences
+    source = vectors[ids[pending]]
+    d = np.empty((m, rounds), dtype=np.float32)
+    step = max(1, _PROPOSALS_PER_CALL // rounds)   # bounds the (rows, rounds, d) differences
     for s in range(0, m, step):
-        diff = vectors[y[s:s + step]].astype(np.float64) - source[s:s + step, None, :]
+        diff = vectors[y[s:s + step]] - source[s:s + step, None, :]
         d[s:s + step] = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
-    accepted = rng.random((m, rounds)) < np.exp(-half_eps * (np.minimum(d, cap) - dk[pending, None]))
+    # Accept iff U < exp(-(eps/2)(min(d, cap) - dK)), i.e. min(d, cap) < dK - ln(U) / (eps/2). The
+    # float32 distance is within a relative 2e-5 of the exact one (d roundings of u = 6e-8 each);
+    # the rare proposals too close to the threshold to decide are recomputed in float64.
+    threshold = dk[pending, None] - np.log(rng.random((m, rounds))) / half_eps
+    approx = np.minimum(d.astype(np.float64), cap)
+    error = 2e-5 * approx + 1e-6
+    accepted = approx + error < threshold
+    unsure = np.nonzero(np.abs(approx - threshold) <= error)
+    if unsure[0].size:
+        diff = vectors[y[unsure]].astype(np.float64) - vectors[ids[pending[unsure[0]]]].astype(np.float64)
+        exact = np.minimum(np.sqrt(np.einsum("ij,ij->i", diff, diff)), cap)
+        accepted[unsure] = exact < threshold[unsure]
     ends = table_round | accepted
     first = np.where(ends.any(axis=1), np.argmax(ends, axis=1), -1)
     picked = np.arange(m), np.maximum(first, 0)
