@@ -3,7 +3,7 @@ VENV   := .venv
 PYTHON ?= python3
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench
+.PHONY: demo test bench utility peers
 
 $(STAMP): setup.py constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -19,3 +19,15 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.spine
+
+# Issue-7 evidence: the utility benchmark needs scikit-learn (the bench extra); the peers
+# benchmark builds its own pinned virtual environments for the peer packages.
+$(VENV)/.installed-bench: $(STAMP)
+	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[test,gcp,bench]'
+	touch $@
+
+utility: $(VENV)/.installed-bench
+	$(VENV)/bin/python -m benchmarks.utility
+
+peers: $(STAMP)
+	$(VENV)/bin/python -m benchmarks.peers
