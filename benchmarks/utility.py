@@ -471,8 +471,9 @@ def plot(results: dict, path: Path) -> None:
                             label="no effective noise (OOV placeholder only)")
                 elif r["kind"] in ("ceiling", "floor"):
                     s = r["summary"][model]["test_clean"]["accuracy"]
-                    ax.axhline(100 * s["mean"], color="grey", linestyle="--" if r["kind"] == "ceiling" else ":",
-                               label=f"{r['mechanism']} ({100 * s['mean']:.1f})")
+                    style = {"floor": ":", "ceiling": "--" if r["mechanism"] == "non-private" else "-."}[r["kind"]]
+                    ax.axhline(100 * s["mean"], color="grey", linestyle=style,
+                               label=f"{r['kind']}: {r['mechanism']}")
             ax.set_title(f"{model}: {title}", fontsize=10)
             ax.set_ylabel("accuracy (%)")
             ax.grid(True, alpha=0.3)
