@@ -23,7 +23,29 @@ from transforms.mechanisms.base import as_ids
 # The table stores float32 distances: shrinking dK by this relative margin keeps it below the
 # exact distance of every word outside the table, so an acceptance probability never exceeds 1.
 _DK_MARGIN = 1e-5
-_PROPOSALS_PER_CALL = 16384   # tail proposals scored at once (memory: x d x 8 bytes)
+_PROPOSALS_PER_CALL = 16384   # tail proposals scored at once (memory: x d x 4 bytes)
+_U32 = float(np.finfo(np.float32).eps) / 2
+
+
+def _gamma(d: int) -> float:
+    return d * _U32 / (1 - d * _U32)
+
+
+_GAMMA32 = _gamma(1024)       # covers every d <= 1024; recomputed below for larger embeddings
+_NORMS: dict = {}
+
+
+def _squared_norms(index) -> np.ndarray:
+    """Exact (float64) squared norms of the vectors, once per index."""
+    global _GAMMA32
+    key = id(index)
+    if key not in _NORMS or _NORMS[key][0] is not index:
+        if len(_NORMS) > 8:
+            _NORMS.clear()
+        v = np.asarray(index.vectors, dtype=np.float64)
+        _NORMS[key] = (index, np.einsum("ij,ij->i", v, v))
+        _GAMMA32 = max(_GAMMA32, _gamma(index.d))
+    return _NORMS[key][1]
 
 
 class _Base:
@@ -130,18 +152,22 @@ def _rounds(index, ids, table_ids, dk, p_table, half_eps, cap, base: _Base, rng,
         y[redo] = base.draw(rng, len(redo[0]))
         inside[redo] = (rows[redo[0]] == y[redo][:, None]).any(axis=1)
     vectors = np.asarray(index.vectors)             # a plain view: memmap indexing is slow per call
+    sq = _squared_norms(index)
     source = vectors[ids[pending]]
-    d = np.empty((m, rounds), dtype=np.float32)
-    step = max(1, _PROPOSALS_PER_CALL // rounds)   # bounds the (rows, rounds, d) differences
+    dot = np.empty((m, rounds), dtype=np.float32)
+    step = max(1, _PROPOSALS_PER_CALL // rounds)   # bounds the gathered (rows, rounds, d) vectors
     for s in range(0, m, step):
-        diff = vectors[y[s:s + step]] - source[s:s + step, None, :]
-        d[s:s + step] = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
-    # Accept iff U < exp(-(eps/2)(min(d, cap) - dK)), i.e. min(d, cap) < dK - ln(U) / (eps/2). The
-    # float32 distance is within a relative 2e-5 of the exact one (d roundings of u = 6e-8 each);
-    # the rare proposals too close to the threshold to decide are recomputed in float64.
+        dot[s:s + step] = np.einsum("ijk,ik->ij", vectors[y[s:s + step]], source[s:s + step])
+    # d^2 = |y|^2 + |w|^2 - 2 y.w with the dot product in float32: its error is at most
+    # gamma_d |y| |w| (Higham 3.1, gamma_d = d u / (1 - d u)), plus rounding of the sum; the
+    # proposals whose acceptance that error could flip are recomputed exactly in float64.
+    sq_y, sq_w = sq[y], sq[ids[pending]][:, None]
+    d2 = np.maximum(sq_y + sq_w - 2.0 * dot, 0.0)
+    approx = np.minimum(np.sqrt(d2), cap)
+    d2_error = 2 * _GAMMA32 * np.sqrt(sq_y * sq_w) + 4 * _U32 * (sq_y + sq_w)
+    error = d2_error / np.maximum(np.sqrt(d2) + np.sqrt(np.maximum(d2 - d2_error, 0.0)), 1e-300) + 1e-12
+    # Accept iff U < exp(-(eps/2)(min(d, cap) - dK)), i.e. min(d, cap) < dK - ln(U) / (eps/2).
     threshold = dk[pending, None] - np.log(rng.random((m, rounds))) / half_eps
-    approx = np.minimum(d.astype(np.float64), cap)
-    error = 2e-5 * approx + 1e-6
     accepted = approx + error < threshold
     unsure = np.nonzero(np.abs(approx - threshold) <= error)
     if unsure[0].size:
