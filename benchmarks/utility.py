@@ -225,6 +225,12 @@ class Cache:
     def put(self, key: dict, value) -> None:
         self.entries = [e for e in self.entries if e["key"] != key] + [{"key": key, "value": value}]
 
+    def save(self, path: Path) -> None:
+        """Into the results JSON at once (its other contents kept), so an interrupted run keeps them."""
+        results = json.loads(path.read_text()) if path.is_file() else {}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**results, "cache": self.entries}, indent=1) + "\n")
+
 
 def median_nw(index, mechanism: str, epsilon: float, sample: int, draws: int) -> dict:
     """Median N_w (and its standard error) of a mechanism at epsilon, on the words and seed that
@@ -239,7 +245,7 @@ def median_nw(index, mechanism: str, epsilon: float, sample: int, draws: int) ->
             "p5": summary["unchanged"]["p5"], "p95": summary["unchanged"]["p95"]}
 
 
-def matched_points(index, grid, others, sample: int, draws: int, cache: Cache, log) -> list[dict]:
+def matched_points(index, grid, others, sample: int, draws: int, cache: Cache, save, log) -> list[dict]:
     """For each truncated_gumbel epsilon: its median N_w, and each other mechanism's epsilon with
     the same median N_w (or why none exists)."""
     from transforms.stats import TargetUnreachable, calibrate
@@ -268,6 +274,7 @@ def matched_points(index, grid, others, sample: int, draws: int, cache: Cache, l
                 except TargetUnreachable as err:
                     found = {"unreachable": str(err)}
                 cache.put(key, found)
+                save()
             point["matched"][mech] = found
             log(f"  {mech}: " + (f"epsilon {found['epsilon']:.4g} gives median N_w {found['median_nw']:.3f}"
                                  if "epsilon" in found else found["unreachable"]))
@@ -573,7 +580,8 @@ def main(argv=None) -> int:
 
     json_path = args.out.with_suffix(".json")
     cache = Cache(json_path)
-    points = matched_points(index, args.grid, others, args.nw_sample, args.nw_draws, cache, log)
+    points = matched_points(index, args.grid, others, args.nw_sample, args.nw_draws, cache,
+                            lambda: cache.save(json_path), log)
 
     runner_args = ["--runner", "DirectRunner"] + (
         ["--direct_running_mode", "multi_processing", "--direct_num_workers", str(args.workers)]

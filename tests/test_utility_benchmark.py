@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from benchmarks.utility import (make_split, mean_embeddings, privatize, stratified_subset, t_interval,
+from benchmarks.utility import (Cache, make_split, mean_embeddings, privatize, stratified_subset, t_interval,
                                 welch_interval)
 from tests.conftest import build_random_index
 
@@ -84,3 +84,18 @@ def test_privatize_returns_every_run_in_record_order(tiny_index, tmp_path):
     assert runs == [expected] * 3
     assert figures["fraction_changed"] == 0 and figures["oov"] == 3
     assert figures["randomness"].startswith("OS entropy")
+
+
+def test_cache_is_saved_into_the_results_json_and_read_back(tmp_path):
+    path = tmp_path / "utility.json"
+    path.write_text('{"rows": [1, 2], "cache": []}')
+    key = {"what": "calibration", "mechanism": "multivariate_laplace", "target": 0.28, "sample": 300}
+    cache = Cache(path)
+    assert cache.get(key) is None
+    cache.put(key, {"epsilon": 10.1})
+    cache.put(key, {"epsilon": 10.2})            # replaces, does not append
+    cache.save(path)
+    again = Cache(path)
+    assert again.get(key) == {"epsilon": 10.2} and len(again.entries) == 1
+    assert again.get({**key, "sample": 100}) is None
+    assert '"rows": [' in path.read_text()        # the rest of the results file is kept
