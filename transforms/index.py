@@ -175,33 +175,37 @@ class EmbeddingIndex:
             out_ids[rows], out_d[rows] = self._nearest_all(points[rows], m)
         return out_ids, out_d
 
-    def _nearest_all(self, points: np.ndarray, m: int, rows_per_product: int = 256):
-        """Exact m nearest of every word to each point: float64 distances to all, by (distance, id)."""
-        if self._sq_norms is None:
-            self._nearest_exact(np.zeros((0, self.d), dtype=np.float32))
-        vectors64 = self.__dict__.get("_vectors64")
-        if vectors64 is None:
-            vectors64 = self.__dict__["_vectors64"] = np.asarray(self.vectors, dtype=np.float64)
+    def _nearest_all(self, points: np.ndarray, m: int, rows_per_product: int = 512):
+        """Exact m nearest of every word to each point, by (distance, id): float32 products rank
+        every word, and every word within the float32 error bound of the m-th is re-scored in
+        float64, so rounding never changes the answer."""
+        self._ensure_norms()
         ids = np.empty((len(points), m), dtype=np.int32)
         dist = np.empty((len(points), m))
+        p_norm = np.linalg.norm(points, axis=1)
         for s in range(0, len(points), rows_per_product):
             block = points[s:s + rows_per_product]
-            d2 = self._sq_norms[None, :] - 2.0 * (block @ vectors64.T) + np.einsum("ij,ij->i", block, block)[:, None]
-            near = np.argpartition(d2, m, axis=1)[:, : m + 1] if m < self.n - 1 else np.argsort(d2, axis=1)
-            for r in range(len(block)):         # the few candidates re-scored from differences
-                cand = near[r]
-                exact = np.linalg.norm(vectors64[cand] - block[r], axis=1)
+            scores = block.astype(np.float32) @ np.asarray(self.vectors).T
+            scores *= -2.0
+            scores += self._sq_norms32[None, :]
+            mth = np.partition(scores, m - 1, axis=1)[:, m - 1]
+            tol = _float32_score_error(p_norm[s:s + rows_per_product], self._max_norm, self.d)
+            for r, cand in enumerate(_rows_within(scores, mth + tol)):
+                exact = np.linalg.norm(np.asarray(self.vectors[cand], dtype=np.float64) - block[r], axis=1)
                 order = np.lexsort((cand, exact))[:m]
                 ids[s + r], dist[s + r] = cand[order], exact[order]
         return ids, dist
 
-    def _nearest_exact(self, points: np.ndarray, rows_per_product: int = 512) -> np.ndarray:
-        # Float32 matrix products rank every word; any word within the float32 error bound of
-        # the best is re-scored in float64, so rounding never picks a word that is not nearest.
+    def _ensure_norms(self) -> None:
         if self._sq_norms is None:
             self._sq_norms = np.einsum("ij,ij->i", self.vectors, self.vectors, dtype=np.float64)
             self._max_norm = float(np.sqrt(self._sq_norms.max()))
             self._sq_norms32 = self._sq_norms.astype(np.float32)
+
+    def _nearest_exact(self, points: np.ndarray, rows_per_product: int = 512) -> np.ndarray:
+        # Float32 matrix products rank every word; any word within the float32 error bound of
+        # the best is re-scored in float64, so rounding never picks a word that is not nearest.
+        self._ensure_norms()
         out = np.empty(len(points), dtype=np.int32)
         p64 = points.astype(np.float64)
         p_norm = np.linalg.norm(p64, axis=1)
@@ -349,6 +353,12 @@ class EmbeddingIndex:
         if len(words) != manifest["n"]:
             raise IndexLoadError(f"{path / VOCAB}: {len(words)} words, the manifest says {manifest['n']}")
         return cls(path, manifest, words, arrays[VECTORS], arrays[NEIGHBOUR_IDS], arrays[NEIGHBOUR_DISTANCES])
+
+
+def _rows_within(scores: np.ndarray, limits: np.ndarray):
+    """For each row, the columns whose score is at most the row's limit."""
+    rows, cols = np.nonzero(scores <= limits[:, None])
+    return np.split(cols, np.flatnonzero(np.diff(rows)) + 1) if len(rows) else [cols] * 0
 
 
 def table_key(name: str, params: dict | None) -> str:

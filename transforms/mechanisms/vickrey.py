@@ -46,9 +46,9 @@ class Vickrey:
 
     def choose(self, pair: np.ndarray, points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """u1 or u2 of each pair, by the Vickrey probability of their distances to the point."""
-        vectors = np.asarray(self.index.vectors, dtype=np.float64)
-        d1 = np.linalg.norm(vectors[pair[:, 0]] - points, axis=1)
-        d2 = np.linalg.norm(vectors[pair[:, 1]] - points, axis=1)
+        vectors = np.asarray(self.index.vectors)          # only the pair's rows go to float64
+        d1 = np.linalg.norm(vectors[pair[:, 0]].astype(np.float64) - points, axis=1)
+        d2 = np.linalg.norm(vectors[pair[:, 1]].astype(np.float64) - points, axis=1)
         return np.where(rng.random(len(pair)) < first_of_two(d1, d2, self.t), pair[:, 0], pair[:, 1])
 
     def perturb(self, ids, rng: np.random.Generator) -> np.ndarray:
