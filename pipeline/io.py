@@ -30,7 +30,30 @@ def detect_format(pattern: str) -> str:
     return "jsonl" if stem.endswith((".jsonl", ".json", ".ndjson")) else "text"
 
 
-class _ParquetRowSource(parquetio._ParquetSource):
+class _EvenSplits:
+    """Initial splits of equal size within each file.
+
+    Beam cuts a file into pieces of the desired size plus a remainder (an 8.4 MB file at 5.8 MB:
+    5.8 + 2.6), and a runner that deals the pieces out in turn then gives one worker every large
+    piece. Cutting each file into the same number of pieces, all of one size, keeps workers even.
+    """
+
+    def split(self, desired_bundle_size=None, start_position=None, stop_position=None):
+        if not desired_bundle_size or start_position is not None or stop_position is not None:
+            yield from super().split(desired_bundle_size, start_position, stop_position)
+            return
+        for whole in super().split(float("inf")):        # one bundle per file
+            size = whole.stop_position - whole.start_position
+            if size == float("inf"):                       # unsplittable (compressed): whole
+                yield whole
+                continue
+            pieces = max(1, -(-size // desired_bundle_size))
+            cuts = [whole.start_position + size * i // pieces for i in range(pieces + 1)]
+            for start, stop in zip(cuts, cuts[1:]):
+                yield from whole.source.split(float("inf"), start, stop)      # exactly [start, stop)
+
+
+class _ParquetRowSource(_EvenSplits, parquetio._ParquetSource):
     """Beam's Parquet source, yielding (file, row number, row as a dict); splittable by row group.
 
     Same claiming as the parent's read_records (one claim per row group, at its file offset),
@@ -54,7 +77,7 @@ class _ParquetRowSource(parquetio._ParquetSource):
                 next_start = utils.get_offset(pf, index) if index < groups else range_tracker.stop_position()
 
 
-class _LineSource(filebasedsource.FileBasedSource):
+class _LineSource(_EvenSplits, filebasedsource.FileBasedSource):
     """Lines as (file, byte offset, raw bytes without the newline); splittable within a file.
 
     A split starting inside a line skips to the next line start; a line belongs to the split

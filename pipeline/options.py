@@ -45,6 +45,11 @@ class DPTextOptions(PipelineOptions):
                  "bounded by --max-doc-chars) or dead-letter (sent to the dead letter with the reason).")
         add("--batch-chars", "--batch_chars", dest="batch_chars", type=int, default=65536,
             help="Characters of text per perturbation batch (many documents per mechanism call).")
+        add("--rebalance", type=parse_bool, default=True,
+            help="true (default): shuffle the batches between reading and perturbing, so every worker "
+                 "gets an even share even when the input comes in few splits (e.g. one gzip file); false: "
+                 "perturb where read (saves one shuffle of the corpus when the runner already balances "
+                 "the reads, e.g. Dataflow's dynamic splitting of many large shards).")
         add("--delta", type=float, default=1e-6,
             help="delta for the composed per-document bound in the report (default 1e-6).")
         add("--test-seed", "--test_seed", dest="test_seed", type=int, default=None,

@@ -26,7 +26,8 @@ def build_pipeline(p: beam.Pipeline, opts: DPTextOptions, job: Prepared) -> None
     records = p | "ReadCorpus" >> ReadRecords(opts.input, job.fmt)
     parsed = records | "ParseRecords" >> beam.ParDo(ParseRecordFn(job.fmt, opts.text_field)).with_outputs(
         DEAD_LETTER, main=DOCUMENTS)
-    perturbed = parsed[DOCUMENTS] | "PerturbDocuments" >> PerturbDocuments(job.config, opts.batch_chars)
+    perturbed = parsed[DOCUMENTS] | "PerturbDocuments" >> PerturbDocuments(job.config, opts.batch_chars,
+                                                                           opts.rebalance)
     perturbed[DOCUMENTS] | "WriteDocuments" >> WriteDocuments(opts.output, job.fmt, opts.text_field,
                                                               job.parquet_schema)
     perturbed[ACCOUNTING] | "PrivacyReport" >> WriteReport(opts.output, job.context)

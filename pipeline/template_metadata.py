@@ -69,7 +69,8 @@ def build_metadata() -> dict:
         param = {"name": name, "label": name.replace("_", " ").capitalize(), "helpText": action.help,
                  "isOptional": name not in REQUIRED, "paramType": "TEXT"}
         if action.default is not None and name not in REQUIRED:
-            param["defaultValue"] = str(action.default)
+            default = action.default
+            param["defaultValue"] = str(default).lower() if isinstance(default, bool) else str(default)
         regexes = _regex(action) or (["^.+$"] if name in REQUIRED else [])
         if regexes:
             param["regexes"] = regexes

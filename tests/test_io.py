@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+from pathlib import Path
 
 import pytest
 from apache_beam.io import source_test_utils
@@ -44,6 +45,24 @@ def test_splits_read_every_line_exactly_once(tmp_path):
         splits = [(s.source, s.start_position, s.stop_position) for s in source.split(desired_bundle_size=bundle)]
         assert len(splits) > 1
         source_test_utils.assert_sources_equal_reference_source((source, None, None), splits)
+
+
+def test_initial_splits_are_equal_within_each_file(tmp_path):
+    """Not Beam's desired-size pieces plus a remainder (which a runner dealing splits out in turn
+    gives all to one worker): every file cut into pieces of one size, +-1 byte."""
+    for name, copies in (("a.txt", 5), ("b.txt", 13)):
+        _write(tmp_path / name, LINES * copies, trailing_newline=True)
+    source = _LineSource(str(tmp_path / "*.txt"))
+    desired = 100
+    by_file = {}
+    for s in source.split(desired_bundle_size=desired):
+        by_file.setdefault(s.source._file_name, []).append(s.stop_position - s.start_position)
+    for name, sizes in by_file.items():
+        total = Path(name).stat().st_size
+        assert sum(sizes) == total and len(sizes) == -(-total // desired)
+        assert max(sizes) - min(sizes) <= 1, sizes
+    splits = [(s.source, s.start_position, s.stop_position) for s in source.split(desired_bundle_size=desired)]
+    source_test_utils.assert_sources_equal_reference_source((source, None, None), splits)
 
 
 def test_dynamic_splitting_at_every_fraction(tmp_path):

@@ -32,6 +32,18 @@ def portable_services(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def parallel_portable_services(tmp_path_factory):
+    """The same, with a job service that gives a job the SDK workers it asks for (Beam's own runs
+    one whatever the job asks; see benchmarks/parallel_job_service.py)."""
+    from benchmarks.scaleout import PARALLEL_JOB_SERVICE
+    from benchmarks.scaleout import portable_services as services
+
+    logs = tmp_path_factory.mktemp("parallel-services")
+    with services(logs, PARALLEL_JOB_SERVICE) as runner_args:
+        yield runner_args, logs
+
+
+@pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("runners")
     EmbeddingIndex.build(WORDS, np.random.default_rng(5).normal(size=(len(WORDS), 5)).astype(np.float32),
@@ -79,6 +91,19 @@ def test_multi_processing_direct_runner_agrees(corpus, reference):
 
 def test_portable_runner_with_external_worker_pool_agrees(corpus, reference, portable_services):
     other = _run_with(corpus, "portable", portable_services)
+    assert other == reference
+
+
+def test_portable_runner_with_two_sdk_workers_agrees(corpus, reference, parallel_portable_services):
+    runner_args, logs = parallel_portable_services
+    other = _run_with(corpus, "portable-2", [*runner_args, "--sdk_worker_parallelism", "2"])
+    assert other == reference
+    assert (logs / "pool.log").read_text().count("Starting worker") == 2
+
+
+def test_without_the_rebalancing_shuffle_agrees(corpus, reference):
+    other = _run_with(corpus, "no-rebalance", ["--runner", "DirectRunner", "--direct_running_mode",
+                                               "multi_processing", "--direct_num_workers", "2", "--rebalance", "false"])
     assert other == reference
 
 

@@ -241,14 +241,18 @@ def _output_words(words, out_ids, in_vocab, lowered, index, config) -> list[str]
 class PerturbDocuments(beam.PTransform):
     """Documents -> perturbed documents, with accounting and dead-letter side outputs."""
 
-    def __init__(self, config: PerturbConfig, batch_chars: int = 65536):
+    def __init__(self, config: PerturbConfig, batch_chars: int = 65536, rebalance: bool = True):
         super().__init__()
-        self.config, self.batch_chars = config, batch_chars
+        self.config, self.batch_chars, self.rebalance = config, batch_chars, rebalance
 
     def expand(self, documents):
-        return (documents
-                | "BatchDocuments" >> beam.BatchElements(
-                    min_batch_size=max(1, self.batch_chars // 8), max_batch_size=self.batch_chars,
-                    element_size_fn=lambda doc: max(1, len(doc.text)))
-                | "PerturbBatches" >> beam.ParDo(PerturbBatchFn(self.config)).with_outputs(
-                    ACCOUNTING, DEAD_LETTER, main=DOCUMENTS))
+        batches = documents | "BatchDocuments" >> beam.BatchElements(
+            min_batch_size=max(1, self.batch_chars // 8), max_batch_size=self.batch_chars,
+            element_size_fn=lambda doc: max(1, len(doc.text)))
+        if self.rebalance:
+            # A fusion break: without it each batch is perturbed by the worker that read it, so a
+            # corpus in few splits (one gzip file, a few shards, a runner that hands out whole
+            # restrictions) runs on few workers; shuffled batches spread evenly over all of them.
+            batches = batches | "Rebalance" >> beam.Reshuffle()
+        return batches | "PerturbBatches" >> beam.ParDo(PerturbBatchFn(self.config)).with_outputs(
+            ACCOUNTING, DEAD_LETTER, main=DOCUMENTS)
