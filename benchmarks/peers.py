@@ -1,6 +1,7 @@
 """Speed against the open-source peers: dptext, mldp-text 0.1.2 and pypantera 1.0.2 on the same words.
 
     python -m benchmarks.peers [--sizes 2000,20000] [--mechanisms tem,vickrey] [--peers pypantera]
+    python -m benchmarks.peers --plot-only      # redraw benchmarks/results/peers.png from peers.json
 
 Each peer is installed once, pinned, into its own virtual environment under
 ${DPTEXT_CACHE:-~/.cache/dptext}/peers/ and runs in that environment's python: nothing of a peer
@@ -11,7 +12,7 @@ uniformly from the default vocabulary with a fixed seed). A process reports its 
 words out); the parent samples its peak memory and scores its outputs. 20,000 tokens run where
 the 2,000-token rate says they finish within --budget seconds. Then dptext's mechanism-only
 figure (benchmarks.spine's measurement) and an end-to-end DirectRunner run on 1M+ tokens.
-Prints a table and writes benchmarks/results/peers.json. benchmarks/README.md says how each
+Prints a table and writes benchmarks/results/peers.json and peers.png (tokens/s per tool, log scale). benchmarks/README.md says how each
 peer's parameters were matched and where the peers depart from the papers.
 """
 from __future__ import annotations
@@ -412,6 +413,7 @@ def main(argv=None) -> int:
                      "budget_seconds": args.budget},
         "epsilon": EPSILON, "lambda": LAMBDA, "vickrey_t": VICKREY_T, "tem_beta": TEM_BETA,
         "rows": runs.rows, "dptext_mechanism_only": spine_rows, "end_to_end": e2e}, indent=2) + "\n")
+    plot(json.loads((RESULTS / "peers.json").read_text()), RESULTS / "peers.png")
     return 0
 
 
@@ -491,5 +493,44 @@ def print_results(rows: list[dict], spine_rows: list[dict], e2e: dict | None, bu
     print(f"load average at the end: {load_end[0]:.2f} (figures from a loaded machine are distorted)")
 
 
+def plot(results: dict, path: Path) -> None:
+    """tokens/s of every tool per shared mechanism (the smallest workload, which every tool ran),
+    log scale, with the ratio dptext / peer over each peer's bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results["rows"] if r.get("tokens") == min(results["workload"]["sizes"]) and "tokens_per_s" in r]
+    mechanisms = list(dict.fromkeys(r["mechanism"] for r in rows))
+    tools = list(dict.fromkeys(r["tool"] for r in rows))
+    width = 0.8 / len(tools)
+    fig, ax = plt.subplots(figsize=(10, 5))
+    for t, tool in enumerate(tools):
+        for m, mechanism in enumerate(mechanisms):
+            row = next((r for r in rows if r["tool"] == tool and r["mechanism"] == mechanism), None)
+            if row is None:
+                continue
+            x = m + (t - (len(tools) - 1) / 2) * width
+            ax.bar(x, row["tokens_per_s"], width, color=plt.cm.tab10(t),
+                   label=None if tool in ax.get_legend_handles_labels()[1] else tool)
+            if "ratio" in row:
+                ax.annotate(f"{row['ratio']:,.0f}x", (x, row["tokens_per_s"]), ha="center", va="bottom", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(mechanisms)), mechanisms)
+    ax.set_ylabel("tokens/s, mechanism only, one core (log)")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend()
+    m = results["machine"]
+    ax.set_title(f"dptext against its peers, {min(results['workload']['sizes']):,} tokens; over each peer: dptext / peer "
+                 f"({results['date']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--plot-only"]:      # redraw peers.png from peers.json, without running anything
+        plot(json.loads((RESULTS / "peers.json").read_text()), RESULTS / "peers.png")
+        sys.exit(0)
     sys.exit(main())

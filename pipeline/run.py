@@ -8,7 +8,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipeline.io import (ParseRecordFn, ReadRecords, WriteDeadLetter, WriteDocuments, detect_format, input_files,
                          parquet_schema)
-from pipeline.options import DPTextOptions, check_runner, mechanism_params, validate
+from pipeline.options import DPTextOptions, check_runner, mechanism_params, rebalance, validate
 from pipeline.report import ReportContext, WriteReport, add_metrics_to_report, job_counters
 from transforms.beam import ACCOUNTING, DEAD_LETTER, DOCUMENTS, PerturbConfig, PerturbDocuments
 
@@ -27,7 +27,7 @@ def build_pipeline(p: beam.Pipeline, opts: DPTextOptions, job: Prepared) -> None
     parsed = records | "ParseRecords" >> beam.ParDo(ParseRecordFn(job.fmt, opts.text_field)).with_outputs(
         DEAD_LETTER, main=DOCUMENTS)
     perturbed = parsed[DOCUMENTS] | "PerturbDocuments" >> PerturbDocuments(job.config, opts.batch_chars,
-                                                                           opts.rebalance)
+                                                                           rebalance(p.options))
     perturbed[DOCUMENTS] | "WriteDocuments" >> WriteDocuments(opts.output, job.fmt, opts.text_field,
                                                               job.parquet_schema)
     perturbed[ACCOUNTING] | "PrivacyReport" >> WriteReport(opts.output, job.context)

@@ -101,9 +101,26 @@ def test_portable_runner_with_two_sdk_workers_agrees(corpus, reference, parallel
     assert (logs / "pool.log").read_text().count("Starting worker") == 2
 
 
-def test_without_the_rebalancing_shuffle_agrees(corpus, reference):
-    other = _run_with(corpus, "no-rebalance", ["--runner", "DirectRunner", "--direct_running_mode",
-                                               "multi_processing", "--direct_num_workers", "2", "--rebalance", "false"])
+@pytest.mark.parametrize("argv, expected", [
+    ([], False),                                                     # DirectRunner
+    (["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"], False),
+    (["--runner", "FnApiRunner"], False),
+    (["--runner", "PortableRunner"], True),
+    (["--runner", "DataflowRunner"], True),
+    (["--runner", "DataflowRunner", "--rebalance", "false"], False),
+    (["--rebalance", "true"], True),
+])
+def test_rebalance_is_on_except_on_the_direct_runner(argv, expected):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.options import rebalance
+
+    assert rebalance(PipelineOptions(argv)) is expected
+
+
+def test_with_the_rebalancing_shuffle_agrees(corpus, reference):
+    other = _run_with(corpus, "rebalanced", ["--runner", "DirectRunner", "--direct_running_mode",
+                                             "multi_processing", "--direct_num_workers", "2", "--rebalance", "true"])
     assert other == reference
 
 
