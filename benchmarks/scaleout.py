@@ -85,9 +85,13 @@ def main(argv=None) -> int:
         base = [sys.executable, "-m", "pipeline.cli", "run", "--index", index, "--epsilon", str(DEMO_EPSILON)]
         multi = ["--runner", "DirectRunner", "--direct_running_mode", "multi_processing"]
         with portable_services(tmp, BEAM_JOB_SERVICE) as beams, portable_services(tmp, PARALLEL_JOB_SERVICE) as ours:
+            # dptext's defaults on every path (--rebalance auto: off on the DirectRunner, on for a
+            # portable runner, which may be Flink or Spark); the last row shows what the shuffle
+            # costs a portable service that, like the DirectRunner, deals equal splits out evenly.
             paths = {"DirectRunner multi_processing": multi,
                      "Portable: Beam's local job service": beams,
-                     "Portable: job service with N workers": ours}
+                     "Portable: job service with N workers": ours,
+                     "  the same, --rebalance false": ours + ["--rebalance", "false"]}
             for path, runner in paths.items():
                 walls, fixed = {}, {}
                 for workers in (1, 2):
