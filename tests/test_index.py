@@ -73,6 +73,41 @@ def test_lookup_and_nearest(tmp_path, words_vectors):
     assert (annoy == dist.argmin(1)).mean() >= 0.95   # approximate by design
 
 
+@pytest.mark.parametrize("m", [1, 2, 3, 5])
+def test_full_search_orders_by_distance_then_id_like_brute_force(tmp_path, words_vectors, m):
+    """The search of every word, where float32 cannot rank: (a) five copies of one vector (exact
+    ties, broken by id); (b) groups of four words 0.1 apart around a point equidistant from them
+    to float64 precision, then moved by 1e-9 (float32 scores differ by about 1e-6, the true gaps
+    by about 1e-10). For m < 5 in (a) and m < 4 in (b) the (m + 1)-th word is within the float32
+    bound, so the row must be re-scored in float64; trusting float32 gets most rows wrong."""
+    words, vectors = words_vectors
+    vectors = vectors.copy()
+    vectors[[40, 41, 280]] = vectors[5]                     # with 17: five copies of word 5
+    rng = np.random.default_rng(4)
+    groups = np.arange(100, 260).reshape(40, 4)             # words 100-259 in 40 tight groups of 4
+    vectors[groups] = vectors[groups[:, :1]] + 0.1 * rng.normal(size=(40, 4, 12)).astype(np.float32)
+    index = EmbeddingIndex.build(words, vectors, tmp_path / "idx", neighbours=4, progress=False)
+    v = vectors.astype(np.float64)
+    centres = []
+    for g in groups:          # the point nearest the group's mean that is equidistant from its words
+        a, c = 2 * (v[g[1:]] - v[g[0]]), v[g].mean(axis=0)
+        rhs = (v[g[1:]] ** 2).sum(1) - (v[g[0]] ** 2).sum()
+        centres.append(c + np.linalg.lstsq(a, rhs - a @ c, rcond=None)[0])
+    ties = np.repeat(centres, 5, axis=0) + 1e-9 * rng.normal(size=(200, 12))
+    near = v[5] + rng.normal(scale=1e-3, size=(50, 12))
+    far = v[rng.integers(0, 300, 500)] + rng.normal(scale=3.0, size=(500, 12))
+    points = np.concatenate([near, ties, far, v[[5]]])
+    got_ids, got_dist = index._nearest_all(points, m, rows_per_product=64)
+    full = np.linalg.norm(points[:, None, :] - v[None], axis=2)
+    want = np.array([np.lexsort((np.arange(300), row))[:m] for row in full])
+    np.testing.assert_array_equal(got_ids, want)
+    np.testing.assert_allclose(got_dist, np.take_along_axis(full, want, 1), rtol=1e-12)
+    if m < 5:
+        np.testing.assert_array_equal(got_ids[:50], np.tile([5, 17, 40, 41, 280][:m], (50, 1)))
+    assert np.isin(want[50:250, 0], groups).all()           # the groups' words are the nearest
+    np.testing.assert_array_equal(index.nearest(points, "exact"), want[:, 0])
+
+
 def test_exact_neighbours_extends_the_table(tmp_path, words_vectors):
     words, vectors = words_vectors
     index = EmbeddingIndex.build(words, vectors, tmp_path / "idx", neighbours=4, progress=False)

@@ -132,13 +132,12 @@ class EmbeddingIndex:
 
     def nearest(self, points: np.ndarray, method: str = "annoy", search_k: int = -1) -> np.ndarray:
         """Id of the nearest vocabulary word to each row of points (float, shape (m, d))."""
-        points = np.asarray(points, dtype=np.float32)
         if method == "annoy":
             forest = self._annoy.get()
-            return np.fromiter((forest.get_nns_by_vector(p, 1, search_k)[0] for p in points),
+            return np.fromiter((forest.get_nns_by_vector(p, 1, search_k)[0] for p in np.asarray(points, np.float32)),
                                dtype=np.int32, count=len(points))
         if method == "exact":
-            return self._nearest_exact(points)
+            return self._nearest_all(points, 1)[0][:, 0]
         raise ValueError(f"unknown nearest-word search {method!r}; valid: annoy, exact")
 
     def nearest_to_noisy(self, ids: np.ndarray, points: np.ndarray, m: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -153,45 +152,66 @@ class EmbeddingIndex:
         vectors = np.asarray(self.vectors)
         out_ids = np.empty((len(ids), m), dtype=np.int32)
         out_d = np.empty((len(ids), m))
-        fallback = []
-        for s in range(0, len(ids), 256):      # bounds the (rows, K + 1, d) float64 differences
-            rows = slice(s, s + 256)
+        noise = np.linalg.norm(points - vectors[ids].astype(np.float64), axis=1)
+        d_k = np.asarray(self.neighbour_distances[ids, -1], dtype=np.float64) * (1 - 1e-5)
+        # Every table word is within dK of w, so the m-th is at least |noise| - dK from the point:
+        # with |noise| >= dK the table can never certify (the usual case at small epsilon).
+        hopeful = np.flatnonzero(noise < d_k)
+        fallback = [np.flatnonzero(noise >= d_k)]
+        for s in range(0, len(hopeful), 256):      # bounds the (rows, K + 1, d) float64 differences
+            rows = hopeful[s:s + 256]
             table = np.asarray(self.neighbour_ids[ids[rows]])
             diff = vectors[table].astype(np.float64) - points[rows, None, :]
             dist = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
             order = np.lexsort((table, dist), axis=1)[:, :m]
             out_ids[rows] = np.take_along_axis(table, order, 1)
             out_d[rows] = np.take_along_axis(dist, order, 1)
-            noise = np.linalg.norm(points[rows] - vectors[ids[rows]].astype(np.float64), axis=1)
-            d_k = np.asarray(self.neighbour_distances[ids[rows], -1], dtype=np.float64) * (1 - 1e-5)
-            unsure = ~(out_d[rows][:, -1] < d_k - noise)
-            fallback.extend((s + np.flatnonzero(unsure)).tolist())
-        if fallback and m == 1:          # float32 products certified by their error bound: faster
-            rows = np.array(fallback)
-            out_ids[rows, 0] = self._nearest_exact(points[rows].astype(np.float32))
-            out_d[rows, 0] = np.linalg.norm(vectors[out_ids[rows, 0]].astype(np.float64) - points[rows], axis=1)
-        elif fallback:
-            rows = np.array(fallback)
+            fallback.append(rows[~(out_d[rows][:, -1] < d_k[rows] - noise[rows])])
+        rows = np.sort(np.concatenate(fallback))
+        if len(rows):
             out_ids[rows], out_d[rows] = self._nearest_all(points[rows], m)
         return out_ids, out_d
 
     def _nearest_all(self, points: np.ndarray, m: int, rows_per_product: int = 512):
-        """Exact m nearest of every word to each point, by (distance, id): float32 products rank
-        every word, and every word within the float32 error bound of the m-th is re-scored in
-        float64, so rounding never changes the answer."""
+        """Exact m nearest of every word to each point, by (distance, id).
+
+        Float32 products rank every word; every word within the float32 error bound of the m-th
+        is re-scored in float64, so rounding never changes the answer. The m + 1 best of a row are
+        peeled off by argmin passes (cheaper than a partition); when the (m + 1)-th is outside the
+        bound, the m peeled words are the only candidates, otherwise the row's every word within
+        the bound is re-scored.
+        """
         self._ensure_norms()
+        points = np.asarray(points, dtype=np.float64)
+        vectors = np.asarray(self.vectors)
         ids = np.empty((len(points), m), dtype=np.int32)
         dist = np.empty((len(points), m))
         p_norm = np.linalg.norm(points, axis=1)
+        peel = min(m + 1, self.n)
         for s in range(0, len(points), rows_per_product):
             block = points[s:s + rows_per_product]
-            scores = block.astype(np.float32) @ np.asarray(self.vectors).T
+            scores = block.astype(np.float32) @ vectors.T
             scores *= -2.0
             scores += self._sq_norms32[None, :]
-            mth = np.partition(scores, m - 1, axis=1)[:, m - 1]
-            tol = _float32_score_error(p_norm[s:s + rows_per_product], self._max_norm, self.d)
-            for r, cand in enumerate(_rows_within(scores, mth + tol)):
-                exact = np.linalg.norm(np.asarray(self.vectors[cand], dtype=np.float64) - block[r], axis=1)
+            rows = np.arange(len(block))
+            best = np.empty((len(block), peel), dtype=np.intp)
+            score = np.empty((len(block), peel), dtype=np.float32)
+            for j in range(peel):
+                best[:, j] = np.argmin(scores, axis=1)
+                score[:, j] = scores[rows, best[:, j]]
+                scores[rows, best[:, j]] = np.inf
+            limit = score[:, m - 1] + _float32_score_error(p_norm[s:s + rows_per_product], self._max_norm, self.d)
+            clear = score[:, m] > limit if peel > m else np.ones(len(block), dtype=bool)
+            c = np.flatnonzero(clear)
+            cand = best[c, :m]
+            exact = np.linalg.norm(vectors[cand].astype(np.float64) - block[c, None, :], axis=2)
+            order = np.lexsort((cand, exact), axis=1)
+            ids[s + c], dist[s + c] = np.take_along_axis(cand, order, 1), np.take_along_axis(exact, order, 1)
+            for j in range(peel):                  # the peeled scores back, for the rows that need them
+                scores[rows, best[:, j]] = score[:, j]
+            for r in np.flatnonzero(~clear):
+                cand = np.flatnonzero(scores[r] <= limit[r])
+                exact = np.linalg.norm(vectors[cand].astype(np.float64) - block[r], axis=1)
                 order = np.lexsort((cand, exact))[:m]
                 ids[s + r], dist[s + r] = cand[order], exact[order]
         return ids, dist
@@ -201,28 +221,6 @@ class EmbeddingIndex:
             self._sq_norms = np.einsum("ij,ij->i", self.vectors, self.vectors, dtype=np.float64)
             self._max_norm = float(np.sqrt(self._sq_norms.max()))
             self._sq_norms32 = self._sq_norms.astype(np.float32)
-
-    def _nearest_exact(self, points: np.ndarray, rows_per_product: int = 512) -> np.ndarray:
-        # Float32 matrix products rank every word; any word within the float32 error bound of
-        # the best is re-scored in float64, so rounding never picks a word that is not nearest.
-        self._ensure_norms()
-        out = np.empty(len(points), dtype=np.int32)
-        p64 = points.astype(np.float64)
-        p_norm = np.linalg.norm(p64, axis=1)
-        for start in range(0, len(points), rows_per_product):
-            block = slice(start, start + rows_per_product)
-            scores = points[block] @ self.vectors.T
-            scores *= -2.0
-            scores += self._sq_norms32[None, :]
-            best = np.argmin(scores, axis=1)
-            tol = _float32_score_error(p_norm[block], self._max_norm, self.d)
-            near = scores <= (scores[np.arange(len(best)), best] + tol)[:, None]
-            for r in np.flatnonzero(near.sum(axis=1) > 1):
-                cand = np.flatnonzero(near[r])
-                diff = self.vectors[cand].astype(np.float64) - p64[start + r]
-                best[r] = cand[np.argmin(np.einsum("ij,ij->i", diff, diff))]
-            out[block] = best
-        return out
 
     # ---- embedding-only tables of the mechanisms -------------------------------------------
     def table(self, name: str, compute: Callable[["EmbeddingIndex"], np.ndarray],
@@ -353,12 +351,6 @@ class EmbeddingIndex:
         if len(words) != manifest["n"]:
             raise IndexLoadError(f"{path / VOCAB}: {len(words)} words, the manifest says {manifest['n']}")
         return cls(path, manifest, words, arrays[VECTORS], arrays[NEIGHBOUR_IDS], arrays[NEIGHBOUR_DISTANCES])
-
-
-def _rows_within(scores: np.ndarray, limits: np.ndarray):
-    """For each row, the columns whose score is at most the row's limit."""
-    rows, cols = np.nonzero(scores <= limits[:, None])
-    return np.split(cols, np.flatnonzero(np.diff(rows)) + 1) if len(rows) else [cols] * 0
 
 
 def table_key(name: str, params: dict | None) -> str:
