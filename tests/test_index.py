@@ -27,10 +27,15 @@ def words_vectors():
     return [f"w{i}" for i in range(len(vectors))], vectors
 
 
-@pytest.mark.parametrize("chunk_rows, distrust_float32", [(1024, False), (7, False), (64, True)])
+@pytest.mark.parametrize("chunk_rows, distrust_float32, sample_columns",
+                         [(1024, False, 16384), (7, False, 16384), (64, True, 16384), (64, False, 20),
+                          (7, True, 25)])
 def test_tables_and_extremes_match_brute_force(tmp_path, words_vectors, monkeypatch, chunk_rows,
-                                               distrust_float32):
+                                               distrust_float32, sample_columns):
+    # sample_columns 20 and 25: each row's nearest are selected under a bound from a sample of
+    # its columns (the path of vocabularies over 32,768 words) rather than by a full partition
     monkeypatch.setattr(index_build, "CHUNK_ROWS", chunk_rows)
+    monkeypatch.setattr(index_build, "SAMPLE_COLUMNS", sample_columns)
     if distrust_float32:   # every row takes the exact float64 fallback path, in column slices of 7
         monkeypatch.setattr(index_build, "_float32_d2_error_bound", lambda norms, d: np.full(len(norms), 1e9))
         monkeypatch.setattr(index_build, "EXACT_COLUMNS", 7)

@@ -17,6 +17,7 @@ CHUNK_BYTES = 256 << 20  # ... and at most this many bytes of it, so memory stay
 MARGIN = 8               # extra candidates ranked in float32 before exact re-scoring
 EXACT_SUBCHUNK = 128     # rows re-scored in float64 at once (bounds the (rows, K, d) difference array)
 EXACT_COLUMNS = 65536    # words per float64 slice of an exact row (bounds its (words, d) difference array)
+SAMPLE_COLUMNS = 16384   # columns sampled per row to bound its (K + MARGIN + 1)-th smallest distance
 _U32 = np.finfo(np.float32).eps / 2   # unit roundoff of float32
 
 
@@ -104,16 +105,13 @@ def row_block(geom: Geometry, start: int, stop: int, k: int) -> RowBlock:
     n, v32, sq32, tol = geom.n, geom.v32, geom.sq32, geom.tol
     m = min(k + MARGIN, n - 1)
     rows = np.arange(start, stop)
-    d2 = v32[start:stop] @ v32.T
-    d2 *= -2.0
+    d2 = (-2.0 * v32[start:stop]) @ v32.T     # scaling by -2 is exact: the same as (v @ V.T) * -2
     d2 += sq32[start:stop, None]
     d2 += sq32[None, :]
     max_approx = d2.max(axis=1).astype(np.float64)
     d2[rows - start, rows] = np.inf           # the word itself is added back in front
     if m < n - 1:
-        part = _argpartition_threaded(d2, m)
-        cand = part[:, :m]
-        rest_min = np.take_along_axis(d2, part[:, m:m + 1], 1)[:, 0].astype(np.float64)
+        cand, rest_min = _smallest(d2, m)
     else:
         cand = np.argsort(d2, axis=1)[:, : n - 1]
         rest_min = np.full(len(rows), np.inf)
@@ -185,6 +183,31 @@ def assemble(geom: Geometry, blocks: list[RowBlock]) -> Tables:
         dmax=dmax,
         dmax_pair=dmax_pair,
     )
+
+
+def _smallest(d2: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Columns of the m smallest values of each row (ties in any order) and the (m + 1)-th value.
+
+    The (m + 1)-th smallest of an evenly spaced sample of SAMPLE_COLUMNS columns bounds the row's
+    (m + 1)-th smallest from above, so the columns at or under it hold the m smallest and the
+    (m + 1)-th: one comparison pass, then a partition of a few thousand values instead of n.
+    """
+    stride = d2.shape[1] // SAMPLE_COLUMNS
+    sample = d2[:, ::max(stride, 1)]
+    if stride < 2 or sample.shape[1] <= m:
+        part = _argpartition_threaded(d2, m)
+        return part[:, :m], np.take_along_axis(d2, part[:, m:m + 1], 1)[:, 0].astype(np.float64)
+    bound = np.partition(sample, m, axis=1)[:, m]
+    rows, cols = np.nonzero(d2 <= bound[:, None])
+    ends = np.searchsorted(rows, np.arange(len(d2) + 1))
+    cand = np.empty((len(d2), m), dtype=np.intp)
+    rest_min = np.empty(len(d2))
+    for r in range(len(d2)):
+        c = cols[ends[r]:ends[r + 1]]               # at least m + 1: the sample's m + 1 smallest
+        values = d2[r, c]
+        part = np.argpartition(values, m)
+        cand[r], rest_min[r] = c[part[:m]], values[part[m]]
+    return cand, rest_min
 
 
 def _argpartition_threaded(d2: np.ndarray, m: int) -> np.ndarray:
