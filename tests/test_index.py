@@ -27,15 +27,19 @@ def words_vectors():
     return [f"w{i}" for i in range(len(vectors))], vectors
 
 
-@pytest.mark.parametrize("chunk_rows, distrust_float32, sample_columns",
-                         [(1024, False, 16384), (7, False, 16384), (64, True, 16384), (64, False, 20),
-                          (7, True, 25)])
+@pytest.mark.parametrize("chunk_rows, distrust_float32, sample_columns, chunk_bytes",
+                         [(1024, False, 16384, 256 << 20), (7, False, 16384, 256 << 20), (64, True, 16384, 256 << 20),
+                          (64, False, 20, 256 << 20), (7, True, 25, 256 << 20),
+                          (64, False, 20, 64 * 4 * 37), (64, True, 25, 64 * 4 * 37)])
 def test_tables_and_extremes_match_brute_force(tmp_path, words_vectors, monkeypatch, chunk_rows,
-                                               distrust_float32, sample_columns):
+                                               distrust_float32, sample_columns, chunk_bytes):
     # sample_columns 20 and 25: each row's nearest are selected under a bound from a sample of
-    # its columns (the path of vocabularies over 32,768 words) rather than by a full partition
+    # its columns (the path of vocabularies over 32,768 words) rather than by a full partition;
+    # with chunk_bytes 64 x 4 x 37 the blocks are computed in tiles of 37 columns (the path of
+    # vocabularies whose 1,024-row block would exceed 256 MB), the bound from its own product
     monkeypatch.setattr(index_build, "CHUNK_ROWS", chunk_rows)
     monkeypatch.setattr(index_build, "SAMPLE_COLUMNS", sample_columns)
+    monkeypatch.setattr(index_build, "CHUNK_BYTES", chunk_bytes)
     if distrust_float32:   # every row takes the exact float64 fallback path, in column slices of 7
         monkeypatch.setattr(index_build, "_float32_d2_error_bound", lambda norms, d: np.full(len(norms), 1e9))
         monkeypatch.setattr(index_build, "EXACT_COLUMNS", 7)

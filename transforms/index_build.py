@@ -68,7 +68,11 @@ class Geometry:
         return out
 
     def chunk_rows(self) -> int:
-        """Rows per block: the (rows, n) float32 distance block stays within CHUNK_BYTES."""
+        """Rows per block. Where rows select under a sampled bound (n >= 2 SAMPLE_COLUMNS), column
+        tiles keep memory within CHUNK_BYTES and the block keeps CHUNK_ROWS rows, which the matrix
+        product needs to run near its peak; otherwise the (rows, n) block itself stays within it."""
+        if self.n >= 2 * SAMPLE_COLUMNS:
+            return CHUNK_ROWS
         return max(1, min(CHUNK_ROWS, CHUNK_BYTES // (4 * self.n)))
 
 
@@ -102,20 +106,13 @@ def row_block(geom: Geometry, start: int, stop: int, k: int) -> RowBlock:
     Float32 products rank the candidates; they are re-scored in float64; a row whose ranking the
     float32 error bound cannot certify is recomputed exactly, so the block is exact on its own.
     """
-    n, v32, sq32, tol = geom.n, geom.v32, geom.sq32, geom.tol
+    n, v32, tol = geom.n, geom.v32, geom.tol
     m = min(k + MARGIN, n - 1)
     rows = np.arange(start, stop)
-    d2 = (-2.0 * v32[start:stop]) @ v32.T     # scaling by -2 is exact: the same as (v @ V.T) * -2
-    d2 += sq32[start:stop, None]
-    d2 += sq32[None, :]
-    max_approx = d2.max(axis=1).astype(np.float64)
-    d2[rows - start, rows] = np.inf           # the word itself is added back in front
-    if m < n - 1:
-        cand, rest_min = _smallest(d2, m)
+    if len(rows) * n * 4 > CHUNK_BYTES and m < n - 1 and n // SAMPLE_COLUMNS >= 2:
+        cand, rest_min, max_approx = _candidates_tiled(geom, start, stop, m)
     else:
-        cand = np.argsort(d2, axis=1)[:, : n - 1]
-        rest_min = np.full(len(rows), np.inf)
-    del d2
+        cand, rest_min, max_approx = _candidates_whole(geom, start, stop, m)
     ids_out = np.empty((len(rows), k + 1), dtype=np.int32)
     d2_out = np.empty((len(rows), k + 1), dtype=np.float64)
     min_pos = np.full(len(rows), np.inf)
@@ -185,26 +182,76 @@ def assemble(geom: Geometry, blocks: list[RowBlock]) -> Tables:
     )
 
 
-def _smallest(d2: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """Columns of the m smallest values of each row (ties in any order) and the (m + 1)-th value.
-
-    The (m + 1)-th smallest of an evenly spaced sample of SAMPLE_COLUMNS columns bounds the row's
-    (m + 1)-th smallest from above, so the columns at or under it hold the m smallest and the
-    (m + 1)-th: one comparison pass, then a partition of a few thousand values instead of n.
-    """
-    stride = d2.shape[1] // SAMPLE_COLUMNS
-    sample = d2[:, ::max(stride, 1)]
-    if stride < 2 or sample.shape[1] <= m:
+def _candidates_whole(geom: Geometry, start: int, stop: int, m: int):
+    """The m nearest columns of rows [start, stop) (the word itself excluded), the (m + 1)-th
+    float32 squared distance and the float32 row maximum, from the whole (rows, n) block."""
+    n, v32, sq32 = geom.n, geom.v32, geom.sq32
+    rows = np.arange(start, stop)
+    d2 = (-2.0 * v32[start:stop]) @ v32.T     # scaling by -2 is exact: the same as (v @ V.T) * -2
+    d2 += sq32[start:stop, None]
+    d2 += sq32[None, :]
+    max_approx = d2.max(axis=1).astype(np.float64)
+    d2[rows - start, rows] = np.inf           # the word itself is added back in front
+    if m >= n - 1:
+        return np.argsort(d2, axis=1)[:, : n - 1], np.full(len(rows), np.inf), max_approx
+    stride = n // SAMPLE_COLUMNS
+    if stride < 2:
         part = _argpartition_threaded(d2, m)
-        return part[:, :m], np.take_along_axis(d2, part[:, m:m + 1], 1)[:, 0].astype(np.float64)
-    bound = np.partition(sample, m, axis=1)[:, m]
-    rows, cols = np.nonzero(d2 <= bound[:, None])
-    ends = np.searchsorted(rows, np.arange(len(d2) + 1))
-    cand = np.empty((len(d2), m), dtype=np.intp)
-    rest_min = np.empty(len(d2))
-    for r in range(len(d2)):
-        c = cols[ends[r]:ends[r + 1]]               # at least m + 1: the sample's m + 1 smallest
-        values = d2[r, c]
+        return part[:, :m], np.take_along_axis(d2, part[:, m:m + 1], 1)[:, 0].astype(np.float64), max_approx
+    # The (m + 1)-th smallest of an evenly spaced sample bounds the row's (m + 1)-th smallest from
+    # above: the columns at or under it hold the m smallest and the (m + 1)-th.
+    bound = np.partition(d2[:, ::stride], m, axis=1)[:, m]
+    r, c = np.nonzero(d2 <= bound[:, None])
+    return (*_smallest_per_row(r, c, d2[r, c], len(rows), m), max_approx)
+
+
+def _candidates_tiled(geom: Geometry, start: int, stop: int, m: int):
+    """What _candidates_whole returns, computed in column tiles of at most CHUNK_BYTES: the bound
+    comes from a separate product with the sampled columns. Two float32 computations of one
+    distance differ by at most twice the row's error bound, so the bound is raised by that and
+    still leaves at least m + 1 columns under it."""
+    n, v32, sq32, tol = geom.n, geom.v32, geom.sq32, geom.tol
+    rows = np.arange(start, stop)
+    left = -2.0 * v32[start:stop]
+    sampled = np.arange(0, n, n // SAMPLE_COLUMNS)
+    sample = left @ v32[sampled].T
+    sample += sq32[start:stop, None]
+    sample += sq32[None, sampled]
+    own = np.searchsorted(sampled, rows)
+    mine = (own < len(sampled)) & (sampled[np.minimum(own, len(sampled) - 1)] == rows)
+    sample[np.flatnonzero(mine), own[mine]] = np.inf
+    bound = np.partition(sample, m, axis=1)[:, m].astype(np.float64) + 2 * tol[rows]
+    bound = np.nextafter(bound.astype(np.float32), np.float32(np.inf))    # rounded up, never down
+    del sample
+    max_approx = np.full(len(rows), -np.inf, dtype=np.float32)
+    found_rows, found_cols, found_d2 = [], [], []
+    tile = max(1, CHUNK_BYTES // (4 * len(rows)))
+    for c0 in range(0, n, tile):
+        c1 = min(c0 + tile, n)
+        d2 = left @ v32[c0:c1].T
+        d2 += sq32[start:stop, None]
+        d2 += sq32[None, c0:c1]
+        np.maximum(max_approx, d2.max(axis=1), out=max_approx)
+        inside = rows[(rows >= c0) & (rows < c1)]
+        d2[inside - start, inside - c0] = np.inf
+        r, c = np.nonzero(d2 <= bound[:, None])
+        found_rows.append(r), found_cols.append(c + c0), found_d2.append(d2[r, c])
+    r = np.concatenate(found_rows)
+    order = np.argsort(r, kind="stable")
+    cand, rest_min = _smallest_per_row(r[order], np.concatenate(found_cols)[order],
+                                       np.concatenate(found_d2)[order], len(rows), m)
+    return cand, rest_min, max_approx.astype(np.float64)
+
+
+def _smallest_per_row(rows: np.ndarray, cols: np.ndarray, d2: np.ndarray, n_rows: int, m: int):
+    """From candidate (row, column, float32 d2) triples sorted by row, each holding at least m + 1
+    columns of its row including the m + 1 smallest: the m smallest columns (ties in any order)
+    and the (m + 1)-th value."""
+    ends = np.searchsorted(rows, np.arange(n_rows + 1))
+    cand = np.empty((n_rows, m), dtype=np.intp)
+    rest_min = np.empty(n_rows)
+    for r in range(n_rows):
+        c, values = cols[ends[r]:ends[r + 1]], d2[ends[r]:ends[r + 1]]
         part = np.argpartition(values, m)
         cand[r], rest_min[r] = c[part[:m]], values[part[m]]
     return cand, rest_min
