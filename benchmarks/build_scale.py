@@ -13,9 +13,8 @@ O(n (d + K)) memory plus one bounded block of the distance matrix. With --budget
 same exact row blocks (transforms.index_build.row_block, the unit `dptext build-index --beam`
 distributes) are computed for that long, spread evenly over the vocabulary, the first row of
 blocks is checked against brute force while that costs under a quarter of the time (timed apart:
-a build does not do it), and the full
-build's time is projected from the blocks' rate: for vocabularies whose full build takes hours
-on this machine.
+a build does not do it), and the full build's time is projected from the blocks' rate: for
+vocabularies whose full build takes hours on this machine.
 """
 from __future__ import annotations
 

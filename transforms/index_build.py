@@ -67,11 +67,16 @@ class Geometry:
             out[s:s + EXACT_COLUMNS] = np.einsum("ij,ij->i", diff, diff)
         return out
 
+    def sample_stride(self) -> int:
+        """Every how many columns a row's selection bound is sampled; below 2 rows are not sampled
+        (the vocabulary is small enough to partition whole rows)."""
+        return self.n // SAMPLE_COLUMNS
+
     def chunk_rows(self) -> int:
-        """Rows per block. Where rows select under a sampled bound (n >= 2 SAMPLE_COLUMNS), column
-        tiles keep memory within CHUNK_BYTES and the block keeps CHUNK_ROWS rows, which the matrix
-        product needs to run near its peak; otherwise the (rows, n) block itself stays within it."""
-        if self.n >= 2 * SAMPLE_COLUMNS:
+        """Rows per block. Where rows select under a sampled bound, column tiles keep memory within
+        CHUNK_BYTES and the block keeps CHUNK_ROWS rows, which the matrix product needs to run near
+        its peak; otherwise the (rows, n) block itself stays within it."""
+        if self.sample_stride() >= 2:
             return CHUNK_ROWS
         return max(1, min(CHUNK_ROWS, CHUNK_BYTES // (4 * self.n)))
 
@@ -109,7 +114,7 @@ def row_block(geom: Geometry, start: int, stop: int, k: int) -> RowBlock:
     n, v32, tol = geom.n, geom.v32, geom.tol
     m = min(k + MARGIN, n - 1)
     rows = np.arange(start, stop)
-    if len(rows) * n * 4 > CHUNK_BYTES and m < n - 1 and n // SAMPLE_COLUMNS >= 2:
+    if len(rows) * n * 4 > CHUNK_BYTES and m < n - 1 and geom.sample_stride() >= 2:
         cand, rest_min, max_approx = _candidates_tiled(geom, start, stop, m)
     else:
         cand, rest_min, max_approx = _candidates_whole(geom, start, stop, m)
@@ -185,16 +190,14 @@ def assemble(geom: Geometry, blocks: list[RowBlock]) -> Tables:
 def _candidates_whole(geom: Geometry, start: int, stop: int, m: int):
     """The m nearest columns of rows [start, stop) (the word itself excluded), the (m + 1)-th
     float32 squared distance and the float32 row maximum, from the whole (rows, n) block."""
-    n, v32, sq32 = geom.n, geom.v32, geom.sq32
+    n = geom.n
     rows = np.arange(start, stop)
-    d2 = (-2.0 * v32[start:stop]) @ v32.T     # scaling by -2 is exact: the same as (v @ V.T) * -2
-    d2 += sq32[start:stop, None]
-    d2 += sq32[None, :]
+    d2 = _float32_d2(geom, start, stop, slice(None))
     max_approx = d2.max(axis=1).astype(np.float64)
     d2[rows - start, rows] = np.inf           # the word itself is added back in front
     if m >= n - 1:
         return np.argsort(d2, axis=1)[:, : n - 1], np.full(len(rows), np.inf), max_approx
-    stride = n // SAMPLE_COLUMNS
+    stride = geom.sample_stride()
     if stride < 2:
         part = _argpartition_threaded(d2, m)
         return part[:, :m], np.take_along_axis(d2, part[:, m:m + 1], 1)[:, 0].astype(np.float64), max_approx
@@ -210,17 +213,12 @@ def _candidates_tiled(geom: Geometry, start: int, stop: int, m: int):
     comes from a separate product with the sampled columns. Two float32 computations of one
     distance differ by at most twice the row's error bound, so the bound is raised by that and
     still leaves at least m + 1 columns under it."""
-    n, v32, sq32, tol = geom.n, geom.v32, geom.sq32, geom.tol
+    n, stride = geom.n, geom.sample_stride()
     rows = np.arange(start, stop)
-    left = -2.0 * v32[start:stop]
-    sampled = np.arange(0, n, n // SAMPLE_COLUMNS)
-    sample = left @ v32[sampled].T
-    sample += sq32[start:stop, None]
-    sample += sq32[None, sampled]
-    own = np.searchsorted(sampled, rows)
-    mine = (own < len(sampled)) & (sampled[np.minimum(own, len(sampled) - 1)] == rows)
-    sample[np.flatnonzero(mine), own[mine]] = np.inf
-    bound = np.partition(sample, m, axis=1)[:, m].astype(np.float64) + 2 * tol[rows]
+    sample = _float32_d2(geom, start, stop, np.arange(0, n, stride))   # ids: a contiguous copy for the product
+    sampled_self = rows % stride == 0                 # the word's own column is in the sample
+    sample[np.flatnonzero(sampled_self), rows[sampled_self] // stride] = np.inf
+    bound = np.partition(sample, m, axis=1)[:, m].astype(np.float64) + 2 * geom.tol[rows]
     bound = np.nextafter(bound.astype(np.float32), np.float32(np.inf))    # rounded up, never down
     del sample
     max_approx = np.full(len(rows), -np.inf, dtype=np.float32)
@@ -228,9 +226,7 @@ def _candidates_tiled(geom: Geometry, start: int, stop: int, m: int):
     tile = max(1, CHUNK_BYTES // (4 * len(rows)))
     for c0 in range(0, n, tile):
         c1 = min(c0 + tile, n)
-        d2 = left @ v32[c0:c1].T
-        d2 += sq32[start:stop, None]
-        d2 += sq32[None, c0:c1]
+        d2 = _float32_d2(geom, start, stop, slice(c0, c1))
         np.maximum(max_approx, d2.max(axis=1), out=max_approx)
         inside = rows[(rows >= c0) & (rows < c1)]
         d2[inside - start, inside - c0] = np.inf
@@ -241,6 +237,16 @@ def _candidates_tiled(geom: Geometry, start: int, stop: int, m: int):
     cand, rest_min = _smallest_per_row(r[order], np.concatenate(found_cols)[order],
                                        np.concatenate(found_d2)[order], len(rows), m)
     return cand, rest_min, max_approx.astype(np.float64)
+
+
+def _float32_d2(geom: Geometry, start: int, stop: int, columns) -> np.ndarray:
+    """Float32 squared distances from the words [start, stop) to the words `columns` (a slice or
+    ids), always computed in the same order, so the float32 error bound holds for every block and
+    tile."""
+    d2 = (-2.0 * geom.v32[start:stop]) @ geom.v32[columns].T   # scaling by -2 is exact
+    d2 += geom.sq32[start:stop, None]
+    d2 += geom.sq32[None, columns]
+    return d2
 
 
 def _smallest_per_row(rows: np.ndarray, cols: np.ndarray, d2: np.ndarray, n_rows: int, m: int):
