@@ -6,8 +6,7 @@ from dataclasses import dataclass
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline.io import (ParseRecordFn, ReadRecords, WriteDeadLetter, WriteDocuments, detect_format, input_files,
-                         parquet_schema)
+from pipeline.io import ParseRecordFn, ReadRecords, WriteDeadLetter, WriteDocuments, check_inputs, parquet_schema
 from pipeline.options import DPTextOptions, check_runner, mechanism_params, rebalance, validate
 from pipeline.report import ReportContext, WriteReport, add_metrics_to_report, job_counters
 from transforms.beam import ACCOUNTING, DEAD_LETTER, DOCUMENTS, PerturbConfig, PerturbDocuments
@@ -43,8 +42,7 @@ def prepare(opts: DPTextOptions) -> Prepared:
     from transforms.index import EmbeddingIndex
 
     validate(opts)
-    input_files(opts.input)
-    fmt = detect_format(opts.input) if opts.input_format == "auto" else opts.input_format
+    fmt = check_inputs(opts.input, opts.input_format)
     schema = parquet_schema(opts.input, opts.text_field) if fmt == "parquet" else None
     index = EmbeddingIndex.load(opts.index)
     params = mechanism_params(opts)
