@@ -23,7 +23,7 @@ def report_context(opts: DPTextOptions, index, mechanism) -> ReportContext:
                "vectors_sha256": manifest["files"]["vectors.f32"]["sha256"],
                "n": manifest["n"], "d": manifest["d"], "dmin": manifest["dmin"], "dmax": manifest["dmax"],
                "neighbours": manifest["neighbours"], "source": manifest.get("source", {})},
-        oov_policy=opts.oov, placeholder=opts.oov_placeholder, delta=opts.delta,
+        oov_policy=opts.oov, placeholder=opts.oov_placeholder, delta=opts.delta, case_policy=opts.case,
         test_seed_used=opts.test_seed is not None,
         versions={"dptext": __version__, "apache_beam": beam.__version__, "numpy": np.__version__},
         runner=str(runner), input=opts.input, output=opts.output)

@@ -20,6 +20,11 @@ OOV_STATEMENT = {
 }
 
 
+CASE_NOT_PROTECTED = ("the input's capitalisation: with --case keep a word found only lower-cased gets "
+                      "the input's Title or UPPER pattern back, so \"W3\" and \"w3\" give distinguishable outputs "
+                      "(--case lower removes this channel)")
+
+
 @dataclass(frozen=True)
 class ReportContext:
     mechanism: str
@@ -34,6 +39,7 @@ class ReportContext:
     runner: str
     input: str
     output: str
+    case_policy: str = "keep"
 
 
 class CorpusAccountCombineFn(beam.CombineFn):
@@ -81,6 +87,7 @@ def build_report(account: CorpusAccount, ctx: ReportContext) -> dict:
             "perturbed": account.perturbed, "oov": account.oov,
         },
         "oov_policy": ctx.oov_policy,
+        "case_policy": ctx.case_policy,
         "per_document_tokens_perturbed": percentiles,
         "per_document_bound": bounds,
         "quality_figures": {
@@ -103,7 +110,10 @@ def plain_statement(ctx: ReportContext, account: CorpusAccount) -> list[str]:
     lines = [g.get("statement", "")]
     oov = OOV_STATEMENT[ctx.oov_policy].format(placeholder=ctx.placeholder)
     lines.append(f"Out-of-vocabulary tokens ({account.oov} of {account.tokens}) are {oov}.")
-    lines.append("Not protected: " + "; ".join(g.get("not_protected", [])) + ".")
+    not_protected = list(g.get("not_protected", []))
+    if ctx.case_policy == "keep":
+        not_protected.append(CASE_NOT_PROTECTED)
+    lines.append("Not protected: " + "; ".join(not_protected) + ".")
     lines.append("The guarantee is per token; a document's words together leak more (see per_document_bound), "
                  "and the same person writing many documents composes further.")
     if ctx.test_seed_used:

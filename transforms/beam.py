@@ -25,6 +25,10 @@ from transforms.tokenize import WORD, apply_case, case_pattern, rejoin, split_to
 DOCUMENTS, ACCOUNTING, DEAD_LETTER = "documents", "accounting", "dead_letter"
 OOV_POLICIES = ("placeholder", "random", "keep")
 LONG_DOCUMENT_POLICIES = ("split", "dead-letter")
+# keep: a word found only lower-cased gets the input's case pattern back (Title, UPPER): readable
+# output, but the case pattern is copied from the input, so it is not protected (the report says so).
+# lower: every word the mechanism outputs is lower-cased, so "W3" and "w3" give one distribution.
+CASE_POLICIES = ("keep", "lower")
 METRICS_NAMESPACE = "dptext"
 # Errors worth retrying a batch for (an index page or a remote file that could not be read, a
 # timeout); anything else is a bug or bad data and fails the bundle at once.
@@ -55,10 +59,13 @@ class PerturbConfig:
     max_doc_chars: int = 1_000_000
     long_docs: str = "split"              # longer documents: processed in chunks, or dead-lettered
     test_seed: Optional[int] = None
+    case: str = "keep"                    # CASE_POLICIES
 
     def __post_init__(self):
         if self.oov not in OOV_POLICIES:
             raise ValueError(f"unknown OOV policy {self.oov!r}; valid: {', '.join(OOV_POLICIES)}")
+        if self.case not in CASE_POLICIES:
+            raise ValueError(f"unknown case policy {self.case!r}; valid: {', '.join(CASE_POLICIES)}")
         if self.long_docs not in LONG_DOCUMENT_POLICIES:
             raise ValueError(f"unknown long-document policy {self.long_docs!r}; "
                              f"valid: {', '.join(LONG_DOCUMENT_POLICIES)}")
@@ -229,9 +236,14 @@ def _output_words(words, out_ids, in_vocab, lowered, index, config) -> list[str]
     vocab = index.vocabulary
     # "keep": OOV tokens (out id -1) stay as they are.
     out = [vocab[i] if i >= 0 else w for i, w in zip(out_ids.tolist(), words)]
-    # A word found only lower-cased, or a random OOV replacement, takes the input's case.
-    for i in np.flatnonzero(lowered | (~in_vocab & (out_ids >= 0))):
-        out[i] = apply_case(out[i], case_pattern(words[i]))
+    replaced = out_ids >= 0              # mechanism outputs and random OOV replacements
+    if config.case == "lower":
+        for i in np.flatnonzero(replaced):
+            out[i] = out[i].lower()
+    else:
+        # A word found only lower-cased, or a random OOV replacement, takes the input's case.
+        for i in np.flatnonzero(lowered | (~in_vocab & replaced)):
+            out[i] = apply_case(out[i], case_pattern(words[i]))
     if config.oov == "placeholder":
         for i in np.flatnonzero(~in_vocab):
             out[i] = config.placeholder
