@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 
 USAGE = """dptext COMMAND [options]
@@ -37,10 +39,96 @@ def _run(argv: list[str]) -> int:
     except (OptionsError, ValueError, FileNotFoundError, IndexLoadError) as err:
         print(f"dptext run: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:           # the job removed its partial outputs on the way out
+        print(f"dptext run: interrupted; partial outputs under {_output_prefix(argv)} removed", file=sys.stderr)
+        return 128 + signal.SIGINT
     from pipeline.report import format_counters, job_counters
 
     print("dptext counters (also in the privacy report):\n" + format_counters(job_counters(result)))
     return 0
+
+
+def _output_prefix(argv: list[str]) -> str | None:
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--output")
+    return parser.parse_known_args(argv)[0].output
+
+
+class _Stop(BaseException):
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+CANCEL_GRACE_SECONDS = 30     # a job on a remote runner is cancelled by the job process before it ends
+
+
+def _supervise_run(argv: list[str]) -> int:
+    """`dptext run` from the command line: the job runs in a child process in its own process group
+    (Beam's worker processes join it), so Ctrl-C or SIGTERM reaches only this process, which stops
+    the whole group, removes the run's partial outputs and prints one line (exit 128 + signal)."""
+    import subprocess
+    import uuid
+
+    from pipeline.outputs import RUN_TOKEN_ENV, cleanup_after_stop
+
+    token = uuid.uuid4().hex
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, RUN_TOKEN_ENV: token,
+           "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}
+
+    def stop(signum, frame):
+        raise _Stop(signum)
+    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    child = None
+    try:
+        child = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", *argv], env=env,
+                                 start_new_session=True)
+        code = child.wait()
+        if code >= 0:
+            return code
+        signum, what = -code, f"the job process was killed by signal {-code}"
+    except _Stop as stopped:
+        signum, what = stopped.signum, "interrupted"
+    for s in STOP_SIGNALS:            # nothing may interrupt the clean-up
+        signal.signal(s, signal.SIG_IGN)
+    try:
+        if child is not None:
+            _stop_job(child)
+        prefix = _output_prefix(argv)
+        removed = bool(prefix) and cleanup_after_stop(prefix, token)
+        if removed:
+            print(f"dptext run: {what}; partial outputs under {prefix} removed", file=sys.stderr)
+        else:
+            print(f"dptext run: {what} before this run wrote anything under {prefix}", file=sys.stderr)
+        return 128 + signum
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _stop_job(child) -> None:
+    """Freeze the job's process group (so Beam's workers cannot print their broken-pipe
+    tracebacks), let the job process alone handle SIGTERM (it cancels a job on a remote runner; on a
+    local runner it just ends), then SIGKILL the whole group, Beam's worker processes included."""
+    import subprocess
+
+    def group(signum):
+        try:
+            os.killpg(child.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+    group(signal.SIGSTOP)
+    if child.poll() is None:
+        child.terminate()
+        child.send_signal(signal.SIGCONT)
+        try:
+            child.wait(CANCEL_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            pass
+    group(signal.SIGKILL)
+    child.wait()
 
 
 def _build_index(argv: list[str]) -> int:
@@ -64,6 +152,14 @@ def _build_index(argv: list[str]) -> int:
     args, beam_args = parser.parse_known_args(argv)
     if beam_args and not args.beam:
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
+    out = os.path.abspath(args.out)
+    while not os.path.lexists(out):
+        out = os.path.dirname(out)
+    if not os.path.isdir(out):
+        where = "is an existing file" if out == os.path.abspath(args.out) else f"is under {out}, a file,"
+        print(f"dptext build-index: error: --out {args.out} {where} not a directory; choose a new directory",
+              file=sys.stderr)
+        return 2
     try:
         words, vectors, stats = read_embedding(args.embedding, fmt=args.format)
         source = {"file": args.embedding, "sha256": sha256_file(args.embedding), "format": stats.format,
@@ -121,6 +217,9 @@ COMMANDS = {"run": _run, "build-index": _build_index, "audit": _audit, "stats": 
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `dptext` command. From the command line (argv None), `dptext run` supervises its job in a
+    child process (see _supervise_run); called with a list, every command runs in this process."""
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--version"]:
         from pipeline import __version__
@@ -132,7 +231,15 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, file=sys.stderr if argv else sys.stdout)
         return 2 if argv and argv[0] not in ("-h", "--help") else 0
     logging.basicConfig(level=logging.WARNING)
+    if argv[0] == "run" and from_command_line and not _is_job_process() and not {"-h", "--help"} & set(argv):
+        return _supervise_run(argv[1:])
     return COMMANDS[argv[0]](argv[1:])
+
+
+def _is_job_process() -> bool:
+    from pipeline.outputs import RUN_TOKEN_ENV
+
+    return bool(os.environ.get(RUN_TOKEN_ENV))
 
 
 if __name__ == "__main__":

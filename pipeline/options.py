@@ -4,6 +4,7 @@ The CLI, `dptext run --help` and (later) the Flex Template metadata all come fro
 """
 from __future__ import annotations
 
+import difflib
 import inspect
 import math
 import sys
@@ -12,9 +13,12 @@ from typing import Callable
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from transforms.beam import LONG_DOCUMENT_POLICIES, OOV_POLICIES
+from pipeline.errors import OptionsError
+from transforms.beam import CASE_POLICIES, LONG_DOCUMENT_POLICIES, OOV_POLICIES
 
 FORMATS = ("auto", "text", "jsonl", "parquet")
+# Every character str.splitlines() breaks at: a placeholder holding one would split a text document.
+LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
 REBALANCE_CHOICES = ("auto", "true", "false")
 # Runners that execute from the launching process. Their shuffle is an in-memory buffer there (a
 # rebalanced 3.3M-token job peaked at 524 MB instead of 215 MB), and they deal dptext's equal
@@ -43,6 +47,10 @@ class DPTextOptions(PipelineOptions):
                  "(no protection for those tokens; the report says so).")
         add("--oov-placeholder", "--oov_placeholder", dest="oov_placeholder", default="<unk>",
             help="The placeholder token for --oov placeholder.")
+        add("--case", default="keep", choices=CASE_POLICIES,
+            help="Case of output words: keep (default: a word found only lower-cased gets the input's "
+                 "Title or UPPER pattern back; the case pattern is then not protected, the report says so) "
+                 "or lower (every output word lower-cased: no case channel).")
         add("--max-doc-chars", "--max_doc_chars", dest="max_doc_chars", type=int, default=1_000_000,
             help="Documents longer than this (default 1,000,000 characters) are handled by --long-docs.")
         add("--long-docs", "--long_docs", dest="long_docs", default="split", choices=LONG_DOCUMENT_POLICIES,
@@ -59,15 +67,15 @@ class DPTextOptions(PipelineOptions):
                  "splitting of large shards).")
         add("--delta", type=float, default=1e-6,
             help="delta for the composed per-document bound in the report (default 1e-6).")
+        add("--overwrite", type=parse_bool, nargs="?", const=True, default=False,
+            help="Replace the outputs of an earlier run under --output (deleted before the job starts). "
+                 "Without it, a prefix that already holds dptext outputs is refused.")
         add("--test-seed", "--test_seed", dest="test_seed", type=int, default=None,
             help="TESTS ONLY: fixed seed; outputs are reproducible and not private; the report says so.")
         for spec in mechanism_parameter_specs().values():
             spellings = dict.fromkeys((f"--{spec.name.replace('_', '-')}", f"--{spec.name}"))
             add(*spellings, dest=spec.name, type=spec.parse, choices=spec.choices, default=None, help=spec.help)
 
-
-class OptionsError(ValueError):
-    """A dptext option is missing or invalid."""
 
 
 # Runners that would silently lose records of a multi-output, multi-sink job like dptext's.
@@ -95,6 +103,39 @@ def check_runner(runner) -> None:
     short = name.rsplit(".", 1)[-1]
     if short in REFUSED_RUNNERS:
         raise OptionsError(f"--runner {name}: refused. {REFUSED_RUNNERS[short]}")
+
+
+# Runners whose job server takes pipeline options Python Beam does not define (passed through).
+PORTABLE_RUNNERS = ("PortableRunner", "FlinkRunner", "SparkRunner", "PrismRunner")
+
+
+def check_unknown_options(argv: list[str], runner=None) -> None:
+    """Refuse an option neither dptext nor Beam defines (Beam only warns and drops it, so a
+    misspelled --mechanism would silently run the default). On portable runners, whose job
+    servers accept options of their own, only a near miss of a known option is refused."""
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
+        cls._add_argparse_args(parser)
+    known = sorted({o for action in parser._actions for o in action.option_strings if o.startswith("--")})
+    _, unknown = parser.parse_known_args(list(argv))
+    name = runner if isinstance(runner, str) else type(runner).__name__ if runner is not None else ""
+    portable = name.rsplit(".", 1)[-1] in PORTABLE_RUNNERS
+    for arg in unknown:
+        if arg == "--":
+            break
+        if not arg.startswith("-"):
+            if not portable:
+                raise OptionsError(f"unexpected argument {arg!r}: every dptext option is --name value "
+                                   "(`dptext run --help`)")
+            continue
+        option = arg.split("=", 1)[0]
+        close = difflib.get_close_matches(option, known, n=1)
+        if portable and not difflib.get_close_matches(option, known, n=1, cutoff=0.8):
+            continue
+        hint = f" (did you mean {close[0]}?)" if close else "; `dptext run --help` lists dptext's options"
+        raise OptionsError(f"unknown option {option}{hint}")
 
 
 @dataclass(frozen=True)
@@ -175,4 +216,9 @@ def validate(opts: DPTextOptions) -> None:
         raise OptionsError(f"--delta must be in (0, 1), got {opts.delta}")
     if not opts.text_field:
         raise OptionsError("--text-field must not be empty")
+    breaks = [c for c in opts.oov_placeholder if c in LINE_BREAKS]
+    if breaks:
+        raise OptionsError(f"--oov-placeholder {opts.oov_placeholder!r} contains a line break "
+                           f"({ascii(breaks[0])}); text output is one document per line, so a placeholder "
+                           "must not break lines (nor confuse line-splitting readers of JSONL)")
     mechanism_params(opts)

@@ -1,13 +1,19 @@
 """The dptext job: read -> perturb -> write, accounting -> report, dead letter -> write."""
 from __future__ import annotations
 
+import contextlib
+import signal
+import sys
+import threading
 from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.runner import PipelineState
 
 from pipeline.io import ParseRecordFn, ReadRecords, WriteDeadLetter, WriteDocuments, check_inputs, parquet_schema
-from pipeline.options import DPTextOptions, check_runner, mechanism_params, rebalance, validate
+from pipeline.options import DPTextOptions, check_runner, check_unknown_options, mechanism_params, rebalance, validate
+from pipeline.outputs import check_prefix, claim, remove_outputs
 from pipeline.report import ReportContext, WriteReport, add_metrics_to_report, job_counters
 from transforms.beam import ACCOUNTING, DEAD_LETTER, DOCUMENTS, PerturbConfig, PerturbDocuments
 
@@ -42,6 +48,7 @@ def prepare(opts: DPTextOptions) -> Prepared:
     from transforms.index import EmbeddingIndex
 
     validate(opts)
+    check_prefix(opts.output)
     fmt = check_inputs(opts.input, opts.input_format)
     schema = parquet_schema(opts.input, opts.text_field) if fmt == "parquet" else None
     index = EmbeddingIndex.load(opts.index)
@@ -50,7 +57,7 @@ def prepare(opts: DPTextOptions) -> Prepared:
     config = PerturbConfig(index_path=str(opts.index), mechanism=opts.mechanism, epsilon=opts.epsilon,
                            mechanism_params=tuple(sorted(params.items())), oov=opts.oov,
                            placeholder=opts.oov_placeholder, max_doc_chars=opts.max_doc_chars,
-                           long_docs=opts.long_docs,
+                           long_docs=opts.long_docs, case=opts.case,
                            test_seed=opts.test_seed)
     return Prepared(fmt, config, report_context(opts, index, mechanism), schema)
 
@@ -58,6 +65,7 @@ def prepare(opts: DPTextOptions) -> Prepared:
 def run(argv=None, wait: bool = True) -> beam.runners.runner.PipelineResult:
     """Validate, build and run the job; wait=False submits and returns (Flex Template launcher)."""
     options = PipelineOptions(argv)
+    check_unknown_options(sys.argv[1:] if argv is None else argv, options.view_as(StandardOptions).runner)
     check_runner(options.view_as(StandardOptions).runner)
     return execute(options, prepare(options.view_as(DPTextOptions)), wait)
 
@@ -68,10 +76,49 @@ def execute(options: PipelineOptions, job: Prepared, wait: bool = True) -> beam.
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = "DirectRunner"
     opts = options.view_as(DPTextOptions)
-    p = beam.Pipeline(options=options)
-    build_pipeline(p, opts, job)
-    result = p.run()
-    if wait:
-        result.wait_until_finish()
-        add_metrics_to_report(opts.output, job_counters(result))
+    held = claim(opts.output, opts.overwrite)    # refuses or replaces existing outputs, before the job
+    result = None
+    try:
+        try:
+            p = beam.Pipeline(options=options)
+            build_pipeline(p, opts, job)
+            result = p.run()
+            if wait:
+                with _exit_on_sigterm():
+                    result.wait_until_finish()
+        except BaseException:            # a failed or interrupted job leaves nothing half-written
+            if wait and result is not None:
+                _cancel(result)
+            remove_outputs(opts.output)
+            raise
+        if wait:
+            add_metrics_to_report(opts.output, job_counters(result))
+    finally:
+        held.release()
     return result
+
+
+@contextlib.contextmanager
+def _exit_on_sigterm():
+    """While waiting for a submitted job: SIGTERM raises SystemExit(143), so the job is cancelled
+    and the partial outputs removed before the process ends (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _cancel(result) -> None:
+    """Best effort: cancel a job still running on its runner (a remote job outlives this process)."""
+    try:
+        if not PipelineState.is_terminal(result.state):
+            result.cancel()
+    except Exception:    # a runner without cancel, or a job that just ended
+        pass

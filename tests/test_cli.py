@@ -83,3 +83,36 @@ def test_every_registered_mechanism_runs_end_to_end_with_its_report(tmp_path, ca
         assert report["guarantee"]["statement"] and report["guarantee"]["not_protected"]
         assert report["counts"]["documents"] == 2 and report["counts"]["tokens"] == 10
         assert report["counts"]["perturbed"] + report["counts"]["oov"] == 10
+
+
+def test_build_index_mistakes_are_one_line_errors_naming_the_path(tmp_path, capsys):
+    """--out an existing file (or a path under one) and --embedding a directory were tracebacks."""
+    embedding = _glove(tmp_path / "e.txt")
+    (tmp_path / "afile").write_text("not a directory\n")
+    for out, where in ((tmp_path / "afile", "is an existing file"),
+                       (tmp_path / "afile" / "idx", f"is under {tmp_path / 'afile'}, a file,")):
+        capsys.readouterr()
+        assert main(["build-index", "--embedding", str(embedding), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err == f"dptext build-index: error: --out {out} {where} not a directory; choose a new directory\n"
+    assert (tmp_path / "afile").read_text() == "not a directory\n"
+    (tmp_path / "adir").mkdir()
+    assert main(["build-index", "--embedding", str(tmp_path / "adir"), "--out", str(tmp_path / "idx")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and f"{tmp_path / 'adir'}: this is a directory; expected an embedding file" in err
+    assert not (tmp_path / "idx").exists()
+
+
+def test_a_hand_edited_manifest_is_a_one_line_error_naming_manifest_and_field(tmp_path, capsys):
+    assert main(["build-index", "--embedding", str(_glove(tmp_path / "e.txt")), "--out", str(tmp_path / "idx"),
+                 "--neighbours", "6"]) == 0
+    manifest = tmp_path / "idx" / "manifest.json"
+    good = json.loads(manifest.read_text())
+    (tmp_path / "c.txt").write_text("the cat\n", encoding="utf-8")
+    manifest.write_text(json.dumps({**good, "dmin": 0}))
+    capsys.readouterr()
+    assert main(["run", "--input", str(tmp_path / "c.txt"), "--output", str(tmp_path / "o" / "x"),
+                 "--index", str(tmp_path / "idx"), "--epsilon", "1000"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"dptext run: error: {manifest}: field 'dmin' must be a finite number > 0")

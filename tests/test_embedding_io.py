@@ -453,3 +453,9 @@ def test_stats_are_frozen(tmp_path):
     _, _, stats = read_embedding(_write_bytes(tmp_path / "e.txt", b"a 1\n"))
     with pytest.raises(dataclasses.FrozenInstanceError):
         stats.n = 3
+
+
+def test_a_directory_is_named_as_such_not_a_traceback(tmp_path):
+    with pytest.raises(EmbeddingFormatError, match="this is a directory; expected an embedding file") as err:
+        read_embedding(tmp_path)
+    assert err.value.path == str(tmp_path)

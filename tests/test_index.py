@@ -193,3 +193,41 @@ def test_row_blocks_assemble_in_any_order_and_must_cover_every_word(words_vector
     assert (shuffled.dmin, shuffled.dmax, shuffled.dmax_pair) == (whole.dmin, whole.dmax, whole.dmax_pair)
     with pytest.raises(ValueError, match="do not cover every word"):
         index_build.assemble(geom, blocks[1:])
+
+
+def _edited(manifest: dict, edit) -> object:
+    manifest = json.loads(json.dumps(manifest))
+    return edit(manifest) or manifest
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: [m], "the manifest is a JSON list, not an object"),
+    (lambda m: m.pop("files") and None, "field 'files' is missing"),
+    (lambda m: m.pop("dmax") and None, "field 'dmax' is missing"),
+    (lambda m: m.pop("n") and None, "field 'n' is missing"),
+    (lambda m: m.update(dmin=0), "field 'dmin' must be a finite number > 0 (a distance between distinct words), got 0"),
+    (lambda m: m.update(dmin=-1.5), "field 'dmin' must be a finite number > 0"),
+    (lambda m: m.update(dmax="7"), "field 'dmax' must be a finite number > 0"),
+    (lambda m: m.update(dmax=m["dmin"] / 2), "field 'dmax' must be >= dmin"),
+    (lambda m: m.update(n=1.5), "field 'n' must be an integer >= 2, got 1.5"),
+    (lambda m: m.update(neighbours=300), "field 'neighbours' must be below n = 300, got 300"),
+    (lambda m: m["files"][VECTORS].update(dtype="float128x"), "field 'files.vectors.f32.dtype' must be '<f4', got 'float128x'"),
+    (lambda m: m["files"][VECTORS].update(dtype="<f8"), "field 'files.vectors.f32.dtype' must be '<f4', got '<f8'"),
+    (lambda m: m["files"][NEIGHBOUR_DISTANCES].update(dtype=5), "field 'files.neighbour_distances.f32.dtype' must be '<f4'"),
+    (lambda m: m["files"][VECTORS].update(shape=[300, 11]), "field 'files.vectors.f32.shape' must be [300, 12]"),
+    (lambda m: m["files"][VECTORS].pop("shape") and None, "field 'files.vectors.f32.shape' must be a list of integers, got None"),
+    (lambda m: m["files"].pop(ANNOY) and None, "field 'files.annoy.ann' is missing"),
+    (lambda m: m["files"][ANNOY].update(sha256=None), "field 'files.annoy.ann.sha256' must be a 64-digit hex string"),
+    (lambda m: m["files"].update({VECTORS: "x"}), "field 'files.vectors.f32' must be an object, got a str"),
+    (lambda m: m.update(tables=[]), "field 'tables' must be an object, got a list"),
+])
+def test_a_hand_edited_manifest_fails_at_load_naming_the_manifest_and_the_field(tmp_path, words_vectors, edit,
+                                                                                message):
+    words, vectors = words_vectors
+    EmbeddingIndex.build(words, vectors, tmp_path / "idx", neighbours=4, progress=False)
+    path = tmp_path / "idx" / MANIFEST
+    path.write_text(json.dumps(_edited(json.loads(path.read_text()), edit)))
+    with pytest.raises(IndexLoadError) as err:
+        EmbeddingIndex.load(tmp_path / "idx")
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
+    assert "rebuild the index with `dptext build-index`" in str(err.value)

@@ -148,6 +148,9 @@ def read_embedding(
     if fmt not in FORMATS:
         raise ValueError(f"fmt {fmt!r} is not supported; use one of {', '.join(FORMATS)}")
     name = os.fsdecode(path)
+    if os.path.isdir(name):
+        raise EmbeddingFormatError(name, "this is a directory; expected an embedding file (word2vec text "
+                                         "or binary, or GloVe text, optionally gzipped) inside it")
     try:
         with _open(name) as f:
             return _read(f, name, fmt)

@@ -9,6 +9,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -331,9 +332,10 @@ class EmbeddingIndex:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as err:
             raise IndexLoadError(f"{manifest_path}: corrupt manifest ({err})") from None
-        if manifest.get("format_version") != FORMAT_VERSION:
+        if isinstance(manifest, dict) and manifest.get("format_version") != FORMAT_VERSION:
             raise IndexLoadError(f"{manifest_path}: index format {manifest.get('format_version')!r} "
                                  f"is not supported (this dptext reads format {FORMAT_VERSION}); rebuild it")
+        check_manifest(manifest, manifest_path)
         for name, meta in manifest["files"].items():
             file = path / name
             if not file.is_file():
@@ -351,6 +353,82 @@ class EmbeddingIndex:
         if len(words) != manifest["n"]:
             raise IndexLoadError(f"{path / VOCAB}: {len(words)} words, the manifest says {manifest['n']}")
         return cls(path, manifest, words, arrays[VECTORS], arrays[NEIGHBOUR_IDS], arrays[NEIGHBOUR_DISTANCES])
+
+
+# The manifest fields a loaded index relies on, and the arrays' element types as build writes them.
+ARRAY_DTYPES = {VECTORS: "<f4", NEIGHBOUR_IDS: "<i4", NEIGHBOUR_DISTANCES: "<f4"}
+_REBUILD = "restore the manifest or rebuild the index with `dptext build-index`"
+
+
+def check_manifest(manifest, where) -> None:
+    """Every manifest field the index relies on, with its type and range, so a hand-edited or
+    damaged manifest fails at load naming the field, not later inside numpy or a mechanism."""
+    def bad(field: str, problem: str) -> IndexLoadError:
+        return IndexLoadError(f"{where}: field {field!r} {problem}; {_REBUILD}")
+
+    def integer(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    if not isinstance(manifest, dict):
+        raise IndexLoadError(f"{where}: the manifest is a JSON {type(manifest).__name__}, not an object; {_REBUILD}")
+    for field, minimum in (("n", 2), ("d", 1), ("neighbours", 1)):
+        if field not in manifest:
+            raise bad(field, "is missing")
+        if not integer(manifest[field]) or manifest[field] < minimum:
+            raise bad(field, f"must be an integer >= {minimum}, got {manifest[field]!r}")
+    n, d, k = manifest["n"], manifest["d"], manifest["neighbours"]
+    if k >= n:
+        raise bad("neighbours", f"must be below n = {n}, got {k}")
+    for field in ("dmin", "dmax"):
+        if field not in manifest:
+            raise bad(field, "is missing")
+        if not number(manifest[field]) or manifest[field] <= 0:
+            raise bad(field, f"must be a finite number > 0 (a distance between distinct words), "
+                             f"got {manifest[field]!r}")
+    if manifest["dmax"] < manifest["dmin"]:
+        raise bad("dmax", f"must be >= dmin {manifest['dmin']!r}, got {manifest['dmax']!r}")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise bad("files", "is missing" if files is None else f"must be an object, got a {type(files).__name__}")
+    shapes = {VECTORS: [n, d], NEIGHBOUR_IDS: [n, k + 1], NEIGHBOUR_DISTANCES: [n, k + 1]}
+    for name in (VOCAB, ANNOY, *shapes):
+        if name not in files:
+            raise bad(f"files.{name}", "is missing")
+    for name, meta in files.items():
+        field = f"files.{name}"
+        if not isinstance(meta, dict):
+            raise bad(field, f"must be an object, got a {type(meta).__name__}")
+        if not isinstance(meta.get("sha256"), str) or len(meta["sha256"]) != 64:
+            raise bad(f"{field}.sha256", f"must be a 64-digit hex string, got {meta.get('sha256')!r}")
+        if not integer(meta.get("bytes")) or meta["bytes"] < 0:
+            raise bad(f"{field}.bytes", f"must be an integer >= 0, got {meta.get('bytes')!r}")
+        if name in shapes or "dtype" in meta or "shape" in meta:
+            expected = ARRAY_DTYPES.get(name)
+            try:
+                dtype = np.dtype(meta.get("dtype"))
+                valid = isinstance(meta.get("dtype"), str) and dtype.kind in "biuf"
+            except TypeError:
+                valid = False
+            if not valid or (expected is not None and meta["dtype"] != expected):
+                want = expected or "a little-endian numeric dtype such as '<f4'"
+                raise bad(f"{field}.dtype", f"must be {want!r}, got {meta.get('dtype')!r}")
+            shape = meta.get("shape")
+            if not (isinstance(shape, list) and all(integer(x) and x >= 0 for x in shape)):
+                raise bad(f"{field}.shape", f"must be a list of integers, got {shape!r}")
+            if name in shapes and shape != shapes[name]:
+                raise bad(f"{field}.shape", f"must be {shapes[name]} for n={n}, d={d}, neighbours={k}, got {shape}")
+            if math.prod(shape) * dtype.itemsize != meta["bytes"]:
+                raise bad(f"{field}.bytes", f"must be {math.prod(shape) * dtype.itemsize} for shape {shape} "
+                                            f"and dtype {meta['dtype']}, got {meta['bytes']}")
+    tables = manifest.get("tables", {})
+    if not isinstance(tables, dict):
+        raise bad("tables", f"must be an object, got a {type(tables).__name__}")
+    for key, entry in tables.items():
+        if not isinstance(entry, dict) or entry.get("file") not in files or "dtype" not in files[entry["file"]]:
+            raise bad(f"tables.{key}", "must name an array file listed under 'files'")
 
 
 def table_key(name: str, params: dict | None) -> str:
@@ -394,6 +472,7 @@ def localize(uri: str) -> Path:
         manifest = json.loads(manifest_bytes)
     except Exception as err:   # any filesystem's not-found or IO error, or a corrupt manifest
         raise IndexLoadError(f"{uri}/{MANIFEST}: cannot read the index manifest ({err})") from None
+    check_manifest(manifest, f"{uri}/{MANIFEST}")
     root = Path(os.environ.get("DPTEXT_INDEX_CACHE") or Path(tempfile.gettempdir()) / "dptext-index")
     local = root / hashlib.sha256(uri.encode() + manifest_bytes).hexdigest()[:20]
     if (local / MANIFEST).is_file():
