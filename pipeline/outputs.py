@@ -78,7 +78,7 @@ def check_prefix(prefix: str | None) -> None:
 
 
 def existing_outputs(prefix: str) -> list[str]:
-    """This prefix's outputs that exist now (files, and Beam temporary directories), sorted."""
+    """This prefix's outputs that exist now (files, then Beam's temporary directories or files)."""
     directory, name = _split(prefix)
     files, temps = _patterns(name)
     if not is_remote(prefix):
@@ -86,7 +86,7 @@ def existing_outputs(prefix: str) -> list[str]:
             entries = os.listdir(directory or ".")
         except (FileNotFoundError, NotADirectoryError):
             return []
-        return sorted(os.path.join(directory, e) for e in entries if files.fullmatch(e) or temps.fullmatch(e))
+        return _final_first(os.path.join(directory, e) for e in entries if files.fullmatch(e) or temps.fullmatch(e))
     from apache_beam.io.filesystems import FileSystems
 
     found = []
@@ -96,7 +96,12 @@ def existing_outputs(prefix: str) -> list[str]:
             first = rest.split("/", 1)[0]
             if (files.fullmatch(rest) or ("/" in rest and temps.fullmatch(first))) and meta.path not in found:
                 found.append(meta.path)
-    return sorted(found)
+    return _final_first(found)
+
+
+def _final_first(paths) -> list[str]:
+    """Sorted, Beam's temporary files last (an error names a final output when there is one)."""
+    return sorted(paths, key=lambda p: ("/beam-temp-" in "/" + p.replace("\\", "/"), p))
 
 
 def remove_outputs(prefix: str) -> list[str]:
