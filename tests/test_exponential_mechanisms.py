@@ -11,6 +11,7 @@ from tests.test_truncated_gumbel import _chi_square_matches
 from transforms import mechanisms
 from transforms.audit import (audit_pairs, capped_exponential_distribution, knn_exponential_distribution,
                               pairwise_distances)
+from transforms.index import EmbeddingIndex
 from transforms.mechanisms import vocabulary_exponential
 from transforms.mechanisms.knn_exponential import KNNExponential
 from transforms.mechanisms.tem import TEM
@@ -72,13 +73,14 @@ def test_vocabulary_sampler_mixed_batch_keeps_each_word_exact(wide):
         assert stat < chi2.ppf(1 - 1e-6, keep.sum()), (w, stat)     # df <= cells: conservative
 
 
-def _broken_no_rejection(index, ids, table_ids, dk, p_table, half_eps, cap, base, rng, pending, rounds):
+def _broken_no_rejection(index, ids, sorted_table, dk, p_table, half_eps, cap, base, rng, pending, rounds):
     """Broken: every tail proposal accepted (the envelope sampled as if it were the target)."""
-    first, word = GOOD_ROUNDS(index, ids, table_ids, dk, p_table, half_eps, cap, base, rng, pending, 1)
+    first, word = GOOD_ROUNDS(index, ids, sorted_table, dk, p_table, half_eps, cap, base, rng, pending, 1)
     tail = first < 0
     if tail.any():
-        y = base.draw(rng, tail.sum())
-        word[tail], first[tail] = y, 0
+        u = rng.integers(0, index.n - sorted_table.shape[1], (tail.sum(), 1))
+        word[tail] = vocabulary_exponential.uniform_outside(sorted_table[pending[tail]], u, index.n)[:, 0]
+        first[tail] = 0
     return first, word
 
 
@@ -97,6 +99,94 @@ def test_broken_vocabulary_samplers_fail(wide, monkeypatch, broken):
         mech = Capped(wide, 1.6)
     stat, threshold = _chi_square_matches(mech, 0, exact[0], seed=1)
     assert stat > threshold
+
+
+# ---- no hang: whole-vocabulary tables, duplicate vectors, extreme priors (issue 12 #5) --------
+@pytest.fixture(scope="module")
+def whole_table(random_index):
+    # K = n - 1 (build-index accepts it): no word lies outside any table, the tail is empty.
+    return random_index(n=7, d=3, neighbours=6, seed=3)
+
+
+def _duplicate_index(tmp_path_factory, neighbours: int) -> EmbeddingIndex:
+    """8 words in 3-d, words 2 and 6 on one vector (distance 0 between distinct words)."""
+    vectors = np.random.default_rng(12).normal(size=(8, 3)).astype(np.float32)
+    vectors[6] = vectors[2]
+    return EmbeddingIndex.build([f"w{i}" for i in range(8)], vectors, tmp_path_factory.mktemp(f"dup{neighbours}"),
+                                neighbours=neighbours, progress=False)
+
+
+@pytest.fixture(scope="module")
+def duplicates(tmp_path_factory):
+    return {K: _duplicate_index(tmp_path_factory, K) for K in (1, 3, 7)}
+
+
+def test_uniform_outside_is_the_u_th_word_outside_the_table():
+    rng = np.random.default_rng(0)
+    for n, width in [(2, 1), (9, 3), (9, 8), (40, 5)]:
+        table = np.stack([rng.choice(n, width, replace=False) for _ in range(30)])
+        outside = [np.setdiff1d(np.arange(n), row) for row in table]
+        u = np.stack([np.arange(n - width)] * 30)
+        got = vocabulary_exponential.uniform_outside(np.sort(table, axis=1), u, n)
+        assert all(np.array_equal(g, o) for g, o in zip(got, outside))
+
+
+# Each call is bounded by pytest-timeout: before the fix the tail proposal loop redrew for ever
+# when no word lay outside the table (K = n - 1), and when the words outside had a base weight
+# too small to be drawn (kde_prior with a large alpha).
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("epsilon, cap, with_base", [(0.8, math.inf, False), (3.0, 1.0, False), (2.0, math.inf, True)])
+def test_vocabulary_sampler_with_the_whole_vocabulary_in_the_table(whole_table, epsilon, cap, with_base):
+    log_base = np.random.default_rng(3).normal(0, 1.0, whole_table.n) if with_base else None
+    exact = capped_exponential_distribution(_dist(whole_table), epsilon, log_base, cap)
+    stat, threshold = _chi_square_matches(Capped(whole_table, epsilon, log_base, cap), 2, exact[2], seed=2)
+    assert stat < threshold, (stat, threshold)
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("K", [1, 3, 7])
+def test_vocabulary_sampler_with_duplicate_vectors(duplicates, K):
+    index = duplicates[K]
+    dist = _dist(index)
+    assert dist[2, 6] == 0 and index.dmin > 0          # Dmin is the smallest non-zero distance
+    for word in (2, 6):
+        exact = capped_exponential_distribution(dist, 2.0)
+        assert exact[word, 2] == pytest.approx(exact[word, 6])
+        stat, threshold = _chi_square_matches(Capped(index, 2.0), word, exact[word], seed=word)
+        assert stat < threshold, (K, word, stat, threshold)
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("spread", [40.0, 400.0])
+def test_vocabulary_sampler_with_an_extreme_base_measure(wide, spread):
+    """Base weights spanning e^-40 / e^-400 (a kde_prior alpha far above 1): words outside the table
+    may have a base weight too small to draw by weight; the sampler must still be exact and end."""
+    log_base = -spread * np.random.default_rng(8).random(wide.n)
+    log_base[[0, 17]] = 0.0
+    exact = capped_exponential_distribution(_dist(wide), 0.8, log_base)
+    for word in (0, 5):
+        stat, threshold = _chi_square_matches(Capped(wide, 0.8, log_base), word, exact[word], seed=word)
+        assert stat < threshold, (word, stat, threshold)
+
+
+@pytest.mark.timeout(20)
+def test_a_token_past_max_rounds_is_drawn_exactly(wide, monkeypatch):
+    """The exact pass that ends hard tokens: with MAX_ROUNDS 0 every token takes it."""
+    monkeypatch.setattr(vocabulary_exponential, "MAX_ROUNDS", 0)
+    exact = capped_exponential_distribution(_dist(wide), 0.8)
+    stat, threshold = _chi_square_matches(Capped(wide, 0.8), 0, exact[0], draws=20_000, seed=4)
+    assert stat < threshold, (stat, threshold)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("name, params", [("tem", {}), ("tem", {"beta": 0.5}), ("kde_prior", {}),
+                                          ("kde_prior", {"alpha": 1000.0}),
+                                          ("kde_prior", {"sampler": "mh", "chain_length": 50})])
+def test_whole_vocabulary_mechanisms_end_on_whole_tables_and_duplicates(whole_table, duplicates, name, params):
+    for index in (whole_table, duplicates[7], duplicates[1]):
+        mech = mechanisms.create(name, index, 2.0, **params)
+        out = mech.perturb(np.repeat(np.arange(index.n, dtype=np.int32), 50), np.random.default_rng(0))
+        assert out.dtype == np.int32 and out.min() >= 0 and out.max() < index.n
 
 
 # ---- tem -------------------------------------------------------------------------------------

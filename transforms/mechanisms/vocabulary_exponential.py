@@ -5,12 +5,19 @@ tem (uniform base, cap = gamma) and kde_prior's exact sampler (base alpha ln pi,
 
 Touching all n words per token would cost O(n d) each. Instead every token draws from an
 envelope: its K + 1 table words with their exact weights, plus one "tail" outcome standing for
-every other word y with the weight exp(log_base[y] - (eps / 2) min(dK, cap)), where dK (a lower
-bound on the K-th neighbour distance) is at most d(w, y) for every word outside the table. The
-envelope is sampled by Gumbel-max; a tail draw picks y by its base weight among the words outside
-the table and is accepted with probability exp(-(eps / 2) (min(d(w, y), cap) - min(dK, cap))) <= 1.
-A rejected token starts again from scratch, so the accepted outputs follow P exactly (rejection
-sampling from an envelope that dominates P).
+the n - K - 1 words outside the table, each at the weight exp(max log_base - (eps / 2) min(dK, cap)),
+where dK (a lower bound on the K-th neighbour distance) is at most d(w, y) for every word outside
+the table. The envelope is sampled by Gumbel-max; a tail draw picks a word uniformly among the
+words outside the table (exact integer arithmetic, no redraws) and accepts it with probability
+exp(log_base[y] - max log_base - (eps / 2) (min(d(w, y), cap) - min(dK, cap))) <= 1. A rejected
+token starts again from scratch, so the accepted outputs follow P exactly (rejection sampling from
+an envelope that dominates P). When no word lies outside the table (K = n - 1) the tail has weight
+0 and every token is a table draw.
+
+Rejection sampling's number of rounds is independent of the accepted word, so a token that is
+still pending after MAX_ROUNDS rounds may take its word from P directly (one exact pass over the
+vocabulary, O(n d)) without changing the distribution: no token loops for ever, whatever the
+prior or epsilon.
 """
 from __future__ import annotations
 
@@ -24,6 +31,10 @@ from transforms.mechanisms.base import as_ids
 # exact distance of every word outside the table, so an acceptance probability never exceeds 1.
 _DK_MARGIN = 1e-5
 _PROPOSALS_PER_CALL = 16384   # tail proposals scored at once (memory: x d x 4 bytes)
+# Rounds after which a still pending token is drawn by one exact pass over the vocabulary. With an
+# acceptance of 1% per round a token gets there with probability 0.99^1024 = 3e-5.
+MAX_ROUNDS = 1024
+_EXACT_COLUMNS = 65536        # words per float64 slice of the exact pass
 _U32 = float(np.finfo(np.float32).eps) / 2
 
 
@@ -48,51 +59,17 @@ def _squared_norms(index) -> np.ndarray:
     return _NORMS[key][1]
 
 
-class _Base:
-    """Base weights exp(log_base) (max 1), their running sum for inverse-CDF draws, their total."""
-
-    def __init__(self, n: int, log_base):
-        if log_base is None:
-            self.weights = None
-            self.total = float(n)
-        else:
-            log_base = np.asarray(log_base, dtype=np.float64)
-            if log_base.shape != (n,) or np.isnan(log_base).any() or np.isposinf(log_base).any():
-                raise ValueError(f"log_base must be {n} finite numbers or -inf")
-            self.weights = np.exp(log_base - log_base.max())
-            self.log_shift = float(log_base.max())
-            self.cumulative = np.cumsum(self.weights)
-            self.total = float(self.cumulative[-1])
-        self.n = n
-
-    def log(self, ids: np.ndarray) -> np.ndarray:
-        return np.zeros(ids.shape) if self.weights is None else np.log(self.weights[ids])
-
-    def row_mass(self, table_rows: np.ndarray) -> np.ndarray:
-        if self.weights is None:
-            return np.full(len(table_rows), float(table_rows.shape[1]))
-        return self.weights[table_rows].sum(axis=1)
-
-    def draw(self, rng: np.random.Generator, size: int) -> np.ndarray:
-        if self.weights is None:
-            return rng.integers(0, self.n, size)
-        u = rng.random(size) * self.total
-        return np.minimum(np.searchsorted(self.cumulative, u, side="right"), self.n - 1)
-
-
-_BASE_CACHE: dict = {}
-
-
-def _base(n: int, log_base) -> _Base:
-    """One _Base per log_base array (mechanisms pass the same array for every batch)."""
-    key = (n, None if log_base is None else id(log_base))
-    cached = _BASE_CACHE.get(key)
-    if cached is None or (log_base is not None and cached[1] is not log_base):
-        if len(_BASE_CACHE) > 16:
-            _BASE_CACHE.clear()
-        cached = (_Base(n, log_base), log_base)
-        _BASE_CACHE[key] = cached
-    return cached[0]
+def _log_base(n: int, log_base) -> np.ndarray | None:
+    """log_base shifted so that its largest value is 0 (None: the uniform base)."""
+    if log_base is None:
+        return None
+    log_base = np.asarray(log_base, dtype=np.float64)
+    if log_base.shape != (n,) or np.isnan(log_base).any() or np.isposinf(log_base).any():
+        raise ValueError(f"log_base must be {n} finite numbers or -inf")
+    top = float(log_base.max())
+    if not math.isfinite(top):
+        raise ValueError("log_base gives every word weight 0")
+    return log_base - top
 
 
 def sample_capped_exponential(index, ids, rng: np.random.Generator, epsilon: float, log_base=None,
@@ -102,26 +79,37 @@ def sample_capped_exponential(index, ids, rng: np.random.Generator, epsilon: flo
     out = np.empty(len(ids), dtype=np.int32)
     if not len(ids):
         return out
-    base = _base(index.n, log_base)
+    base = _log_base(index.n, log_base)
     half_eps = 0.5 * float(epsilon)
     table_ids = np.asarray(index.neighbour_ids[ids])                       # (m, K + 1)
     table_d = np.asarray(index.neighbour_distances[ids], dtype=np.float64)
-    near_logw = base.log(table_ids) - half_eps * np.minimum(table_d, cap)
+    with np.errstate(over="ignore"):
+        near_logw = -half_eps * np.minimum(table_d, cap)                  # -inf where eps d overflows
+    if base is not None:
+        near_logw += base[table_ids]
     dk = np.minimum(table_d[:, -1] * (1.0 - _DK_MARGIN), cap)
-    # Envelope: the table words with their exact weights, the other words at weight base x exp(-eps dK / 2).
+    outside = index.n - table_ids.shape[1]                                   # words outside every table
+    # Envelope in logs: the table words at their exact weights, the tail at outside x exp(-eps dK / 2).
     shift = near_logw.max(axis=1)
+    shift[~np.isfinite(shift)] = 0.0                # a row of weight 0: log_near is -inf below
     near_w = np.exp(near_logw - shift[:, None])
-    tail_mass = np.maximum(base.total - base.row_mass(table_ids), 0.0)   # base mass outside the table
-    tail_mass[tail_mass <= base.total * 1e-12] = 0.0    # no word outside (or only rounding): never chosen
-    tail_w = tail_mass * np.exp(-half_eps * dk - shift)
-    p_table = near_w.sum(axis=1) / (near_w.sum(axis=1) + tail_w)
+    with np.errstate(divide="ignore", over="ignore"):
+        log_near = np.log(near_w.sum(axis=1)) + shift
+        log_tail = (math.log(outside) if outside else -math.inf) - half_eps * dk
+    with np.errstate(invalid="ignore"):
+        p_table = np.exp(log_near - np.logaddexp(log_near, log_tail))
+    # A row whose every weight underflows (or is 0) has no envelope to sample: the exact pass decides.
+    unsampled = ~np.isfinite(p_table)
+    sorted_table = np.sort(table_ids, axis=1)
     # Each round of the rejection sampler: with probability p_table the envelope draw is a table
     # word (accepted), otherwise a tail proposal accepted with its ratio; several rounds per token
     # are drawn at once, and the first one that ends is the token's draw.
     from_table = np.zeros(len(ids), dtype=bool)
-    pending, rounds = np.arange(len(ids)), 4
-    while pending.size:
-        ended, tail_word = _rounds(index, ids, table_ids, dk, p_table, half_eps, cap, base, rng, pending, rounds)
+    pending, rounds, spent = np.flatnonzero(~unsampled), 4, 0
+    while pending.size and spent < MAX_ROUNDS:
+        rounds = min(rounds, MAX_ROUNDS - spent)
+        ended, tail_word = _rounds(index, ids, sorted_table, dk, p_table, half_eps, cap, base, rng, pending, rounds)
+        spent += rounds
         resolved = ended >= 0
         done = pending[resolved]
         is_table = tail_word[resolved] < 0
@@ -130,27 +118,42 @@ def sample_capped_exponential(index, ids, rng: np.random.Generator, epsilon: flo
         # Later rounds are for the few tokens whose tail is hard to hit: give each of them more.
         pending = pending[~resolved]
         rounds = int(min(4 * rounds, max(4, _PROPOSALS_PER_CALL // max(pending.size, 1))))
+    for i in np.concatenate((pending, np.flatnonzero(unsampled))):
+        out[i] = _exact_draw(index, int(ids[i]), rng, half_eps, base, cap)
     rows = np.flatnonzero(from_table)
     if rows.size:                          # a table word, by its exact weight (inverse CDF)
         cumulative = np.cumsum(near_w[rows], axis=1)
         u = rng.random(rows.size) * cumulative[:, -1]
-        col = np.minimum((cumulative < u[:, None]).sum(axis=1), table_ids.shape[1] - 1)
+        col = np.minimum((cumulative <= u[:, None]).sum(axis=1), table_ids.shape[1] - 1)
         out[rows] = table_ids[rows, col]
     return out
 
 
-def _rounds(index, ids, table_ids, dk, p_table, half_eps, cap, base: _Base, rng, pending, rounds):
+def uniform_outside(sorted_table: np.ndarray, u: np.ndarray, n: int) -> np.ndarray:
+    """The u-th word (0-based, by id) outside each row's table, for u in [0, n - K - 1).
+
+    Row i's table word t_j (sorted) has t_j - j words outside the table below it, so the u-th
+    outside word is u plus the number of table words t_j with t_j - j <= u: exact, no redraws.
+    """
+    m, width = sorted_table.shape
+    below = sorted_table.astype(np.int64) - np.arange(width)               # (m, K + 1), non-decreasing
+    # One searchsorted for every row: row r's values are offset by r (n + 1), above any row before it.
+    offset = np.arange(m, dtype=np.int64)[:, None] * (n + 1)
+    flat = (below + offset).ravel()
+    count = np.searchsorted(flat, (np.asarray(u, dtype=np.int64) + offset).ravel(), side="right")
+    return u + (count.reshape(np.shape(u)) - np.arange(m)[:, None] * width)
+
+
+def _rounds(index, ids, sorted_table, dk, p_table, half_eps, cap, base, rng, pending, rounds):
     """`rounds` rounds for each pending token: the first that ends (-1 if none) and, when it ended
     with an accepted tail proposal, that word (-1 when it ended on a table draw)."""
     m = pending.size
     table_round = rng.random((m, rounds)) < p_table[pending, None]
-    y = base.draw(rng, m * rounds).reshape(m, rounds)
-    rows = table_ids[pending]
-    inside = (rows[:, None, :] == y[:, :, None]).any(axis=2)
-    while inside.any():                    # proposals are restricted to words outside the table
-        redo = np.nonzero(inside)
-        y[redo] = base.draw(rng, len(redo[0]))
-        inside[redo] = (rows[redo[0]] == y[redo][:, None]).any(axis=1)
+    outside = index.n - sorted_table.shape[1]
+    if not outside:                        # p_table is 1: every round is a table round
+        first = np.where(table_round.any(axis=1), np.argmax(table_round, axis=1), -1)
+        return first, np.full(m, -1, dtype=np.int32)
+    y = uniform_outside(sorted_table[pending], rng.integers(0, outside, (m, rounds)), index.n)
     vectors = np.asarray(index.vectors)             # a plain view: memmap indexing is slow per call
     sq = _squared_norms(index)
     source = vectors[ids[pending]]
@@ -166,8 +169,15 @@ def _rounds(index, ids, table_ids, dk, p_table, half_eps, cap, base: _Base, rng,
     approx = np.minimum(np.sqrt(d2), cap)
     d2_error = 2 * _GAMMA32 * np.sqrt(sq_y * sq_w) + 4 * _U32 * (sq_y + sq_w)
     error = d2_error / np.maximum(np.sqrt(d2) + np.sqrt(np.maximum(d2 - d2_error, 0.0)), 1e-300) + 1e-12
-    # Accept iff U < exp(-(eps/2)(min(d, cap) - dK)), i.e. min(d, cap) < dK - ln(U) / (eps/2).
-    threshold = dk[pending, None] - np.log(rng.random((m, rounds))) / half_eps
+    # Accept iff U < exp(log_base[y] - (eps/2)(min(d, cap) - dK)), i.e. min(d, cap) < threshold with
+    # threshold = dK + (log_base[y] - ln U) / (eps/2) (log_base shifted to max 0; +-inf where eps/2
+    # underflows to 0, which is the exact answer then).
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        slack = -np.log(rng.random((m, rounds)))
+        if base is not None:
+            slack += base[y]
+        threshold = dk[pending, None] + slack / half_eps
+    threshold[np.isnan(threshold)] = -np.inf                                 # 0 / 0: U = 1 - never
     accepted = approx + error < threshold
     unsure = np.nonzero(np.abs(approx - threshold) <= error)
     if unsure[0].size:
@@ -179,3 +189,25 @@ def _rounds(index, ids, table_ids, dk, p_table, half_eps, cap, base: _Base, rng,
     picked = np.arange(m), np.maximum(first, 0)
     word = np.where((first >= 0) & ~table_round[picked], y[picked], -1)
     return first, word.astype(np.int32)
+
+
+def exact_log_weights(index, word: int, half_eps: float, base, cap: float) -> np.ndarray:
+    """log_base[y] - (eps / 2) min(d(w, y), cap) for every word y, distances in float64."""
+    vectors = np.asarray(index.vectors)
+    source = vectors[word].astype(np.float64)
+    dist = np.empty(index.n)
+    for s in range(0, index.n, _EXACT_COLUMNS):
+        diff = vectors[s:s + _EXACT_COLUMNS].astype(np.float64) - source
+        dist[s:s + _EXACT_COLUMNS] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+    with np.errstate(over="ignore"):
+        logw = -half_eps * np.minimum(dist, cap)
+    return logw if base is None else logw + base
+
+
+def _exact_draw(index, word: int, rng, half_eps: float, base, cap: float) -> int:
+    """One draw from P[M(word) = .] by Gumbel-max over every word (O(n d))."""
+    logw = exact_log_weights(index, word, half_eps, base, cap)
+    if not np.isfinite(logw).any():
+        raise ValueError(f"every word has weight 0 for word id {word}: the base measure and epsilon "
+                         "leave nothing to sample")
+    return int(np.argmax(logw + rng.gumbel(size=logw.shape)))
