@@ -300,3 +300,125 @@ def test_sampler_matches_the_oracle_just_above_the_feasibility_floor(small, abov
     assert small.dmax / mech.p.b < 1e-3
     stat, threshold = _chi_square_matches(mech, 4, P[4], seed=9)
     assert stat < threshold
+
+
+# ---- the noise's lower tail (issue 12 #14) -------------------------------------------------------
+# Kolmogorov-Smirnov with the Dvoretzky-Kiefer-Wolfowitz bound: for N draws from F,
+# P(sup |F_N - F| > t) <= 2 exp(-2 N t^2), so t = sqrt(ln(2 / alpha) / (2 N)) with alpha = 1e-6
+# is exceeded by a correct sampler with probability at most 1e-6, whatever F is (N = 200,000:
+# t = 0.0060). A sampler whose CDF is off by more than t somewhere is caught.
+TAIL_DRAWS = 200_000
+DKW_ALPHA = 1e-6
+
+
+def _dkw_tolerance(draws: int) -> float:
+    return math.sqrt(math.log(2 / DKW_ALPHA) / (2 * draws))
+
+
+def _ks_distance(sample: np.ndarray, cdf) -> float:
+    x = np.sort(sample)
+    f = cdf(x)
+    n = len(x)
+    return float(max((np.arange(1, n + 1) / n - f).max(), (f - np.arange(n) / n).max()))
+
+
+class TailRng:
+    """A generator conditioned on the noise's lower tail: standard_exponential returns X given
+    X > x0 (x0 + Exponential(1), memoryless), random returns u given u >= u0 = 1 - exp(-x0), on the
+    float32 grid when asked for float32. Both are the event E > E(x0), i.e. g below a threshold."""
+
+    def __init__(self, seed: int, x0: float):
+        self.rng, self.x0, self.u0 = np.random.default_rng(seed), x0, -math.expm1(-x0)
+
+    def standard_exponential(self, size=None, dtype=np.float64):
+        return (self.x0 + self.rng.standard_exponential(size)).astype(dtype)
+
+    def random(self, size=None, dtype=np.float64):
+        u = self.u0 + (1 - self.u0) * self.rng.random(size)
+        if dtype == np.float32:                       # numpy's float32 uniforms: multiples of 2^-24
+            u = np.floor(u * 2 ** 24) / 2 ** 24
+        return u.astype(dtype)
+
+
+class Float32Draw(TruncatedGumbel):
+    """Broken (the draw before issue 12 #14): E = e_lo - ln(1 - span u) with a float32 u. Its
+    smallest 1 - span u is ~6e-8, so E stops at ~16.6 and the noise at -2.81 b."""
+
+    def truncated_exponential(self, rng, shape):
+        e_lo, e_hi = _e_range(self)
+        u = rng.random(shape, dtype=np.float32)
+        u *= -np.float32(-math.expm1(-(e_hi - e_lo)))
+        u += np.float32(1.0)
+        np.log(u, out=u)
+        return np.float32(e_lo) - u
+
+
+def _mechanism_at_scale(index, dmax_over_b: float, cls=TruncatedGumbel):
+    """The mechanism at the epsilon whose Gumbel scale is b = Dmax / dmax_over_b."""
+    eps = epsilon_of_scale(index.dmax / dmax_over_b, index.n, index.dmin, index.dmax)
+    mech = cls(index, eps)
+    assert mech.p.dmax / mech.p.b == pytest.approx(dmax_over_b, rel=1e-9)
+    return mech
+
+
+def _e_range(mech) -> tuple[float, float]:
+    """[e_lo, e_hi] = [exp(-Dmax / b), exp(Dmax / b)]: the range of E = exp(-g / b)."""
+    return math.exp(-mech.p.dmax / mech.p.b), math.exp(mech.p.dmax / mech.p.b)
+
+
+def _truncated_gumbel_cdf(mech, below_e: float = None):
+    """CDF of g = -b ln E, E ~ Exponential(1) restricted to [e_lo, e_hi] (and to E > below_e when given)."""
+    b, (e_lo, e_hi) = mech.p.b, _e_range(mech)
+    e0 = e_lo if below_e is None else below_e
+
+    def cdf(t):
+        s = np.exp(-np.asarray(t) / b)                 # P(g <= t) = P(E >= s)
+        return np.exp(-(s - e0)) * -np.expm1(-(e_hi - s)) / -math.expm1(-(e_hi - e0))
+    return cdf
+
+
+@pytest.mark.parametrize("dmax_over_b", [0.3, 2.0, 6.0, 40.0])
+def test_noise_follows_the_truncated_gumbel(small, dmax_over_b):
+    mech = _mechanism_at_scale(small, dmax_over_b)
+    g = -mech.p.b * np.log(mech.truncated_exponential(np.random.default_rng(1), TAIL_DRAWS).astype(np.float64))
+    assert g.min() >= -mech.p.dmax * (1 + 1e-6) and g.max() <= mech.p.dmax * (1 + 1e-6)
+    assert _ks_distance(g, _truncated_gumbel_cdf(mech)) < _dkw_tolerance(TAIL_DRAWS)
+
+
+@pytest.mark.parametrize("cls, ok", [(TruncatedGumbel, True), (Float32Draw, False)])
+@pytest.mark.parametrize("dmax_over_b", [3.5, 6.0])
+def test_noise_lower_tail_matches_the_truncated_gumbel(small, cls, ok, dmax_over_b):
+    """Conditioned on E > E(x0 = 12), i.e. g < -2.48 b, the noise's CDF is the truncated Gumbel's
+    conditioned the same way: KS within the DKW tolerance, and a binomial count of g < -3 b (expected
+    N exp(-(e^3 - E0)) ~ 60 of 200,000; 5 standard deviations). The float32 draw stops at -2.81 b."""
+    mech = _mechanism_at_scale(small, dmax_over_b, cls)
+    x0 = 12.0
+    e_lo, e_hi = _e_range(mech)                   # X > x0 <=> u > 1 - e^-x0 <=> E > e0:
+    e0 = e_lo - math.log(math.exp(-(e_hi - e_lo)) - math.expm1(-(e_hi - e_lo)) * math.exp(-x0))
+    g = -mech.p.b * np.log(mech.truncated_exponential(TailRng(5, x0), TAIL_DRAWS).astype(np.float64))
+    cdf = _truncated_gumbel_cdf(mech, below_e=e0)
+    p_deep = float(cdf(-3.0 * mech.p.b))
+    expected, sd = TAIL_DRAWS * p_deep, math.sqrt(TAIL_DRAWS * p_deep * (1 - p_deep))
+    assert expected > 30
+    count = int((g < -3.0 * mech.p.b).sum())
+    passed = (_ks_distance(g, cdf) < _dkw_tolerance(TAIL_DRAWS)) and abs(count - expected) <= 5 * sd + 1
+    assert passed == ok, (cls.__name__, count, expected, g.min() / mech.p.b)
+
+
+def test_unbounded_exponential_keeps_the_exponential_law(monkeypatch):
+    """With the redraw level lowered to 1 most draws go through the memoryless step; the law must
+    stay Exponential(1) (KS, DKW tolerance), and a broken step (no level added) must fail."""
+    from transforms.mechanisms import truncated_gumbel
+
+    monkeypatch.setattr(truncated_gumbel, "_TAIL_STEP", 1.0)
+    x = truncated_gumbel.unbounded_exponential(np.random.default_rng(3), TAIL_DRAWS)
+    assert _ks_distance(x, lambda t: -np.expm1(-t)) < _dkw_tolerance(TAIL_DRAWS)
+    assert x.max() > 10
+
+    def broken(rng, shape):                          # a draw above 1 replaced by a fresh one: no tail
+        y = rng.standard_exponential(shape)
+        deep = y > 1.0
+        y[deep] = rng.standard_exponential(deep.sum())
+        return y
+    y = broken(np.random.default_rng(3), TAIL_DRAWS)
+    assert _ks_distance(y, lambda t: -np.expm1(-t)) > _dkw_tolerance(TAIL_DRAWS)

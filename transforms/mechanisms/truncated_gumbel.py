@@ -15,6 +15,29 @@ from scipy.special import lambertw
 from transforms.mechanisms.base import InfeasibleEpsilonError, as_ids, check_epsilon, register, truncated_poisson
 
 NAME = "truncated_gumbel"
+# Above this Dmax / b the noise term E = exp(-g / b) reaches exp(80) ~ 5.5e34, near float32's range:
+# scores are then compared in float64.
+FLOAT32_SCALE_LIMIT = 80.0
+
+
+_TAIL_STEP = 30.0
+
+
+def unbounded_exponential(rng: np.random.Generator, shape) -> np.ndarray:
+    """Exponential(1) draws (float64) whose tail is not cut where the generator's uniforms run out.
+
+    numpy's ziggurat ends near 44 (its tail uses one 53-bit uniform). Exponentials are memoryless:
+    X given X > 30 is 30 + a fresh Exponential(1), so every draw above 30 is replaced by one, again
+    and again (each level has probability e^-30 ~ 1e-13): the support has no end.
+    """
+    x = rng.standard_exponential(shape)
+    flat = x.reshape(-1)
+    deep, level = np.flatnonzero(flat > _TAIL_STEP), _TAIL_STEP
+    while deep.size:
+        fresh = rng.standard_exponential(deep.size)
+        flat[deep] = level + fresh
+        deep, level = deep[fresh > _TAIL_STEP], level + _TAIL_STEP
+    return x
 
 
 def smallest_feasible_epsilon(n: int, dmin: float) -> float:
@@ -66,14 +89,19 @@ class TruncatedGumbel:
         self.epsilon = self.p.epsilon
         self._table_ids = index.neighbour_ids
         self._table_distances = index.neighbour_distances   # memory-mapped: shared by processes
-        # Just above the feasibility floor b grows without bound: the noise and the weights then
-        # differ by less than float32 resolves (Dmax / b < 1e-3), so those draws use float64.
-        self._dtype = np.float32 if self.p.dmax / self.p.b >= 1e-3 else np.float64
+        # Scores E exp(-d / b) are compared in float32 where it resolves them: just above the
+        # feasibility floor b grows without bound and the noise and the weights differ by less than
+        # float32 resolves (Dmax / b < 1e-3); far above it E reaches exp(Dmax / b), beyond float32's
+        # range once Dmax / b > 80. Both ends use float64.
+        t = self.p.dmax / self.p.b
+        self._dtype = np.float32 if 1e-3 <= t <= FLOAT32_SCALE_LIMIT else np.float64
         self._minus_inv_b = self._dtype(-1.0 / self.p.b)
         # Gumbel(0, b) restricted to [-Dmax, Dmax] is g = -b ln E with E ~ Exponential(1)
-        # restricted to [exp(-Dmax / b), exp(Dmax / b)].
-        self._e_lo = math.exp(-self.p.dmax / self.p.b)
-        self._e_span = -math.expm1(-(math.exp(self.p.dmax / self.p.b) - self._e_lo))
+        # restricted to [exp(-Dmax / b), exp(Dmax / b)], whose width is 2 sinh(Dmax / b).
+        self._e_lo = math.exp(-t)
+        self._e_width = 2.0 * math.sinh(t)
+        self._e_span = -math.expm1(-self._e_width)            # P(E in range | E > e_lo)
+        self._log_span = math.log(self._e_span)
         # Groups of tokens by k (upper edges); the last edge is the table's K, beyond it exact search.
         K = index.neighbours
         self._group_edges = np.array(sorted({min(e, K) for e in (11, 19)} | {K}))
@@ -84,14 +112,31 @@ class TruncatedGumbel:
                 "gumbel_truncation": [-self.p.dmax, self.p.dmax]}
 
     def truncated_exponential(self, rng: np.random.Generator, shape) -> np.ndarray:
-        """E ~ Exponential(1) restricted to [exp(-Dmax/b), exp(Dmax/b)] by inverse CDF."""
-        # 1 - span * v is uniform on (1 - span, 1]; float32 np.log is vectorised (log1p is not).
-        dtype = self._dtype
-        u = rng.random(shape, dtype=dtype)
-        u *= -dtype(self._e_span)
-        u += dtype(1.0)
-        np.log(u, out=u)
-        return dtype(self._e_lo) - u
+        """E ~ Exponential(1) restricted to [e_lo, e_hi] = [exp(-Dmax/b), exp(Dmax/b)], exactly, in float64.
+
+        E = e_lo - ln(1 - span u), u uniform, is the inverse CDF. When the range is narrow (width < 1)
+        1 - span u >= 1/e and that formula is accurate as it stands. When it is wide, the lower tail of
+        the noise (E near e_hi) is where 1 - span u nears 1 - span = exp(-width), far below the spacing
+        of any uniform u (a float32 u stopped E at 16.6, i.e. the noise at -2.81 b). There, with
+        1 - u = exp(-X), X ~ Exponential(1) (unbounded), 1 - span u = exp(-width) + span exp(-X) and
+        E = e_lo - ln(span) + X - ln(1 + exp(X - width - ln span)): every value up to e_hi is reached.
+        """
+        if self._e_width < 1.0:
+            e = np.log1p(rng.random(shape) * -self._e_span)
+            np.subtract(self._e_lo, e, out=e)
+            return e.astype(self._dtype, copy=False)
+        x = unbounded_exponential(rng, shape)
+        e = x + (self._e_lo - self._log_span)
+        # ln(1 + exp(X - c)) < e^-40 (below float64's resolution of E >= X) unless X > c - 40.
+        c = self._e_width + self._log_span
+        if c < 60.0:                       # X > c - 40 is common: every draw
+            x -= c
+            e -= np.logaddexp(0.0, x, out=x)
+        else:                              # only the draws in the far tail (probability < e^-20)
+            clamp = np.flatnonzero(x.reshape(-1) > c - 40.0)
+            if clamp.size:
+                e.reshape(-1)[clamp] -= np.logaddexp(0.0, x.reshape(-1)[clamp] - c)
+        return e.astype(self._dtype, copy=False)
 
     def perturb(self, ids, rng: np.random.Generator) -> np.ndarray:
         ids = as_ids(ids, self.index.n)
