@@ -40,7 +40,7 @@ def _run(argv: list[str]) -> int:
         print(f"dptext run: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:           # the job removed its partial outputs on the way out
-        print(f"dptext run: interrupted; partial outputs under {_output_prefix(argv)} removed", file=sys.stderr)
+        print(f"dptext run: interrupted; no partial outputs left under {_output_prefix(argv)}", file=sys.stderr)
         return 128 + signal.SIGINT
     from pipeline.report import format_counters, job_counters
 
@@ -79,6 +79,8 @@ def _supervise_run(argv: list[str]) -> int:
            "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}
 
     def stop(signum, frame):
+        for s in STOP_SIGNALS:        # a second Ctrl-C must not interrupt the clean-up
+            signal.signal(s, signal.SIG_IGN)
         raise _Stop(signum)
     previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
     child = None
@@ -91,7 +93,7 @@ def _supervise_run(argv: list[str]) -> int:
         signum, what = -code, f"the job process was killed by signal {-code}"
     except _Stop as stopped:
         signum, what = stopped.signum, "interrupted"
-    for s in STOP_SIGNALS:            # nothing may interrupt the clean-up
+    for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
     try:
         if child is not None:

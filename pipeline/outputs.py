@@ -163,7 +163,11 @@ def claim(prefix: str, overwrite: bool, token: str | None = None) -> PrefixClaim
             raise OptionsError(f"--output {prefix}: {existing[0]}{more} already exist; pass --overwrite to "
                                "replace them, or choose another --output")
         if existing:
-            remove_outputs(prefix)
+            try:
+                remove_outputs(prefix)
+            except Exception as err:   # OSError locally, BeamIOError on a remote filesystem
+                raise OptionsError(f"--output {prefix}: --overwrite could not delete the earlier outputs "
+                                   f"({_first_line(err)}); remove them yourself or choose another --output") from None
     except BaseException:
         held.release()
         raise

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import sys
 import threading
@@ -89,7 +90,11 @@ def execute(options: PipelineOptions, job: Prepared, wait: bool = True) -> beam.
         except BaseException:            # a failed or interrupted job leaves nothing half-written
             if wait and result is not None:
                 _cancel(result)
-            remove_outputs(opts.output)
+            try:
+                remove_outputs(opts.output)
+            except Exception as err:     # keep the job's own error; say what is left (paths only)
+                logging.warning("dptext: could not remove the partial outputs under %s (%s)", opts.output,
+                                type(err).__name__)
             raise
         if wait:
             add_metrics_to_report(opts.output, job_counters(result))

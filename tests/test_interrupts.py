@@ -106,6 +106,12 @@ def _interrupt(job, name: str, signum: int, target: str, stage: str, *extra: str
     if stage != "start":
         assert len(tree) >= (5 if extra else 1), "the job's worker processes were not all started"
     (os.killpg if target == "group" else os.kill)(proc.pid, signum)
+    if target == "twice":                     # an impatient second Ctrl-C during the clean-up
+        time.sleep(0.03)
+        try:
+            os.kill(proc.pid, signum)
+        except ProcessLookupError:
+            pass
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signum
     lines = err.decode().splitlines()
@@ -137,6 +143,7 @@ def _rerun_equals_clean(job, output: Path, *extra: str) -> None:
     ("int-start", signal.SIGINT, "process", "start", False),
     ("term-running", signal.SIGTERM, "process", "temp", False),
     ("ctrl-c-data", signal.SIGINT, "group", "data", False),
+    ("int-twice-data", signal.SIGINT, "twice", "data", False),
     ("term-data-2w", signal.SIGTERM, "process", "data", True),
     ("ctrl-c-data-2w", signal.SIGINT, "group", "data", True),
 ])

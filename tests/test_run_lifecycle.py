@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from pipeline.errors import OptionsError
 from pipeline.outputs import LOCK_SUFFIX, existing_outputs
 from pipeline.run import run
 from tests.conftest import build_random_index, shard_lines
+from transforms.beam import LoadedMechanism, PerturbConfig
 
 TEMP = "beam-temp-c-0123456789abcdef0123456789abcdef"
 
@@ -129,6 +131,49 @@ def test_a_failed_overwrite_run_leaves_no_old_report_and_no_partial_output(index
         execute(options, type(job)(job.fmt, flaky, job.context, job.parquet_schema))
     assert (tmp_path / "fault").exists()
     assert _outputs(o) == []
+
+
+@dataclass(frozen=True)
+class _CtrlCConfig(PerturbConfig):
+    """The mechanism raises KeyboardInterrupt mid-job, as Ctrl-C does in a Python session."""
+
+    def load(self) -> LoadedMechanism:
+        return LoadedMechanism(super().load().index, _CtrlC())
+
+
+class _CtrlC:
+    name, epsilon = "ctrl-c", 1.0
+
+    def perturb(self, ids, rng):
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_in_a_python_session_removes_the_partial_outputs(index_dir, tmp_path, monkeypatch, capsys):
+    """`run()` and `main([...])` run the job in the calling process. Ctrl-C inside a DoFn reaches
+    the caller as Beam's RuntimeError("KeyboardInterrupt [while running ...]"), elsewhere as
+    KeyboardInterrupt: either way no output is left, and the in-process CLI says so in one line."""
+    import pipeline.run as run_module
+
+    real_prepare = run_module.prepare
+
+    def prepare(opts):
+        job = real_prepare(opts)
+        config = _CtrlCConfig(**{f: getattr(job.config, f) for f in job.config.__dataclass_fields__})
+        return type(job)(job.fmt, config, job.context, job.parquet_schema)
+    monkeypatch.setattr(run_module, "prepare", prepare)
+    corpus = _corpus(tmp_path / "c.txt", 30)
+    with pytest.raises(RuntimeError, match="KeyboardInterrupt"):
+        run(_args(index_dir, corpus, tmp_path / "o" / "c"))
+    assert _outputs(tmp_path / "o") == []
+
+    def interrupted(opts):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(run_module, "prepare", interrupted)
+    capsys.readouterr()
+    assert main(["run", *_args(index_dir, corpus, tmp_path / "o" / "c")]) == 130
+    captured = capsys.readouterr()
+    assert captured.err == f"dptext run: interrupted; no partial outputs left under {tmp_path / 'o' / 'c'}\n"
+    assert _outputs(tmp_path / "o") == []
 
 
 def test_the_lock_is_released_after_a_run_and_a_stale_lock_file_does_not_block(index_dir, tmp_path):
