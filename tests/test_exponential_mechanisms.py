@@ -291,3 +291,55 @@ def test_knn_exponential_audited_figures(short_table):
     g = mechanisms.create("knn_exponential", short_table, 2.0).guarantee()
     assert g["per_token_pure_epsilon"] is None and g["rate"] is None
     assert g["audited"] and "local" in g["kind"]
+
+
+# ---- knn_exponential's guarantee follows from the mechanism, not from the audit (issue 12 #6) ------
+@pytest.fixture(scope="module")
+def sixty_whole(random_index):
+    # 60 words with K = 59, so any candidates up to n - 1 is allowed. From candidates 39 on, every
+    # audited vocabulary (9, 20 and 40 words) lies inside every candidate set.
+    return random_index(n=60, d=3, neighbours=59, seed=2)
+
+
+@pytest.mark.parametrize("candidates", [39, 40, 58])
+def test_knn_exponential_guarantee_does_not_follow_the_audit_coverage(sixty_whole, candidates):
+    g = mechanisms.create("knn_exponential", sixty_whole, 2.0, candidates=candidates).guarantee()
+    assert not any(r["metric_rate_contradicted"] for r in g["audited"])     # the audit sees nothing ...
+    dist = _dist(sixty_whole)
+    exact = audit_pairs(knn_exponential_distribution(dist, 2.0, candidates), dist, rate=2.0)
+    assert exact["worst_log_ratio"] == math.inf                              # ... the whole vocabulary does
+    assert g["rate"] is None and g["per_token_pure_epsilon"] is None and "metric-DP" not in g["kind"]
+    assert g["worst_case_log_ratio"] == "inf" and "infinite" in g["statement"]
+
+
+@pytest.mark.parametrize("n, candidates", [(2, 1), (2, 0), (9, 8), (60, 59)])
+def test_knn_exponential_over_the_whole_vocabulary_is_metric_dp(random_index, sixty_whole, n, candidates):
+    """k = n - 1 always (fixed, or Poisson on two words): the exponential mechanism over every word.
+    The exact distribution confirms the rate, and the sampler follows it (chi-square)."""
+    index = sixty_whole if n == 60 else random_index(n=n, d=3, neighbours=n - 1, seed=6)
+    mech = mechanisms.create("knn_exponential", index, 2.0, candidates=candidates)
+    g = mech.guarantee()
+    assert g["kind"] == "metric-DP" and g["rate"] == 2.0
+    assert g["per_token_pure_epsilon"] == pytest.approx(2.0 * index.dmax)
+    dist = _dist(index)
+    P = knn_exponential_distribution(dist, 2.0, None if candidates == 0 else candidates)
+    exact = audit_pairs(P, dist, rate=2.0)
+    assert exact["worst_metric_rate"] <= 2.0 + 1e-9 and exact["worst_log_ratio"] <= g["per_token_pure_epsilon"] + 1e-9
+    stat, threshold = _chi_square_matches(mech, 0, P[0], seed=n)
+    assert stat < threshold
+
+
+def test_poisson_candidates_state_a_lower_bound_the_exact_distribution_meets(short_table):
+    from transforms.audit import poisson_tail_log_ratio_bound, truncated_poisson_pmf
+
+    bound = poisson_tail_log_ratio_bound(short_table.n)
+    # The bound in logs agrees with the direct formula where P(k = n - 1) does not underflow ...
+    assert bound == pytest.approx(-math.log(truncated_poisson_pmf(math.log(15), 15)[14]) - math.log(15))
+    assert math.isfinite(poisson_tail_log_ratio_bound(33860)) and poisson_tail_log_ratio_bound(33860) > 1e5
+    # ... and the exact worst log-ratio of the whole 15-word vocabulary reaches it.
+    dist = _dist(short_table)
+    exact = audit_pairs(knn_exponential_distribution(dist, 2.0), dist)
+    assert 0 < bound <= exact["worst_log_ratio"]
+    g = mechanisms.create("knn_exponential", short_table, 2.0).guarantee()
+    assert g["worst_case_log_ratio_at_least"] == pytest.approx(bound) and f"{bound:.4g}" in g["statement"]
+    assert g["rate"] is None and g["per_token_pure_epsilon"] is None

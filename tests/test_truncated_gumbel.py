@@ -422,3 +422,16 @@ def test_unbounded_exponential_keeps_the_exponential_law(monkeypatch):
         return y
     y = broken(np.random.default_rng(3), TAIL_DRAWS)
     assert _ks_distance(y, lambda t: -np.expm1(-t)) > _dkw_tolerance(TAIL_DRAWS)
+
+
+def test_guarantee_states_the_whole_vocabulary_lower_bound(small):
+    """The Poisson k puts a word's last-ranked word among its candidates only when k = n - 1: the
+    guarantee states the lower bound that follows, and the exact distribution meets it."""
+    from transforms.audit import poisson_tail_log_ratio_bound
+
+    mech, P = _oracle(small, 1.5 * smallest_feasible_epsilon(small.n, small.dmin))
+    bound = poisson_tail_log_ratio_bound(small.n)
+    assert 0 < bound <= audit_pairs(P, pairwise_distances(small.vectors))["worst_log_ratio"]
+    g = mech.guarantee()
+    assert g["worst_case_log_ratio_at_least"] == pytest.approx(bound) and f"{bound:.4g}" in g["statement"]
+    assert g["per_token_pure_epsilon"] is None and "metric-DP" not in g["kind"]

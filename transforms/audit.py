@@ -214,14 +214,22 @@ def json_safe(value):
 
 
 def truncated_gumbel_guarantee(mech) -> dict:
-    """What truncated_gumbel may claim: the paper's parameter next to the audited figures."""
+    """What truncated_gumbel may claim: the paper's parameter next to the audited figures, and the
+    lower bound on the whole vocabulary's worst-case log-ratio that follows from the Poisson k."""
     audited = audit_truncated_gumbel_subsets(mech.index, mech.epsilon)
     worst = max(audited, key=lambda r: r["worst_log_ratio"])
     near = max(audited, key=lambda r: r["worst_log_ratio_within_typical_candidates"])
     delta = max(r["max_delta_at_rate_times_distance"] for r in audited)
+    n = mech.index.n
+    bound = poisson_tail_log_ratio_bound(n) if n > 2 else -math.inf
+    whole = (f" Over this vocabulary of n = {n} words the worst-case log-ratio is at least {bound:.4g}: a word "
+             f"ranked last among w's {n - 1} others is w's candidate only when k = {n - 1} (-ln P(k = n - 1) - ln n)."
+             if bound > 0 else "")
     return json_safe({
         "mechanism": "truncated_gumbel",
         "kind": "local (audited); no vocabulary-wide DP bound",
+        "basis": "audited (local figures only)",
+        **({"worst_case_log_ratio_at_least": bound} if bound > 0 else {}),
         "claimed": {"epsilon": mech.epsilon, "b": mech.p.b,
                     "statement": ("the paper states epsilon-DP from this calibration of b; its proof is "
                                   "not reproduced in dptext's specification")},
@@ -234,7 +242,7 @@ def truncated_gumbel_guarantee(mech) -> dict:
             f"{worst['claimed_epsilon_times_dmin']:.3g}, epsilon x Dmax {worst['claimed_epsilon_times_dmax']:.3g}), "
             f"{near['worst_log_ratio_within_typical_candidates']:.3g} even between words among each other's "
             f"{near['typical_candidates']} nearest (n={near['n']}), and a hockey-stick delta up to "
-            f"{delta:.3g} at epsilon x distance, so no vocabulary-wide epsilon-DP is claimed."),
+            f"{delta:.3g} at epsilon x distance, so no vocabulary-wide epsilon-DP is claimed." + whole),
         "per_token_pure_epsilon": None,
         "not_protected": ["out-of-vocabulary tokens (handled by the OOV policy)",
                           "document length, token positions and punctuation",
@@ -537,34 +545,83 @@ def audit_knn_exponential_subsets(index, epsilon: float, candidates: int, sizes=
     return copy.deepcopy(_AUDIT_CACHE[key])
 
 
+def poisson_tail_log_ratio_bound(n: int) -> float:
+    """A lower bound on the worst-case log-ratio of a mechanism whose candidates are the word and its
+    k nearest, k ~ Poisson(ln n) restricted to [1, n - 1] (truncated_gumbel; knn_exponential with
+    Poisson k), over a whole vocabulary of n words.
+
+    Take w and y, the last word in w's candidate order: y is w's candidate only when k = n - 1, so
+    P[M(w) = y] <= P(k = n - 1). y is its own first candidate, at distance 0 and noise or weight
+    exchangeable with the others', so P[M(y) = y] >= 1 / (k + 1) >= 1 / n. Hence
+    max ln P[M(y) = y] / P[M(w) = y] >= -ln P(k = n - 1) - ln n, in logs (P(k = n - 1) underflows).
+    """
+    from scipy.stats import poisson
+
+    lam = math.log(n)
+    log_mass = math.log1p(-math.exp(-lam) - float(poisson.sf(n - 1, lam)))       # P(1 <= k <= n - 1)
+    log_last = (n - 1) * math.log(lam) - lam - float(gammaln(n)) - log_mass       # ln P(k = n - 1)
+    return -log_last - math.log(n)
+
+
+def _knn_not_protected() -> list[str]:
+    return ["out-of-vocabulary tokens (handled by the OOV policy)",
+            "document length, token positions and punctuation",
+            "which tokens are in the vocabulary"]
+
+
 def knn_exponential_guarantee(mech) -> dict:
-    """knn_exponential claims only what the exact audit measures: its candidate set depends on w."""
-    audited = audit_knn_exponential_subsets(mech.index, mech.epsilon, mech.p.candidates)
-    worst = max(audited, key=lambda r: r["worst_log_ratio"])
+    """What knn_exponential may claim, from the mechanism itself: metric DP only when every candidate
+    set is the whole vocabulary (k = n - 1 always); otherwise no vocabulary-wide DP (fixed k < n - 1:
+    infinite worst-case loss; Poisson k: a loss at least poisson_tail_log_ratio_bound), with the exact
+    audit's figures on small vocabularies as local figures. Whether the audit's subsets happened to be
+    covered by the candidate sets never decides the claim."""
+    eps, n, dmax, k = mech.epsilon, mech.index.n, mech.index.dmax, mech.p.candidates
+    common = {"mechanism": "knn_exponential",
+              "candidate_sets": ("the word and its k nearest neighbours, k ~ Poisson(ln n) restricted to "
+                                 f"[1, {n - 1}]" if mech.p.poisson else f"the word and its {k} nearest neighbours")}
+    if k == n - 1 or (mech.p.poisson and n == 2):
+        return json_safe({**common,
+            "kind": "metric-DP", "rate": eps, "basis": "proved",
+            "statement": (f"Every candidate set is the whole vocabulary (k = n - 1 = {n - 1}), so this is the "
+                          "exponential mechanism with weights exp(-epsilon d(w, y) / 2) over all words: "
+                          f"P[M(w)=y] <= exp({eps:g} * d(w, w')) * P[M(w')=y] for every pair of vocabulary words "
+                          "w, w' and every output y (Euclidean distance in the embedding)."),
+            "per_token_pure_epsilon": eps * dmax,
+            "per_token_pure_epsilon_note": (f"vocabulary-wide: epsilon * Dmax = {eps:g} * {dmax:.6g}; any two words "
+                                            "are protected at least this well"),
+            "confirmed_by": ("tests/test_exponential_mechanisms.py: the exact distribution of the whole vocabulary "
+                             "has a worst metric rate <= epsilon"),
+            "not_protected": _knn_not_protected()})
+    audited = audit_knn_exponential_subsets(mech.index, eps, k)
     near = max(audited, key=lambda r: r["worst_log_ratio_within_typical_candidates"])
-    rate = max(r["worst_metric_rate"] for r in audited)
-    delta = max(r["max_delta_at_rate_times_distance"] for r in audited)
-    contradicted = any(r["metric_rate_contradicted"] for r in audited)
-    return json_safe({
-        "mechanism": "knn_exponential",
-        "kind": "local (audited); no vocabulary-wide DP bound" if contradicted else "metric-DP (audited)",
-        "rate": None if contradicted else mech.epsilon,
-        "claimed": {"epsilon": mech.epsilon, "statement": "the spec allows metric DP at rate epsilon only if the "
-                                                          "exact audit confirms it"},
+    covered = [r["n"] for r in audited if k and k >= r["n"] - 1]
+    local = (f"Local figures from an exact audit of vocabularies of {', '.join(str(r['n']) for r in audited)} "
+             f"words drawn from this embedding: a log-ratio up to {near['worst_log_ratio_within_typical_candidates']:.3g} "
+             f"between words among each other's {near['typical_candidates']} nearest (n={near['n']})"
+             + (f"; the audited vocabularies of {', '.join(map(str, covered))} words lie wholly inside every "
+                "candidate set, so they cannot show the loss between distant words" if covered else "") + ".")
+    if mech.p.poisson:
+        bound = poisson_tail_log_ratio_bound(n)
+        worst = {"worst_case_log_ratio_at_least": bound}
+        head = ("No vocabulary-wide DP bound: the candidates are the word and its nearest neighbours, so a word is "
+                "hidden among its neighbours, not from distant words. A word ranked last among w's "
+                f"{n - 1} others is w's candidate only when k = {n - 1}, which the Poisson draw makes so rare that "
+                f"over this vocabulary of n = {n} words the worst-case log-ratio is at least {bound:.4g} "
+                "(-ln P(k = n - 1) - ln n).")
+        kind = "local (audited); no vocabulary-wide DP bound"
+    else:
+        worst = {"worst_case_log_ratio": math.inf}
+        head = (f"No vocabulary-wide DP: the candidates are the word and its {k} nearest of n = {n} words, so "
+                "a word outside w's candidate set is never w's output while it is its own output (probability "
+                "> 0): the worst-case privacy loss is infinite. A word is hidden among its neighbours, not from "
+                "distant words.")
+        kind = "no vocabulary-wide DP (infinite worst-case loss); local figures audited"
+    return json_safe({**common, **worst,
+        "kind": kind, "rate": None, "basis": "audited (local figures only)",
         "audited": audited,
-        "statement": (
-            "Protection is local: the candidates are the word and its nearest neighbours, so a word is hidden "
-            "among its neighbours, not from distant words. An exact audit on vocabularies of "
-            f"{', '.join(str(r['n']) for r in audited)} words drawn from this embedding found a worst-case "
-            f"log-ratio of {worst['worst_log_ratio']:.3g} (n={worst['n']}), "
-            f"{near['worst_log_ratio_within_typical_candidates']:.3g} between words among each other's "
-            f"{near['typical_candidates']} nearest, a worst metric rate of {rate:.3g} per unit distance against "
-            f"epsilon {mech.epsilon:g}, and a hockey-stick delta up to {delta:.3g} at epsilon x distance"
-            + (", so no vocabulary-wide DP is claimed." if contradicted else "; metric DP at rate epsilon holds there.")),
+        "statement": head + " " + local,
         "per_token_pure_epsilon": None,
-        "not_protected": ["out-of-vocabulary tokens (handled by the OOV policy)",
-                          "document length, token positions and punctuation",
-                          "which tokens are in the vocabulary",
-                          "distant words: a word outside another's candidate set is never its output "
-                          "(fixed k: infinite log-ratio; Poisson k: only through the Poisson tail)"],
+        "not_protected": _knn_not_protected() + [
+            "distant words: a word outside another's candidate set is never its output "
+            + ("(fixed k: infinite log-ratio)" if not mech.p.poisson else "except through the Poisson tail of k")],
     })
