@@ -1,8 +1,8 @@
 """A run owns its --output prefix: what it writes there, refusing or replacing it, removing it.
 
 Before the job, dptext refuses a prefix that already holds outputs (or deletes them first with
---overwrite), holds a lock beside them for the run, and removes what it wrote when the job fails
-or is interrupted. So a prefix never holds two runs' shards (every record twice, two noise
+--overwrite), holds a lock on the prefix for the run (a file outside the output directory), and
+removes what it wrote when the job fails or is interrupted. So a prefix never holds two runs' shards (every record twice, two noise
 draws) under a report that counts one, and an old report never outlives the run that replaced it.
 
 A run's outputs under PREFIX (Beam names its temporary directories beam-temp-NAME-UUID1HEX):
@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
 import re
 import shutil
+import tempfile
 import uuid
 
 from pipeline.errors import OptionsError
 
-LOCK_SUFFIX = ".dptext-lock"
+LOCK_SUFFIX = ".lock"
 RUN_TOKEN_ENV = "DPTEXT_RUN_TOKEN"     # set by `dptext run` for its job process (see pipeline.cli)
 GLOB_CHARACTERS = "*?["
 
@@ -125,35 +127,43 @@ def remove_outputs(prefix: str) -> list[str]:
 
 
 class PrefixClaim:
-    """This run's hold on its prefix: the lock file PREFIX.dptext-lock holding the run's token.
+    """This run's hold on its prefix: an exclusive flock on a lock file holding the run's token.
 
-    Local prefixes: an exclusive flock on the file, so a second run of the same command at the
-    same time is refused instead of mixing its shards in. Remote prefixes (gs://): the file only
-    records the token (object stores have no lock here), so concurrent runs are not excluded.
+    The lock file lives outside the output directory (a per-user directory under the system's
+    temporary directory, named by a hash of the prefix), so an input glob over the output directory
+    never reads it. It excludes a second run of the same prefix started on this machine; runs on
+    other machines writing one gs:// prefix are not excluded (object stores have no lock here).
     """
 
     def __init__(self, prefix: str, token: str, fd: int | None):
         self.prefix, self.token, self._fd = prefix, token, fd
 
     def release(self) -> None:
-        lock = self.prefix + LOCK_SUFFIX
         if self._fd is None:
-            if is_remote(lock) and _read_remote(lock) == self.token:
-                from apache_beam.io.filesystems import FileSystems
-
-                FileSystems.delete([lock])
             return
         try:
-            os.unlink(lock)     # while holding the lock; a waiter re-checks the inode (see _lock)
+            os.unlink(lock_path(self.prefix))    # while holding it; a waiter re-checks the inode (_lock)
         except FileNotFoundError:
             pass
         os.close(self._fd)
         self._fd = None
 
 
+def lock_path(prefix: str) -> str:
+    """The lock file of a prefix: one per prefix (local paths through symbolic links), per user."""
+    if is_remote(prefix):
+        canonical = prefix
+    else:
+        directory, name = _split(prefix)
+        canonical = os.path.join(os.path.realpath(directory or "."), name)
+    digest = hashlib.sha256(canonical.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    return os.path.join(tempfile.gettempdir(), f"dptext-{os.getuid()}", "locks", digest + LOCK_SUFFIX)
+
+
 def claim(prefix: str, overwrite: bool, token: str | None = None) -> PrefixClaim:
     """Take the prefix for this run before the job starts: lock it, then refuse existing outputs,
-    or delete them with --overwrite (so a failed run never leaves an old report looking current)."""
+    or delete them with --overwrite (so a failed run never leaves an old report looking current),
+    then check that the job will be able to write there."""
     token = token or os.environ.get(RUN_TOKEN_ENV) or uuid.uuid4().hex
     held = _lock(prefix, token)
     try:
@@ -168,40 +178,56 @@ def claim(prefix: str, overwrite: bool, token: str | None = None) -> PrefixClaim
             except Exception as err:   # OSError locally, BeamIOError on a remote filesystem
                 raise OptionsError(f"--output {prefix}: --overwrite could not delete the earlier outputs "
                                    f"({_first_line(err)}); remove them yourself or choose another --output") from None
+        _probe(prefix)
     except BaseException:
         held.release()
         raise
     return held
 
 
-def _lock(prefix: str, token: str) -> PrefixClaim:
-    lock = prefix + LOCK_SUFFIX
+def _probe(prefix: str) -> None:
+    """Create and delete what Beam creates first, a temporary directory beside the outputs, so an
+    output location nobody can write is a one-line error before the job (os.access is no answer
+    for root, nor for gs://)."""
+    directory, name = _split(prefix)
+    probe_name = f"beam-temp-{name}-{uuid.uuid1().hex}"
     if is_remote(prefix):
         from apache_beam.io.filesystems import FileSystems
 
+        probe = f"{directory}/{probe_name}/probe"
         try:
-            with FileSystems.create(lock) as handle:
-                handle.write(token.encode())
+            with FileSystems.create(probe) as handle:
+                handle.write(b"")
+            FileSystems.delete([probe])
         except Exception as err:   # any filesystem's permission, bucket or network error
-            raise OptionsError(f"--output {prefix}: cannot write {lock} ({_first_line(err)}); choose a "
+            raise OptionsError(f"--output {prefix}: cannot write in {directory} ({_first_line(err)}); choose a "
                                "writable location") from None
-        return PrefixClaim(prefix, token, None)
-    directory = os.path.dirname(prefix)
+        return
+    where = directory or "."
+    try:
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        os.mkdir(os.path.join(directory, probe_name))
+        os.rmdir(os.path.join(directory, probe_name))
+    except OSError as err:
+        if err.filename and not os.path.basename(err.filename).startswith("beam-temp-"):
+            where = err.filename          # a directory on the way that could not be created
+        raise OptionsError(f"--output {prefix}: cannot write in {where} ({err.strerror or err}); choose a "
+                           "writable location") from None
+
+
+def _lock(prefix: str, token: str) -> PrefixClaim:
+    lock = lock_path(prefix)
+    os.makedirs(os.path.dirname(lock), mode=0o700, exist_ok=True)
     while True:
-        try:
-            if directory:
-                os.makedirs(directory, exist_ok=True)
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as err:
-            raise OptionsError(f"--output {prefix}: cannot write {err.filename or lock} "
-                               f"({err.strerror or err}); choose a writable location") from None
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
             os.close(fd)
             if err.errno in (errno.EAGAIN, errno.EACCES):
-                raise OptionsError(f"--output {prefix}: another dptext run is writing to this prefix (it "
-                                   f"holds {lock}); wait for it to finish, or choose another --output") from None
+                raise OptionsError(f"--output {prefix}: another dptext run is writing to this prefix (it holds "
+                                   f"the lock {lock}); wait for it to finish, or choose another --output") from None
             raise
         try:
             same = os.stat(lock).st_ino == os.fstat(fd).st_ino
@@ -209,7 +235,7 @@ def _lock(prefix: str, token: str) -> PrefixClaim:
             same = False
         if same:                     # not a file its previous holder unlinked while we waited
             os.ftruncate(fd, 0)
-            os.write(fd, token.encode())
+            os.write(fd, f"{token}\n{prefix}\n".encode("utf-8", "surrogateescape"))
             return PrefixClaim(prefix, token, fd)
         os.close(fd)
 
@@ -217,18 +243,8 @@ def _lock(prefix: str, token: str) -> PrefixClaim:
 def cleanup_after_stop(prefix: str, token: str) -> bool:
     """After the job process of `dptext run` was stopped: if it had claimed the prefix (the lock
     holds its token and nobody holds the lock now), remove its outputs and the lock; True if so."""
-    lock = prefix + LOCK_SUFFIX
-    if is_remote(prefix):
-        try:
-            if _read_remote(lock) != token:
-                return False
-        except Exception:
-            return False
-        remove_outputs(prefix)
-        PrefixClaim(prefix, token, None).release()
-        return True
     try:
-        fd = os.open(lock, os.O_RDWR)
+        fd = os.open(lock_path(prefix), os.O_RDWR)
     except OSError:
         return False
     try:
@@ -236,21 +252,12 @@ def cleanup_after_stop(prefix: str, token: str) -> bool:
     except OSError:
         os.close(fd)
         return False                  # another run holds it now: its outputs are not ours to touch
-    if os.read(fd, 256).decode(errors="replace") != token:
+    if os.read(fd, 256).decode(errors="replace").split("\n", 1)[0] != token:
         os.close(fd)
         return False
     remove_outputs(prefix)
     PrefixClaim(prefix, token, fd).release()
     return True
-
-
-def _read_remote(path: str) -> str | None:
-    from apache_beam.io.filesystems import FileSystems
-
-    if not FileSystems.exists(path):
-        return None
-    with FileSystems.open(path) as handle:
-        return handle.read().decode(errors="replace")
 
 
 def _first_line(err: BaseException) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.outputs import existing_outputs
+from pipeline.outputs import existing_outputs, lock_path
 from tests.conftest import build_random_index, shard_lines
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,4 +183,4 @@ def test_the_same_command_twice_at_once_runs_once(job):
     assert len(refusal.splitlines()) == 1
     assert ("another dptext run is writing to this prefix" in refusal) or ("already exist" in refusal)
     assert _outputs(output) == job["clean"]
-    assert not Path(f"{output}.dptext-lock").exists()
+    assert not Path(lock_path(str(output))).exists()

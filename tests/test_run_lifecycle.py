@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.errors import OptionsError
-from pipeline.outputs import LOCK_SUFFIX, existing_outputs
+from pipeline.outputs import existing_outputs, lock_path
 from pipeline.run import run
 from tests.conftest import build_random_index, shard_lines
 from transforms.beam import LoadedMechanism, PerturbConfig
@@ -178,10 +178,22 @@ def test_ctrl_c_in_a_python_session_removes_the_partial_outputs(index_dir, tmp_p
 
 def test_the_lock_is_released_after_a_run_and_a_stale_lock_file_does_not_block(index_dir, tmp_path):
     corpus = _corpus(tmp_path / "c.txt", 5)
-    (tmp_path / "o").mkdir()
-    (tmp_path / "o" / ("c" + LOCK_SUFFIX)).write_text("a run killed with SIGKILL left this")
+    lock = Path(lock_path(str(tmp_path / "o" / "c")))
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text("a run killed with SIGKILL left this")
     run(_args(index_dir, corpus, tmp_path / "o" / "c"))
-    assert not (tmp_path / "o" / ("c" + LOCK_SUFFIX)).exists()
+    assert not lock.exists()
+    assert lock_path(str(tmp_path / "o" / "c")) == lock_path(os.path.relpath(tmp_path / "o" / "c"))
+
+
+def test_an_input_glob_over_the_output_directory_reads_only_the_inputs(index_dir, tmp_path):
+    """Nothing of the run (a lock file, say) may appear in the output directory before the job reads
+    its input: `--input 'o/*' --output o/c` reads exactly the 40 input documents."""
+    (tmp_path / "o").mkdir()
+    _corpus(tmp_path / "o" / "in.txt", 40)
+    run(_args(index_dir, tmp_path / "o" / "*", tmp_path / "o" / "c"))
+    assert len(shard_lines(str(tmp_path / "o" / "c") + "-*-of-*.txt")) == 40
+    assert json.loads((tmp_path / "o" / "c.privacy_report.json").read_text())["counts"]["documents"] == 40
 
 
 def test_a_run_holding_the_prefix_excludes_a_concurrent_one(index_dir, tmp_path):
@@ -190,7 +202,8 @@ def test_a_run_holding_the_prefix_excludes_a_concurrent_one(index_dir, tmp_path)
     corpus = _corpus(tmp_path / "c.txt", 5)
     held = claim(str(tmp_path / "o" / "c"), overwrite=False)
     try:
-        with pytest.raises(OptionsError, match=r"another dptext run is writing to this prefix .*c\.dptext-lock"):
+        with pytest.raises(OptionsError, match=r"another dptext run is writing to this prefix \(it holds the lock "
+                                               r".*/locks/[0-9a-f]{32}\.lock\); wait for it to finish"):
             run(_args(index_dir, corpus, tmp_path / "o" / "c"))
     finally:
         held.release()
@@ -237,6 +250,15 @@ def test_an_output_in_a_read_only_directory_fails_before_the_job(index_dir, tmp_
     assert f"cannot write in {tmp_path / 'ro'} (permission denied)" in err
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_an_output_even_root_cannot_write_fails_before_the_job(index_dir, tmp_path, capsys):
+    """The check creates what Beam creates first (its temporary directory) rather than trusting
+    os.access, which says yes to root: /proc takes no new directory, even from root."""
+    corpus = _corpus(tmp_path / "c.txt", 3)
+    err = _cli_error(capsys, ["run", *_args(index_dir, corpus, "/proc/c")])
+    assert err.startswith("dptext run: error: --output /proc/c: cannot write in /proc ")
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--mechansim", "tem"], "unknown option --mechansim (did you mean --mechanism?)"),
     (["--epsilom=5"], "unknown option --epsilom (did you mean --epsilon?)"),
@@ -266,3 +288,16 @@ def test_a_placeholder_with_a_line_break_is_refused(index_dir, tmp_path, capsys,
                               "--oov-placeholder", placeholder])
     assert "--oov-placeholder" in err and "contains a line break" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_portable_runners_pass_their_job_servers_options_through_but_not_near_misses():
+    """Flink and Spark job servers take options Python Beam does not define (they are forwarded),
+    so there only a near miss of a known option is refused; elsewhere every unknown one is."""
+    from pipeline.options import check_unknown_options
+
+    check_unknown_options(["--checkpointing_interval", "5000", "--externalized_checkpoints_enabled"], "FlinkRunner")
+    with pytest.raises(OptionsError, match=r"unknown option --mechansim \(did you mean --mechanism\?\)"):
+        check_unknown_options(["--mechansim", "tem"], "FlinkRunner")
+    with pytest.raises(OptionsError, match="unknown option --checkpointing_interval"):
+        check_unknown_options(["--checkpointing_interval", "5000"], "DirectRunner")
+    check_unknown_options(["--runner", "DirectRunner", "--", "--anything"], None)     # argparse's end of options
