@@ -3,7 +3,8 @@
 SIGINT (to the process, or to its process group as a terminal's Ctrl-C does) and SIGTERM at
 several points of a job: one line on stderr, exit 128 + signal, no privatized data left under the
 prefix (no beam-temp-*, no shard, no report), no worker process left; then the same command again
-gives exactly a clean run's outputs. A 1-character --batch-chars puts every document in a batch of
+gives exactly a clean run's outputs. The job process killed on its own (the OOM killer) is
+cleaned up the same way. A 1-character --batch-chars puts every document in a batch of
 its own, so with --test-seed every document's noise is fixed by its file and offset: outputs of
 different runs (one process or two workers) are comparable line for line.
 """
@@ -24,13 +25,13 @@ from pipeline.outputs import existing_outputs, lock_path
 from tests.conftest import build_random_index, shard_lines
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCUMENTS = 3000
+DOCUMENTS = 2400
 TWO_WORKERS = ["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]
 
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
-    """A 3,000-document corpus in two files, a tiny real index, and a clean run's outputs."""
+    """A 2,400-document corpus in two files, a tiny real index, and a clean run's outputs."""
     root = tmp_path_factory.mktemp("interrupts")
     index = build_random_index(root / "idx", 200, 8, 8, seed=1).path
     rng = np.random.default_rng(0)
@@ -105,7 +106,12 @@ def _interrupt(job, name: str, signum: int, target: str, stage: str, *extra: str
     tree = _processes(proc.pid)
     if stage != "start":
         assert len(tree) >= (5 if extra else 1), "the job's worker processes were not all started"
-    (os.killpg if target == "group" else os.kill)(proc.pid, signum)
+    if target == "job":                       # the job process dies alone (the OOM killer, say)
+        (job_pid,) = [p for p in tree if Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1]
+                      == str(proc.pid)]
+        os.kill(job_pid, signum)
+    else:
+        (os.killpg if target == "group" else os.kill)(proc.pid, signum)
     if target == "twice":                     # an impatient second Ctrl-C during the clean-up
         time.sleep(0.03)
         try:
@@ -118,10 +124,11 @@ def _interrupt(job, name: str, signum: int, target: str, stage: str, *extra: str
     assert "Traceback" not in err.decode()
     # Beam relays its worker processes' start-up warnings (a normal run prints them too)
     ours = [line for line in lines if not line.startswith("WARNING:apache_beam.runners.portability")]
+    what = f"the job process was killed by signal {signum}" if target == "job" else "interrupted"
     if stage == "start":
-        assert ours == [f"dptext run: interrupted before this run wrote anything under {output}"], lines
+        assert ours == [f"dptext run: {what} before this run wrote anything under {output}"], lines
     else:
-        assert ours == [f"dptext run: interrupted; partial outputs under {output} removed"], lines
+        assert ours == [f"dptext run: {what}; partial outputs under {output} removed"], lines
     if not extra:
         assert lines == ours                  # one process: exactly one line
     assert "dptext counters" not in out.decode()
@@ -137,6 +144,8 @@ def _rerun_equals_clean(job, output: Path, *extra: str) -> None:
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err.decode()[-2000:]
     assert _outputs(output) == job["clean"]
+    assert sorted(p.name for p in output.parent.iterdir()) == [
+        "c-00000-of-00001.txt", "c.dead_letter-00000-of-00001.jsonl", "c.privacy_report.json", "c.privacy_report.md"]
 
 
 @pytest.mark.parametrize("name, signum, target, stage, workers", [
@@ -144,13 +153,14 @@ def _rerun_equals_clean(job, output: Path, *extra: str) -> None:
     ("term-running", signal.SIGTERM, "process", "temp", False),
     ("ctrl-c-data", signal.SIGINT, "group", "data", False),
     ("int-twice-data", signal.SIGINT, "twice", "data", False),
+    ("job-killed-data", signal.SIGKILL, "job", "data", False),
     ("term-data-2w", signal.SIGTERM, "process", "data", True),
     ("ctrl-c-data-2w", signal.SIGINT, "group", "data", True),
 ])
 def test_an_interrupted_run_leaves_nothing_and_says_so_in_one_line(job, name, signum, target, stage, workers):
     output = _interrupt(job, name, signum, target, stage, *(TWO_WORKERS if workers else ()))
-    if name in ("ctrl-c-data", "term-data-2w"):
-        _rerun_equals_clean(job, output, *(TWO_WORKERS if workers else ()))
+    if name in ("ctrl-c-data", "job-killed-data"):          # the same command again: a clean run
+        _rerun_equals_clean(job, output)
 
 
 def test_the_same_command_twice_is_refused_and_overwrite_gives_one_clean_run(job):
@@ -167,9 +177,7 @@ def test_the_same_command_twice_is_refused_and_overwrite_gives_one_clean_run(job
     assert err.decode() == (f"dptext run: error: --output {output}: {output}-00000-of-00002.txt and 4 more of its "
                             "outputs already exist; pass --overwrite to replace them, or choose another --output\n")
     assert len(list(output.parent.glob("c-*-of-00002.txt"))) == 2
-    _rerun_equals_clean(job, output, "--overwrite")
-    assert sorted(p.name for p in output.parent.iterdir()) == [
-        "c-00000-of-00001.txt", "c.dead_letter-00000-of-00001.jsonl", "c.privacy_report.json", "c.privacy_report.md"]
+    _rerun_equals_clean(job, output, "--overwrite")             # one shard, no mix with the first run's two
 
 
 def test_the_same_command_twice_at_once_runs_once(job):
