@@ -39,6 +39,28 @@ def test_restricted_gamma_follows_its_cdf(d, eps, R):
     assert stats.kstest(r, _restricted_cdf(d, eps, R)).pvalue > P_MIN
 
 
+@pytest.mark.parametrize("d, eps, R", [(1, 2.0, 1.5), (1, 0.01, 0.25), (1, 1e-320, 0.25), (1, 1e-300, 0.25),
+                                       (3, 5e-324, 1.4), (2, 1e-300, 1.0)])
+def test_restricted_gamma_at_edge_parameters(d, eps, R):
+    """One-dimensional embeddings and epsilons so small that eps R underflows (issue 12 #13): before
+    the fix d = 1 with eps R below ~1e-308 gave r = 0 on every draw (no noise at all). As eps R -> 0
+    the law tends to the density proportional to r^(d - 1) on [0, R], CDF (r / R)^d."""
+    r = restricted_gamma(np.random.default_rng(1), d, eps, R, N)
+    assert r.max() <= R and r.min() >= 0
+    cdf = (lambda x: (np.minimum(x, R) / R) ** d) if eps * R < 1e-250 else _restricted_cdf(d, eps, R)
+    assert stats.kstest(r, cdf).pvalue > P_MIN
+
+
+@pytest.mark.parametrize("d", [1, 3])
+def test_delta_at_vanishing_epsilon_is_the_uniform_ball_limit(tmp_path, d):
+    """delta(D) -> 1 - ((R - D) / R)^d as eps -> 0; at 5e-324 eps (R - D) underflows to 0 (it was NaN)."""
+    index = build_random_index(tmp_path, n=9, d=d, neighbours=4, seed=1)
+    D = np.array([0.1, 0.5, 0.9])
+    for eps in (5e-324, 1e-300, 1e-12):
+        mech = mechanisms.create("distance_truncated_laplace", index, eps, radius=1.0)
+        np.testing.assert_allclose(mech.delta(D), 1 - (1 - D) ** d, rtol=1e-9)
+
+
 def test_log_gamma_cdf_matches_scipy_where_scipy_does_not_underflow():
     x = np.array([0.5, 3.0, 50.0, 250.0])
     np.testing.assert_allclose(np.exp(log_gamma_cdf(300, x)), gammainc(300, x), rtol=1e-10)

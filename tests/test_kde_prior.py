@@ -294,3 +294,46 @@ def test_guarantees(graph):
 def test_invalid_parameters_are_clear_errors(graph, params, message):
     with pytest.raises(ValueError, match=message):
         KDEPrior(graph, EPS, **params)
+
+
+# ---- extreme parameters (issue 12 #5, #13) --------------------------------------------------------
+def test_extreme_bandwidth_scales(tmp_path):
+    """A huge scale used to overflow factor^2 (OverflowError) and a tiny one to give a NaN prior: the
+    kernel is now computed in logs (a huge scale gives the uniform prior), and a scale whose whitened
+    vectors would overflow the float32 screen is refused with the smallest usable one."""
+    x = np.random.default_rng(5).normal(size=(40, 3)).astype(np.float32)
+    for scale in (1e17, 1e300, 1.7976931348623157e308):
+        log_pi = kde.kde_log_density(x, scale)
+        assert np.isfinite(log_pi).all() and np.ptp(log_pi) < 1e-9
+    with pytest.raises(ValueError, match=r"bandwidth_scale 1e-300 is too small .* smallest usable bandwidth_scale is "
+                                         r"[0-9.e+-]+") as err:
+        kde.kde_log_density(x, 1e-300)
+    smallest = float(str(err.value).split("smallest usable bandwidth_scale is ")[1].split(" ")[0])
+    assert np.isfinite(kde.kde_log_density(x, 1.01 * smallest)).all()
+    from tests.conftest import build_random_index
+
+    index = build_random_index(tmp_path, 12, 3, 11, seed=3)
+    out = KDEPrior(index, EPS, bandwidth_scale=1e300).perturb(np.arange(12, dtype=np.int32), np.random.default_rng(0))
+    assert out.min() >= 0 and out.max() < 12
+    with pytest.raises(ValueError, match="bandwidth_scale"):
+        KDEPrior(index, EPS, bandwidth_scale=5e-324)
+
+
+@pytest.mark.timeout(30)
+def test_long_chains_are_audited_within_a_bounded_time(graph):
+    """The audit computed every step of the chain for 16 start words: chain_length 100,000 took 4.5 s
+    on these 30 words and, at ~70 ms per step, about two hours on the default 34k-word index. It now
+    stops at MH_AUDIT_MAX_STEPS and states an upper bound (the distance to the target never grows with
+    more steps)."""
+    from transforms.audit import MH_AUDIT_MAX_STEPS
+
+    mech = KDEPrior(graph, EPS, sampler="mh", chain_length=100_000)
+    g = mech.guarantee()
+    assert g["audited"]["audited_chain_length"] == MH_AUDIT_MAX_STEPS and g["audited"]["chain_length"] == 100_000
+    assert f"at most {g['audited']['tv_median']:.3g} (median)" in g["statement"]
+    assert f"computed after {MH_AUDIT_MAX_STEPS} steps" in g["statement"]
+    exact = KDEPrior(graph, EPS, sampler="mh", chain_length=MH_AUDIT_MAX_STEPS).guarantee()
+    assert "at most" not in exact["statement"]
+    assert exact["audited"]["tv_by_chain_length"][-1] == g["audited"]["tv_by_chain_length"][-1]
+    with pytest.raises(ValueError, match=r"chain_length must be an integer in \[1, 100000\]"):
+        KDEPrior(graph, EPS, sampler="mh", chain_length=100_001)

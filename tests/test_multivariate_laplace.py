@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from transforms import mechanisms
-from transforms.mechanisms.base import unit_directions
+from transforms.mechanisms.base import EpsilonOutOfRangeError, unit_directions
 from transforms.mechanisms.multivariate_laplace import MultivariateLaplace
 
 DRAWS = 20_000
@@ -123,3 +123,36 @@ def test_unknown_parameters_and_names_are_clear_errors(index):
         mechanisms.create("multivariate_laplace", index, 1.0, search="kd")
     with pytest.raises(ValueError, match="epsilon must be a finite number > 0"):
         mechanisms.create("multivariate_laplace", index, -1.0)
+
+
+# ---- the epsilon range (issue 12 #13): every epsilon that passes validation runs -----------------
+@pytest.mark.parametrize("name", ["multivariate_laplace", "mahalanobis", "vickrey"])
+@pytest.mark.parametrize("epsilon", [1e-300, 1e-40, 5e-324])
+def test_an_epsilon_too_small_to_compute_is_refused_with_the_valid_range(index, name, epsilon):
+    """1e-40 used to pass validation and crash inside the job (a noise radius of ~1e41 overflows the
+    float32 screen of the nearest-word search). Now it is refused, naming the range and why; both
+    ends of the range run."""
+    with pytest.raises(EpsilonOutOfRangeError, match=r"outside the range .* supports on this index, \[.*\]: below it"
+                       ) as err:
+        mechanisms.create(name, index, epsilon)
+    low, high = err.value.smallest_feasible, err.value.largest_feasible
+    assert epsilon < low < 1e-3 and high > 1e300
+    ids = np.arange(index.n, dtype=np.int32)
+    for eps in (low, high):
+        mech = mechanisms.create(name, index, eps)
+        out = mech.perturb(ids, np.random.default_rng(0))
+        assert out.min() >= 0 and out.max() < index.n
+        assert np.isfinite(mech.guarantee()["per_token_pure_epsilon"])
+    with pytest.raises(EpsilonOutOfRangeError, match="above it epsilon x Dmax"):
+        mechanisms.create(name, index, np.nextafter(high, np.inf) * 1.01)
+
+
+def test_annoy_search_returning_too_few_words_falls_back_to_exact(index, random_index):
+    """search_k = 1 can make Annoy return fewer than the two words vickrey asks for (it did on a
+    one-dimensional embedding, and the batch crashed): those points are searched exactly."""
+    line = random_index(n=9, d=1, neighbours=8, seed=1)
+    mech = mechanisms.create("vickrey", line, 2.0, search="annoy", search_k=1)
+    out = mech.perturb(np.arange(line.n, dtype=np.int32).repeat(20), np.random.default_rng(0))
+    assert out.min() >= 0 and out.max() < line.n
+    with pytest.raises(ValueError, match=r"search_k must be -1 \(Annoy's default\) or in \[1, 2147483647\]"):
+        mechanisms.create("multivariate_laplace", index, 2.0, search="annoy", search_k=2 ** 40)

@@ -33,13 +33,17 @@ NEGLIGIBLE = 40.0
 # (one matrix product) rather than pair by pair (large bandwidth_scale: most pairs matter).
 DENSE_FRACTION = 0.05
 PAIRS_PER_CHUNK = 8192   # float64 differences of candidate pairs at once: (pairs, r) bounded
+# Whitened coordinates above this would overflow float32 when squared and summed (3.4e38).
+WHITENED_LIMIT = 1e18
 
 
 @dataclass(frozen=True)
 class ScottKernel:
-    """The kernel's whitening: z = (x - mean) @ transform has kernel covariance I_r."""
+    """The kernel's whitening: z = (x - mean) @ transform / bandwidth_scale has kernel covariance I_r
+    (transform is Scott's rule's, bandwidth_scale 1: an extreme scale never overflows it)."""
     mean: np.ndarray        # (d,) float64
-    transform: np.ndarray   # (d, r) float64
+    transform: np.ndarray   # (d, r) float64, at bandwidth_scale 1
+    bandwidth_scale: float
     rank: int               # r: dimension of the data's affine span (d unless singular)
     factor: float           # s * n^(-1/(r+4)): the kernel's standard deviations per data standard deviation
     log_norm: float         # ln of the kernel's peak density: -(r/2) ln(2 pi) - (1/2) ln det H
@@ -79,11 +83,13 @@ def scott_kernel(vectors: np.ndarray, bandwidth_scale: float = 1.0, chunk: int =
     rank = int(keep.sum())
     if rank < d:
         logging.info("dptext: embedding covariance has rank %d of %d; KDE taken in the data's span", rank, d)
-    factor = bandwidth_scale * n ** (-1.0 / (rank + 4))
-    kernel_var = eigenvalues[keep] * factor ** 2
-    return ScottKernel(mean=mean, transform=eigenvectors[:, keep] / np.sqrt(kernel_var), rank=rank,
-                       factor=factor,
-                       log_norm=-0.5 * rank * math.log(2 * math.pi) - 0.5 * float(np.log(kernel_var).sum()),
+    # In logs: an extreme bandwidth_scale would overflow factor^2 (or underflow it to 0).
+    log_scott = -math.log(n) / (rank + 4)
+    log_factor = math.log(bandwidth_scale) + log_scott
+    log_kernel_var = np.log(eigenvalues[keep]) + 2.0 * log_factor
+    return ScottKernel(mean=mean, transform=eigenvectors[:, keep] * np.exp(-0.5 * np.log(eigenvalues[keep]) - log_scott),
+                       bandwidth_scale=float(bandwidth_scale), rank=rank, factor=math.exp(min(log_factor, 709.0)),
+                       log_norm=-0.5 * rank * math.log(2 * math.pi) - 0.5 * float(log_kernel_var.sum()),
                        condition=float(eigenvalues[keep].max() / eigenvalues[keep].min()))
 
 
@@ -101,6 +107,14 @@ def kde_log_density(vectors: np.ndarray, bandwidth_scale: float = 1.0,
     z = np.empty((n, kernel.rank))
     for s in range(0, n, 65536):
         z[s:s + 65536] = (vectors[s:s + 65536].astype(np.float64) - kernel.mean) @ kernel.transform
+    reach = float(np.abs(z).max())            # at bandwidth_scale 1; z scales as 1 / bandwidth_scale
+    if reach > WHITENED_LIMIT * bandwidth_scale:
+        raise ValueError(f"bandwidth_scale {bandwidth_scale:g} is too small for this embedding: the whitened vectors "
+                         f"would reach {reach:.3g} / {bandwidth_scale:g}, beyond {WHITENED_LIMIT:g} where float32 squared "
+                         "distances overflow in the pairwise screen; the smallest usable bandwidth_scale is "
+                         f"{reach / WHITENED_LIMIT:.3g} (far below 1, every kernel term between distinct words is 0 "
+                         "and pi is uniform but for duplicated vectors)")
+    z /= bandwidth_scale
     geom = Geometry(z.astype(np.float32))
     sq64 = np.einsum("ij,ij->i", z, z)
     # Screen: a float32 squared distance within 2 tol of the exact one (tol bounds the float32

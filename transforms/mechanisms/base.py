@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from typing import Callable, Protocol
 
 import numpy as np
@@ -27,6 +28,34 @@ class InfeasibleEpsilonError(ValueError):
     def __init__(self, message: str, smallest_feasible: float):
         super().__init__(message)
         self.smallest_feasible = smallest_feasible
+
+
+class EpsilonOutOfRangeError(InfeasibleEpsilonError):
+    """The requested epsilon lies outside the range this mechanism computes on this index."""
+
+    def __init__(self, message: str, smallest_feasible: float, largest_feasible: float):
+        super().__init__(message, smallest_feasible)
+        self.largest_feasible = largest_feasible
+
+
+FLOAT_MAX = sys.float_info.max
+TOO_LARGE = ("above it epsilon x Dmax, the per-token bound the report composes, is not a finite float64; "
+             "any epsilon near the largest already keeps every word (its outputs equal its inputs)")
+
+
+def largest_epsilon(dmax: float, per_unit_distance: float = 1.0) -> float:
+    """The largest epsilon whose per-token bound epsilon x per_unit_distance x Dmax stays finite."""
+    return FLOAT_MAX / (max(dmax, 1e-300) * per_unit_distance)
+
+
+def check_epsilon_range(name: str, epsilon: float, smallest: float, largest: float, below: str,
+                        above: str = TOO_LARGE) -> float:
+    """Refuse an epsilon outside [smallest, largest] with the range and the reason for the bound it broke."""
+    if not smallest <= epsilon <= largest:
+        raise EpsilonOutOfRangeError(
+            f"epsilon {epsilon:g} is outside the range {name} supports on this index, "
+            f"[{smallest:.6g}, {largest:.6g}]: {below if epsilon < smallest else above}", smallest, largest)
+    return epsilon
 
 
 _REGISTRY: dict[str, Callable[..., Mechanism]] = {}

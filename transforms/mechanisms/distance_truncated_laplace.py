@@ -19,7 +19,7 @@ from scipy.special import gammainc, gammaincinv, gammaln
 
 from transforms.mechanisms import multivariate_laplace
 from transforms.mechanisms.base import check_epsilon, register
-from transforms.mechanisms.multivariate_laplace import MultivariateLaplace
+from transforms.mechanisms.multivariate_laplace import RESOLUTION, MultivariateLaplace
 
 NAME = "distance_truncated_laplace"
 PARAMETERS = {**multivariate_laplace.PARAMETERS,
@@ -57,6 +57,11 @@ def restricted_gamma(rng: np.random.Generator, d: int, epsilon: float, R: float,
     1: s ~ 1 / (d - 1 - x)), and rejected ones are drawn again.
     """
     x = epsilon * R
+    if d == 1:       # Exponential(eps) on [0, R]: r = R t, t = -ln(1 - u (1 - e^-x)) / x (t = u as x -> 0)
+        u = rng.random(size)
+        if x < 1e-300:                                 # eps R underflows: the density is flat on [0, R]
+            return R * u
+        return R * np.minimum(-np.log1p(u * np.expm1(-x)) / x, 1.0)
     if x >= d - 1:
         return gammaincinv(d, rng.random(size) * gammainc(d, x)) / epsilon
     rate = d - 1 - x
@@ -91,10 +96,25 @@ class DistanceTruncatedLaplace(MultivariateLaplace):
     name = NAME
 
     def __init__(self, index, epsilon: float, radius: float = 0.0, search: str = "auto", search_k: int = -1):
-        super().__init__(index, epsilon, search, search_k)
+        # R first: the epsilon range checked by the base class depends on it.
+        if isinstance(radius, bool) or not isinstance(radius, (int, float)):
+            raise ValueError(f"radius must be a finite number > 0 (or 0 for the default), got {radius!r}")
         self.radius_rule = "given" if radius else f"median distance to the {min(DEFAULT_RANK, index.neighbours)}th neighbour"
-        self.t = DistanceTruncatedParams(self.epsilon, float(radius) or default_radius(index))
+        self.t = DistanceTruncatedParams(check_epsilon(epsilon), float(radius) or default_radius(index))
         self.R = self.t.radius
+        if self.R <= index.dmin:
+            raise ValueError(f"radius R = {self.R:.6g} ({self.radius_rule}) does not exceed Dmin = {index.dmin:.6g}: "
+                             "no two vocabulary words would be within R of each other, so no pair would be "
+                             f"protected; give --radius above {index.dmin:.6g}")
+        super().__init__(index, epsilon, search, search_k)
+
+    def epsilon_range(self) -> tuple[float, float, str]:
+        """The noise radius never exceeds R: when float64 resolves a point R away, any epsilon; otherwise
+        the multivariate Laplace bound (the radius reaches R only when epsilon is small)."""
+        low, high, why = super().epsilon_range()
+        if self.R * 2.0 ** -52 <= RESOLUTION * self.index.dmin:
+            return math.ulp(0.0), high, ""
+        return low, high, why
 
     def params(self) -> dict:
         return {**super().params(), "radius": f"Gamma(shape={self.index.d}, scale=1/epsilon) restricted to [0, R]",
@@ -107,11 +127,17 @@ class DistanceTruncatedLaplace(MultivariateLaplace):
         """delta(D) = P(R - D < r <= R) / P(r <= R) = 1 - P(r <= R - D) / P(r <= R), for 0 <= D < R."""
         D = np.atleast_1d(np.asarray(D, dtype=np.float64))
         d, eps, R = self.index.d, self.epsilon, self.R
-        return -np.expm1(log_gamma_cdf(d, eps * (R - D)) - log_gamma_cdf(d, eps * R)[0])
+        if eps * R < 1e-250:
+            # P(d, x) = x^d / d! (1 + O(x)) as x -> 0: the ratio tends to ((R - D) / R)^d, and eps (R - D)
+            # may underflow to 0 before eps R does.
+            log_ratio = d * np.log1p(-D / R)
+        else:
+            log_ratio = log_gamma_cdf(d, eps * (R - D)) - log_gamma_cdf(d, eps * R)[0]
+        return np.clip(-np.expm1(log_ratio), 0.0, 1.0) + 0.0      # + 0.0: never print -0
 
     def guarantee(self) -> dict:
         eps, R = self.epsilon, self.R
-        distances = sorted({self.index.dmin, R / 4, R / 2, 3 * R / 4})
+        distances = sorted({D for D in (self.index.dmin, R / 4, R / 2, 3 * R / 4) if D < R})
         table = {f"{D:.4g}": {"epsilon": eps * D, "delta": float(x)} for D, x in zip(distances, self.delta(distances))}
         return {
             "mechanism": NAME,

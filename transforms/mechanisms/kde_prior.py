@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from transforms.kde import kde_log_prior
-from transforms.mechanisms.base import as_ids, check_epsilon, register
+from transforms.mechanisms.base import as_ids, check_epsilon, check_epsilon_range, largest_epsilon, register
 from transforms.mechanisms.vocabulary_exponential import sample_capped_exponential
 
 NAME = "kde_prior"
@@ -34,6 +34,7 @@ SAMPLERS = ("exact", "mh")
 # ~100 steps the chain barely leaves w (most proposals are one-way or rejected); 1000 brings the
 # median below 0.05 except near eps 2 (which needs ~10^4), at ~3 ms per step for 4096 tokens.
 DEFAULT_CHAIN_LENGTH = 1000
+MAX_CHAIN_LENGTH = 100_000
 MUTUAL_TABLE = "knn_mutual"
 
 PARAMETERS = {
@@ -63,8 +64,10 @@ class KDEPriorParams:
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; valid: {', '.join(SAMPLERS)}")
         if isinstance(self.chain_length, bool) or not isinstance(self.chain_length, (int, np.integer)) \
-                or self.chain_length < 1:
-            raise ValueError(f"chain_length must be an integer >= 1, got {self.chain_length!r}")
+                or not 1 <= self.chain_length <= MAX_CHAIN_LENGTH:
+            raise ValueError(f"chain_length must be an integer in [1, {MAX_CHAIN_LENGTH}], got {self.chain_length!r} "
+                             f"(every token walks all its steps: {MAX_CHAIN_LENGTH} steps already take minutes per "
+                             "batch of 4096 tokens)")
         if not (isinstance(self.bandwidth_scale, (int, float)) and math.isfinite(self.bandwidth_scale)
                 and self.bandwidth_scale > 0):
             raise ValueError(f"bandwidth_scale must be a finite number > 0, got {self.bandwidth_scale!r}")
@@ -88,7 +91,7 @@ class KDEPrior:
                  chain_length: int = DEFAULT_CHAIN_LENGTH, bandwidth_scale: float = 1.0):
         self.index = index
         self.p = KDEPriorParams(epsilon, alpha, sampler, chain_length, bandwidth_scale)
-        self.epsilon = self.p.epsilon
+        self.epsilon = check_epsilon_range(NAME, self.p.epsilon, math.ulp(0.0), largest_epsilon(index.dmax), "")
         self.log_pi = kde_log_prior(index, self.p.bandwidth_scale)
         # Shifted so the largest weight is exp(0): constant factors cancel in the distribution.
         self.log_base = self.p.alpha * (np.asarray(self.log_pi, dtype=np.float64) - float(np.max(self.log_pi)))

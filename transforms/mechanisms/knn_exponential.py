@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from transforms.mechanisms.base import as_ids, check_epsilon, register, truncated_poisson
+from transforms.mechanisms.base import (as_ids, check_epsilon, check_epsilon_range, largest_epsilon, register,
+                                        truncated_poisson)
 
 NAME = "knn_exponential"
 PARAMETERS = {"candidates": "knn_exponential: neighbours per token besides the word itself; 0 draws k from "
@@ -48,8 +49,11 @@ class KNNExponential:
 
     def __init__(self, index, epsilon: float, candidates: int = 0):
         self.index = index
+        if isinstance(candidates, bool) or not isinstance(candidates, (int, np.integer)):
+            raise ValueError(f"candidates must be an integer in [0, n - 1 = {index.n - 1}] (0: Poisson), got "
+                             f"{candidates!r}")
         self.p = KNNExponentialParams(epsilon, index.n, index.neighbours, int(candidates))
-        self.epsilon = self.p.epsilon
+        self.epsilon = check_epsilon_range(NAME, self.p.epsilon, math.ulp(0.0), largest_epsilon(index.dmax), "")
 
     def params(self) -> dict:
         k = {"k": f"Poisson(ln n = {math.log(self.index.n):.4g}) restricted to [1, {self.index.n - 1}]"} \

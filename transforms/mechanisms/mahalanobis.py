@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from transforms.mechanisms import multivariate_laplace
-from transforms.mechanisms.base import register, unit_directions
+from transforms.mechanisms.base import largest_epsilon, register, unit_directions
 from transforms.mechanisms.multivariate_laplace import MultivariateLaplace
 
 NAME = "mahalanobis"
@@ -54,16 +54,27 @@ class Mahalanobis(MultivariateLaplace):
 
     def __init__(self, index, epsilon: float, regularization: float = 0.5, search: str = "auto",
                  search_k: int = -1):
-        super().__init__(index, epsilon, search, search_k)
-        if not (isinstance(regularization, (int, float)) and 0 <= regularization <= 1):
+        # S first: the epsilon range checked by the base class depends on its eigenvalues.
+        if isinstance(regularization, bool) or not (isinstance(regularization, (int, float))
+                                                    and 0 <= regularization <= 1):
             raise ValueError(f"regularization (lambda) must be in [0, 1], got {regularization!r}")
         self.regularization = float(regularization)
         table = index.table(TABLE, lambda idx: regularized_sqrt(idx.vectors, self.regularization),
                             {"lambda": self.regularization})
         self.sqrt_S = np.asarray(table[:-1])
         self.min_eigenvalue = float(table[-1].min())
+        self.max_eigenvalue = float(table[-1].max())
         if self.min_eigenvalue <= 0:
-            raise ValueError("S is singular (lambda = 1 and a degenerate covariance): choose lambda < 1")
+            raise ValueError(f"S is singular at regularization {self.regularization:g} (the embedding's covariance "
+                             "is degenerate, e.g. fewer words than dimensions): choose regularization < 1")
+        super().__init__(index, epsilon, search, search_k)
+
+    def noise_stretch(self) -> float:
+        """|S^(1/2) x| <= sqrt(largest eigenvalue of S) for a unit x."""
+        return math.sqrt(self.max_eigenvalue)
+
+    def largest_epsilon(self) -> float:
+        return largest_epsilon(self.index.dmax, 1.0 / math.sqrt(self.min_eigenvalue))
 
     def params(self) -> dict:
         return {**super().params(), "lambda": self.regularization, "noise": "r S^(1/2) x, S = lambda Sigma + (1 - "

@@ -10,17 +10,38 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from transforms.mechanisms.base import as_ids, check_epsilon, register, unit_directions
+from scipy.special import gammainccinv
+
+from transforms.mechanisms.base import (as_ids, check_epsilon, check_epsilon_range, largest_epsilon, register,
+                                        unit_directions)
 
 NAME = "multivariate_laplace"
 PARAMETERS = {"search": "nearest-word search of multivariate_laplace, distance_truncated_laplace, mahalanobis and "
                         "vickrey's noisy vectors: exact, annoy, or auto (exact up to n*d = 50M)",
               "search_k": "Annoy's search_k with --search annoy (-1: Annoy's default)"}
 SEARCHES = ("auto", "annoy", "exact")
+SEARCH_K_MAX = 2 ** 31 - 1
 CHOICES = {"search": SEARCHES}
 # "auto" searches exactly up to this many vocabulary entries (n * d): on the default embedding
 # (10M) the exact search is faster than an Annoy search with comparable recall (README).
 AUTO_EXACT_LIMIT = 50_000_000
+# The nearest-word search resolves the noisy point phi(w) + z in float64, whose coordinates carry
+# about 2^-52 |z| of rounding. An epsilon whose noise radius (at its 1 - 1e-12 quantile) makes that
+# more than RESOLUTION x Dmin is refused: rounding, not the mechanism, would decide the nearest word
+# (and from |z| ~ 1e38 on the float32 screen of the search overflows).
+RESOLUTION = 1e-6
+RADIUS_QUANTILE = 1e-12
+
+
+def largest_radius_factor(d: int) -> float:
+    """The 1 - 1e-12 quantile of Gamma(d, 1): the noise radius is at most this / epsilon but for 1e-12."""
+    return float(gammainccinv(d, RADIUS_QUANTILE))
+
+
+def smallest_resolved_epsilon(d: int, dmin: float, stretch: float = 1.0) -> float:
+    """The smallest epsilon whose noise (radius up to largest_radius_factor(d) x stretch / epsilon)
+    float64 still places within RESOLUTION x Dmin."""
+    return largest_radius_factor(d) * stretch * 2.0 ** -52 / (RESOLUTION * dmin)
 
 
 @dataclass(frozen=True)
@@ -33,8 +54,9 @@ class MultivariateLaplaceParams:
         object.__setattr__(self, "epsilon", check_epsilon(self.epsilon))
         if self.search not in SEARCHES:
             raise ValueError(f"unknown nearest-word search {self.search!r}; valid: {', '.join(SEARCHES)}")
-        if self.search_k != -1 and self.search_k < 1:
-            raise ValueError(f"search_k must be -1 (Annoy's default) or >= 1, got {self.search_k}")
+        if self.search_k != -1 and not 1 <= self.search_k <= SEARCH_K_MAX:
+            raise ValueError(f"search_k must be -1 (Annoy's default) or in [1, {SEARCH_K_MAX}] (Annoy takes a C int), "
+                             f"got {self.search_k}")
 
 
 class MultivariateLaplace:
@@ -47,6 +69,24 @@ class MultivariateLaplace:
         self.search = self.p.search
         if self.search == "auto":
             self.search = "exact" if index.n * index.d <= AUTO_EXACT_LIMIT else "annoy"
+        check_epsilon_range(self.name, self.epsilon, *self.epsilon_range())
+
+    def noise_stretch(self) -> float:
+        """How far the noise reaches per unit radius (1: r x, x on the unit sphere)."""
+        return 1.0
+
+    def epsilon_range(self) -> tuple[float, float, str]:
+        """The smallest and largest epsilon this mechanism computes faithfully here, and why the smallest."""
+        low = smallest_resolved_epsilon(self.index.d, self.index.dmin, self.noise_stretch())
+        radius = largest_radius_factor(self.index.d) * self.noise_stretch()
+        return low, self.largest_epsilon(), (
+            f"below it the noise radius (r ~ Gamma(d = {self.index.d}, 1/epsilon), up to {radius:.4g} / epsilon at "
+            f"its 1 - {RADIUS_QUANTILE:g} quantile) is so large that float64 rounds the noisy point by more than "
+            f"{RESOLUTION:g} x Dmin (Dmin = {self.index.dmin:.4g}): rounding, not the mechanism, would pick the "
+            f"output; at the smallest epsilon the per-token bound epsilon x Dmax is already {low * self.index.dmax:.3g}")
+
+    def largest_epsilon(self) -> float:
+        return largest_epsilon(self.index.dmax)
 
     def params(self) -> dict:
         return {"epsilon": self.epsilon, "radius": f"Gamma(shape={self.index.d}, scale=1/epsilon)",
@@ -67,8 +107,15 @@ class MultivariateLaplace:
         """The m nearest words to each point (the post-processing step), by the configured search."""
         if self.search == "annoy":
             forest = self.index._annoy.get()
-            return np.array([forest.get_nns_by_vector(p, m, self.p.search_k) for p in points.astype(np.float32)],
-                            dtype=np.int32).reshape(len(points), m)
+            found = [forest.get_nns_by_vector(p, m, self.p.search_k) for p in points.astype(np.float32)]
+            # Annoy may return fewer than m words when search_k is small: those points are searched exactly.
+            short = np.array([len(f) < m for f in found], dtype=bool)
+            out = np.empty((len(points), m), dtype=np.int32)
+            if (~short).any():
+                out[~short] = np.array([f for f, s in zip(found, short) if not s], dtype=np.int32)
+            if short.any():
+                out[short] = self.index.nearest_to_noisy(np.asarray(ids)[short], points[short], m)[0]
+            return out
         return self.index.nearest_to_noisy(ids, points, m)[0]
 
     def perturb(self, ids, rng: np.random.Generator) -> np.ndarray:

@@ -63,14 +63,18 @@ class TEM:
     def guarantee(self) -> dict:
         eps, dmax, gamma = self.epsilon, self.index.dmax, self.gamma
         pure = eps * min(dmax, gamma)
+        # epsilon x gamma = 2 ln((1 - beta)(n - 1) / beta) exactly (gamma itself overflows for tiny epsilon).
+        eps_gamma = 2.0 * math.log((1.0 - self.p.beta) * (self.index.n - 1) / self.p.beta)
+        cap = (f"never worse than epsilon * gamma = {eps_gamma:.4g} because distances beyond gamma = {gamma:.4g} "
+               "all score alike" if gamma < dmax else
+               f"gamma = {gamma:.4g} is at least Dmax = {dmax:.4g}, so the cap never binds on this vocabulary")
         return {
             "mechanism": NAME,
             "kind": "metric-DP",
             "rate": eps,
+            "basis": "proved",
             "statement": (f"P[M(w)=y] <= exp({eps:g} * min(d(w, w'), {gamma:.4g})) * P[M(w')=y] for every pair of "
-                          "vocabulary words w, w' and every output y: metric DP at rate epsilon, and never worse "
-                          f"than epsilon * gamma = {eps * gamma:.4g} because distances beyond gamma = {gamma:.4g} "
-                          "all score alike."),
+                          f"vocabulary words w, w' and every output y: metric DP at rate epsilon, {cap}."),
             "per_token_pure_epsilon": pure,
             "per_token_pure_epsilon_note": (f"vocabulary-wide: epsilon * min(Dmax, gamma) = {eps:g} * "
                                             f"{min(dmax, gamma):.6g}"),

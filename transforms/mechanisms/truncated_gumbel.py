@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.special import lambertw
 
-from transforms.mechanisms.base import InfeasibleEpsilonError, as_ids, check_epsilon, register, truncated_poisson
+from transforms.mechanisms.base import (InfeasibleEpsilonError, as_ids, check_epsilon, check_epsilon_range,
+                                        largest_epsilon, register, truncated_poisson)
 
 NAME = "truncated_gumbel"
 # Above this Dmax / b the noise term E = exp(-g / b) reaches exp(80) ~ 5.5e34, near float32's range:
@@ -85,6 +86,9 @@ class TruncatedGumbel:
 
     def __init__(self, index, epsilon: float):
         self.index = index
+        if check_epsilon(epsilon) > largest_epsilon(index.dmax):      # below the floor: gumbel_scale says so
+            check_epsilon_range(NAME, epsilon, smallest_feasible_epsilon(index.n, index.dmin),
+                                largest_epsilon(index.dmax), "")
         self.p = TruncatedGumbelParams(epsilon, index.n, index.dmin, index.dmax)
         self.epsilon = self.p.epsilon
         self._table_ids = index.neighbour_ids

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from transforms.mechanisms import mahalanobis, multivariate_laplace
-from transforms.mechanisms.base import as_ids, register
+from transforms.mechanisms.base import EpsilonOutOfRangeError, as_ids, register
 
 NAME = "vickrey"
 PARAMETERS = {**multivariate_laplace.PARAMETERS,
@@ -37,8 +37,13 @@ class Vickrey:
         if base not in CHOICES["base"]:
             raise ValueError(f"unknown base {base!r}; valid: laplace, mahalanobis")
         self.index, self.t, self.base_name = index, float(threshold), base
-        self.base = (mahalanobis.Mahalanobis(index, epsilon, regularization, search, search_k) if base == "mahalanobis"
-                     else multivariate_laplace.MultivariateLaplace(index, epsilon, search, search_k))
+        try:
+            self.base = (mahalanobis.Mahalanobis(index, epsilon, regularization, search, search_k)
+                         if base == "mahalanobis" else
+                         multivariate_laplace.MultivariateLaplace(index, epsilon, search, search_k))
+        except EpsilonOutOfRangeError as err:      # the noise is the base mechanism's: so is the range
+            raise EpsilonOutOfRangeError(f"vickrey (noise of {base}): {err}", err.smallest_feasible,
+                                         err.largest_feasible) from None
         self.epsilon = self.base.epsilon
 
     def params(self) -> dict:
