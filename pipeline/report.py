@@ -66,16 +66,16 @@ def build_report(account: CorpusAccount, ctx: ReportContext) -> dict:
     percentiles = account.perturbed_percentiles()
     if per_token is None:
         bounds = {"per_token_pure_epsilon": None,
-                  "note": ("no vocabulary-wide per-token bound holds for this mechanism (see guarantee: "
-                           "audited local figures), so no per-document bound is composed")}
+                  "note": ("dptext states no vocabulary-wide per-token bound for this mechanism (see the guarantee: "
+                           f"{_what_the_guarantee_gives(ctx.guarantee)}), so no per-document bound is composed")}
     else:
         bounds = {
             "per_token_pure_epsilon": per_token,
             "basic": {k: basic_bound(v, per_token) for k, v in percentiles.items()},
             "composed_at_delta": {k: composed_bound(v, per_token, ctx.delta) for k, v in percentiles.items()},
             "delta": ctx.delta,
-            "note": ("per document: basic composition (tokens x per-token epsilon, pure DP) and "
-                     "dp_accounting's PLD composition of the same per-token events at delta"),
+            "note": ("per document: basic composition (tokens x per-token epsilon, pure DP) and the optimal "
+                     "composition of the same pure per-token events at delta (Kairouz, Oh, Viswanath 2015)"),
         }
     return {
         "mechanism": ctx.mechanism,
@@ -114,8 +114,13 @@ def plain_statement(ctx: ReportContext, account: CorpusAccount) -> list[str]:
     if ctx.case_policy == "keep":
         not_protected.append(CASE_NOT_PROTECTED)
     lines.append("Not protected: " + "; ".join(not_protected) + ".")
-    lines.append("The guarantee is per token; a document's words together leak more (see per_document_bound), "
-                 "and the same person writing many documents composes further.")
+    if g.get("per_token_pure_epsilon") is not None:
+        lines.append("The guarantee is per token; a document's words together leak more (see per_document_bound), "
+                     "and the same person writing many documents composes further.")
+    else:
+        lines.append("dptext states no vocabulary-wide per-token bound for this mechanism, so none is composed per "
+                     "document; a document's words together reveal more than any one of them, and the same person "
+                     "writing many documents reveals more still.")
     if ctx.test_seed_used:
         lines.append("A test seed was used: this output is not private.")
     return lines
@@ -163,19 +168,40 @@ def _guarantee_markdown(g: dict) -> list[str]:
         claimed = g["claimed"]
         figures = ", ".join(f"{k} {_fmt(v)}" for k, v in claimed.items() if k != "statement")
         out.append(f"- the paper's claim: {claimed['statement']} ({figures})")
-    out.append(f"- per-token pure epsilon: {_fmt(g.get('per_token_pure_epsilon'))}")
+    if g.get("basis"):
+        out.append(f"- basis: {g['basis']}")
+    per_token = g.get("per_token_pure_epsilon")
+    out.append(f"- per-token pure epsilon: {_fmt(per_token) if per_token is not None else 'none stated'}")
     out.append("")
     audited = g.get("audited")
     if isinstance(audited, list) and audited:
         from transforms.audit import format_audit
 
-        out += ["Exact audit on vocabularies drawn from this embedding (worst log-ratio over all pairs; worst "
-                "per unit distance; within K nearest neighbours; max hockey-stick delta at epsilon x distance; "
-                "delta profile d(eps')):", "", "```", format_audit(audited), "```", ""]
+        out += ["Exact audit on vocabularies drawn from this embedding: local figures, not a bound over the whole "
+                "vocabulary (worst log-ratio over all pairs; worst per unit distance; within K nearest neighbours; "
+                "max hockey-stick delta at epsilon x distance; delta profile d(eps')):", "", "```",
+                format_audit(audited), "```", ""]
     elif audited:
         out += ["Audit (every figure is in the JSON report):", "", "```",
                 json.dumps(audited, indent=1, ensure_ascii=False)[:4000], "```", ""]
+    if g.get("delta_at_distance"):
+        out += ["Computed in closed form for two words at distance D < R:", "", "| D | epsilon x D | delta(D) |",
+                "|---|---|---|"]
+        out += [f"| {D} | {_fmt(v['epsilon'])} | {_fmt(v['delta'])} |" for D, v in g["delta_at_distance"].items()]
+        out.append("")
     return out
+
+
+def _what_the_guarantee_gives(g: dict) -> str:
+    """In a few words, what the guarantee states in place of a vocabulary-wide per-token bound."""
+    basis = str(g.get("basis", ""))
+    if basis.startswith("audited (local"):
+        return "local figures from an exact audit"
+    if basis.startswith("audited"):
+        return "an approximate sampler and the audited distance to the distribution it approximates"
+    if basis.startswith("computed"):
+        return "a bound for pairs of words closer than a radius, computed in closed form"
+    return "its statement"
 
 
 def _fmt(value) -> str:

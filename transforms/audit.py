@@ -213,6 +213,24 @@ def json_safe(value):
     return value
 
 
+def distant_words(n: int, eps: float, dmax: float, bound: float, delta: float) -> tuple[str, str]:
+    """The statement's sentence on distant words and the not_protected item, each true for the figures
+    at hand: the lower bound on the whole vocabulary's worst log-ratio (poisson_tail_log_ratio_bound)
+    when it exceeds epsilon x Dmax (so metric DP at rate epsilon fails), else the audit's hockey-stick
+    delta at epsilon x distance when it is large, else only that no bound is proved."""
+    if bound > eps * dmax:
+        why = (f"over this vocabulary of n = {n} words the worst-case log-ratio is at least {bound:.4g}, above "
+               f"epsilon x Dmax = {eps * dmax:.4g} (a word ranked last among w's {n - 1} others is w's candidate "
+               f"only when k = {n - 1})")
+    elif delta >= 0.5:
+        why = ("in the audit the outputs of far-apart words are nearly disjoint (hockey-stick delta up to "
+               f"{delta:.3g} at epsilon x distance)")
+    else:
+        return ("Protection is at best local: the candidates are a word's nearest neighbours, and dptext proves no "
+                "bound between distant words.", "distant words: dptext proves no bound between them")
+    return f"Protection is local: distant words are not hidden from each other: {why}.", f"distant words: {why}"
+
+
 def truncated_gumbel_guarantee(mech) -> dict:
     """What truncated_gumbel may claim: the paper's parameter next to the audited figures, and the
     lower bound on the whole vocabulary's worst-case log-ratio that follows from the Poisson k."""
@@ -222,12 +240,13 @@ def truncated_gumbel_guarantee(mech) -> dict:
     delta = max(r["max_delta_at_rate_times_distance"] for r in audited)
     n = mech.index.n
     bound = poisson_tail_log_ratio_bound(n) if n > 2 else -math.inf
+    head, distant = distant_words(n, mech.epsilon, mech.index.dmax, bound, delta)
     whole = (f" Over this vocabulary of n = {n} words the worst-case log-ratio is at least {bound:.4g}: a word "
              f"ranked last among w's {n - 1} others is w's candidate only when k = {n - 1} (-ln P(k = n - 1) - ln n)."
-             if bound > 0 else "")
+             if 0 < bound <= mech.epsilon * mech.index.dmax else "")     # above it, the first sentence says so
     return json_safe({
         "mechanism": "truncated_gumbel",
-        "kind": "local (audited); no vocabulary-wide DP bound",
+        "kind": "local (audited); no vocabulary-wide DP bound", "rate": None,
         "basis": "audited (local figures only)",
         **({"worst_case_log_ratio_at_least": bound} if bound > 0 else {}),
         "claimed": {"epsilon": mech.epsilon, "b": mech.p.b,
@@ -235,20 +254,19 @@ def truncated_gumbel_guarantee(mech) -> dict:
                                   "not reproduced in dptext's specification")},
         "audited": audited,
         "statement": (
-            "Protection is local: a word is hidden among its near neighbours, not from distant words, and even "
-            "that only partly. An exact audit at the same relative epsilon on vocabularies of "
+            f"{head} An exact audit at the same relative epsilon on vocabularies of "
             f"{', '.join(str(r['n']) for r in audited)} words drawn from this embedding found a worst-case "
             f"log-ratio of {worst['worst_log_ratio']:.3g} (n={worst['n']}; the subset's epsilon x Dmin is "
             f"{worst['claimed_epsilon_times_dmin']:.3g}, epsilon x Dmax {worst['claimed_epsilon_times_dmax']:.3g}), "
-            f"{near['worst_log_ratio_within_typical_candidates']:.3g} even between words among each other's "
-            f"{near['typical_candidates']} nearest (n={near['n']}), and a hockey-stick delta up to "
-            f"{delta:.3g} at epsilon x distance, so no vocabulary-wide epsilon-DP is claimed." + whole),
+            f"{near['worst_log_ratio_within_typical_candidates']:.3g} between words among each other's "
+            f"{near['typical_candidates']} nearest (n={near['n']}; that subset's epsilon x Dmin is "
+            f"{near['claimed_epsilon_times_dmin']:.3g}), and a hockey-stick delta up to {delta:.3g} at epsilon x "
+            "distance. dptext claims no vocabulary-wide epsilon-DP." + whole),
         "per_token_pure_epsilon": None,
         "not_protected": ["out-of-vocabulary tokens (handled by the OOV policy)",
                           "document length, token positions and punctuation",
                           "which tokens are in the vocabulary",
-                          "distant words: outputs of far-apart words are nearly disjoint (hockey-stick delta up "
-                          f"to {delta:.3g} at epsilon x distance in the audit)"],
+                          distant],
     })
 
 
@@ -477,7 +495,7 @@ def kde_prior_guarantee(mech) -> dict:
                                 "which tokens are in the vocabulary"]}
     if p.sampler == "exact":
         return json_safe({**common,
-            "kind": "metric-DP", "rate": eps,
+            "kind": "metric-DP", "rate": eps, "basis": "proved",
             "statement": (f"P[M(w)=y] <= exp({eps:g} * d(w, w')) * P[M(w')=y] for every pair of vocabulary words "
                           "w, w' and every output y (Euclidean distance in the embedding): the exponential mechanism "
                           f"over the whole vocabulary with the data-independent base measure {prior_text}, "
@@ -491,10 +509,11 @@ def kde_prior_guarantee(mech) -> dict:
                                  key=(p.alpha, p.bandwidth_scale))
     return json_safe({**common,
         "kind": "approximate", "rate": None, "target_rate": eps,
+        "basis": "audited (total-variation distance of the chain to the exact distribution)",
         "statement": (
             f"approximate: the Metropolis-Hastings sampler ({p.chain_length} steps on the "
             f"{mech.index.neighbours}-nearest-neighbour graph from the input word) only approximates the kde_prior "
-            f"distribution, which would be metric DP at rate {eps:g}; the sampler itself has no DP bound. Exact "
+            f"distribution, which would be metric DP at rate {eps:g}; dptext proves no DP bound for the sampler itself. Exact "
             f"computation of the chain from {audited['start_words']} random start words on this index finds a "
             f"total-variation distance to the exact distribution of "
             + ("" if audited["audited_chain_length"] == p.chain_length else "at most ")
@@ -615,18 +634,18 @@ def knn_exponential_guarantee(mech) -> dict:
     if mech.p.poisson:
         bound = poisson_tail_log_ratio_bound(n)
         worst = {"worst_case_log_ratio_at_least": bound}
-        head = ("No vocabulary-wide DP bound: the candidates are the word and its nearest neighbours, so a word is "
-                "hidden among its neighbours, not from distant words. A word ranked last among w's "
-                f"{n - 1} others is w's candidate only when k = {n - 1}, which the Poisson draw makes so rare that "
-                f"over this vocabulary of n = {n} words the worst-case log-ratio is at least {bound:.4g} "
-                "(-ln P(k = n - 1) - ln n).")
+        distant, _ = distant_words(n, eps, dmax, bound, max(r["max_delta_at_rate_times_distance"] for r in audited))
+        head = f"dptext claims no vocabulary-wide DP bound. {distant}"
+        if bound <= eps * dmax:                        # not already stated by the sentence on distant words
+            head += (f" A word ranked last among w's {n - 1} others is w's candidate only when k = {n - 1}: over "
+                     f"this vocabulary of n = {n} words the worst-case log-ratio is at least {bound:.4g} "
+                     "(-ln P(k = n - 1) - ln n).")
         kind = "local (audited); no vocabulary-wide DP bound"
     else:
         worst = {"worst_case_log_ratio": math.inf}
         head = (f"No vocabulary-wide DP: the candidates are the word and its {k} nearest of n = {n} words, so "
                 "a word outside w's candidate set is never w's output while it is its own output (probability "
-                "> 0): the worst-case privacy loss is infinite. A word is hidden among its neighbours, not from "
-                "distant words.")
+                "> 0): the worst-case privacy loss is infinite, and distant words are not hidden from each other.")
         kind = "no vocabulary-wide DP (infinite worst-case loss); local figures audited"
     return json_safe({**common, **worst,
         "kind": kind, "rate": None, "basis": "audited (local figures only)",
@@ -635,5 +654,5 @@ def knn_exponential_guarantee(mech) -> dict:
         "per_token_pure_epsilon": None,
         "not_protected": _knn_not_protected() + [
             "distant words: a word outside another's candidate set is never its output "
-            + ("(fixed k: infinite log-ratio)" if not mech.p.poisson else "except through the Poisson tail of k")],
+            + ("(infinite log-ratio)" if not mech.p.poisson else "except through the Poisson tail of k")],
     })

@@ -143,6 +143,7 @@ class DistanceTruncatedLaplace(MultivariateLaplace):
             "mechanism": NAME,
             "kind": "(eps*D, delta(D))-DP for D < R",
             "rate": eps,
+            "basis": "computed (delta(D) in closed form)",
             "statement": (f"For two vocabulary words at distance D < R = {R:.4g}: (epsilon x D, delta(D))-DP with "
                           "delta(D) = P(R - D < r <= R) / P(r <= R), r ~ Gamma(d, 1/epsilon) restricted to [0, R] "
                           f"(e.g. D = {distances[1]:.3g}: epsilon {eps * distances[1]:.3g}, delta "

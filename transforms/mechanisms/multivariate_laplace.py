@@ -130,6 +130,7 @@ class MultivariateLaplace:
             "mechanism": NAME,
             "kind": "metric-DP",
             "rate": self.epsilon,
+            "basis": "proved",
             "statement": (f"P[M(w)=y] <= exp({self.epsilon:g} * d(w, w')) * P[M(w')=y] for every pair of "
                           "vocabulary words w, w' and every output y (Euclidean distance in the embedding)."),
             "per_token_pure_epsilon": self.epsilon * dmax,
