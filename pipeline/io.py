@@ -382,7 +382,7 @@ class _LineSource(_EvenSplits, filebasedsource.FileBasedSource):
                     yield file_name, position, Unreadable(f"{err}; the records from this offset on are lost",
                                                           damaged_file=True)
                     break
-                if not line:
+                if not line or (position == 0 and line == UTF8_BOM):     # a BOM alone: an empty file
                     break
                 yield file_name, position, line[:-1] if line.endswith(b"\n") else line
                 position += len(line)
@@ -423,6 +423,8 @@ def _reject_constant(name: str):
 _SCAN = json.JSONDecoder(parse_int=str, parse_float=str, parse_constant=_reject_constant,
                          object_pairs_hook=lambda pairs: None).scan_once
 _WS = re.compile(r"[ \t\n\r]*")
+_COLON = re.compile(r"[ \t\n\r]*:[ \t\n\r]*")
+_SEPARATOR = re.compile(r"[ \t\n\r]*(?:(,)[ \t\n\r]*|\})")
 _JSON_KIND = {'"': "a string", "{": "an object", "[": "an array", "t": "true", "f": "false", "n": "null"}
 _PYTHON_KIND = {"{": "dict", "[": "list", "t": "bool", "f": "bool", "n": "NoneType"}
 _INT = re.compile(r"-?\d+")
@@ -458,23 +460,21 @@ def _parse_json_line(line: str, text_field: str) -> tuple[str, JsonLine]:
             if not line.startswith('"', pos):
                 raise json.JSONDecodeError("Expecting property name enclosed in double quotes", line, pos)
             key, pos = json.decoder.scanstring(line, pos + 1)
-            pos = _skip(line, pos)
-            if not line.startswith(":", pos):
-                raise json.JSONDecodeError("Expecting ':' delimiter", line, pos)
-            start = _skip(line, pos + 1)
+            colon = _COLON.match(line, pos)
+            if colon is None:
+                raise json.JSONDecodeError("Expecting ':' delimiter", line, _skip(line, pos))
+            start = colon.end()
             value, pos = _value(line, start)
             if key == text_field:
                 if found is not None:   # the copy left unperturbed would carry the raw text out
                     raise RejectedRecord(f"text field {text_field!r} appears more than once in the object")
                 found = (value, start, pos)
-            pos = _skip(line, pos)
-            if line.startswith(",", pos):
-                pos = _skip(line, pos + 1)
-            elif line.startswith("}", pos):
-                pos += 1
+            separator = _SEPARATOR.match(line, pos)
+            if separator is None:
+                raise json.JSONDecodeError("Expecting ',' delimiter", line, _skip(line, pos))
+            pos = separator.end()
+            if separator.group(1) is None:      # the closing brace
                 break
-            else:
-                raise json.JSONDecodeError("Expecting ',' delimiter", line, pos)
     _expect_end(line, _skip(line, pos))
     if found is None:
         raise RejectedRecord(f"missing text field {text_field!r}")
@@ -569,8 +569,14 @@ class ParseRecordFn(beam.DoFn):
 def json_text(value) -> str:
     """JSON of a value with non-ASCII as UTF-8, and any lone surrogate (say, from a file name that
     is not UTF-8) as its \\u escape, so the result always encodes as UTF-8."""
-    text = json.dumps(value, ensure_ascii=False, sort_keys=True)
-    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return _SURROGATE.sub(_escape_surrogate, _ENCODE(value))
+
+
+_ENCODE = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode     # built once: json.dumps builds one a call
+
+
+def _escape_surrogate(match) -> str:
+    return f"\\u{ord(match.group()):04x}"
 
 
 def format_document(doc: Document, fmt: str, text_field: str):

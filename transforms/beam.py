@@ -40,7 +40,7 @@ class Document(NamedTuple):
     source: str                 # the input file
     offset: int                 # byte offset of the record in that file
     text: str
-    record: Optional[dict] = None   # the whole JSON object for JSONL input (other fields ride along)
+    record: object = None   # the rest of the record: the JSONL line around the text, or the Parquet row
 
 
 def dead_letter(source: str, offset: int, reason: str) -> dict:
