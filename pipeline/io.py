@@ -151,7 +151,8 @@ def _first_line_is_json_object(head: bytes) -> bool:
 
 def input_files(pattern: str) -> list[str]:
     """The files matching an input pattern (a glob lists files only); a pattern that matches
-    nothing, or names a directory, is a clear error."""
+    nothing, names a directory, or a file whose name is not UTF-8 is a clear error."""
+    _check_utf8_name(pattern)
     if FileSystems.get_scheme(pattern) is None and os.path.isdir(pattern):
         glob = os.path.join(pattern, "*")
         raise InputError(f"--input {pattern} is a directory; read the files in it with a glob such as {glob}")
@@ -159,7 +160,19 @@ def input_files(pattern: str) -> list[str]:
     if not matches:
         hint = " (to read a directory, use a glob such as DIR/*)" if pattern.endswith("/") else ""
         raise FileNotFoundError(f"--input {pattern}: no file matches this path or glob{hint}")
+    for m in matches:
+        _check_utf8_name(m.path)
     return [m.path for m in matches]
+
+
+def _check_utf8_name(path: str) -> None:
+    """Beam encodes options and each record's file name as UTF-8: a local name with other bytes
+    (Python's surrogate escapes) would fail the job."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise InputError(f"{shown}: this file name is not UTF-8, which Beam needs; rename it") from None
 
 
 def parquet_schema(pattern: str, text_field: str):

@@ -12,6 +12,7 @@ import gzip
 import json
 import logging
 import lzma
+import os
 import zlib
 from pathlib import Path
 
@@ -225,6 +226,14 @@ def test_a_directory_as_input_is_one_line_suggesting_a_glob(index_dir, tmp_path,
            f"{tmp_path / 'd' / '*'}" in one_line_error(capfd)
 
 
+def test_a_file_name_that_is_not_utf8_is_one_line_naming_it(index_dir, tmp_path, capfd):
+    """Beam carries options and file names as UTF-8: such a name used to fail inside the job."""
+    (tmp_path / os.fsdecode(b"bad\xffname.jsonl")).write_bytes(_tweets(2))
+    for pattern in (tmp_path / "*.jsonl", tmp_path / os.fsdecode(b"bad\xffname.jsonl")):
+        assert dptext_run(index_dir, pattern, tmp_path / "o" / "c") == 2
+        assert f"{tmp_path}/bad\\xffname.jsonl: this file name is not UTF-8" in one_line_error(capfd)
+
+
 def test_a_gz_input_that_is_not_gzip_is_one_line_naming_it(index_dir, tmp_path, capfd):
     path = tmp_path / "c.jsonl.gz"
     path.write_bytes(_tweets(5))
@@ -263,7 +272,9 @@ def test_a_parquet_string_that_is_not_utf8_is_dead_lettered(index_dir, tmp_path)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    # Arrow's writer does not validate UTF-8; other writers produce such files too.
+    with pytest.raises(UnicodeEncodeError):      # a lone surrogate cannot even reach a Parquet string...
+        pa.array(["broken \ud83d"])
+    # ...but bytes that are not UTF-8 can: Arrow's writer does not validate them, nor do others.
     text = pa.Array.from_buffers(pa.string(), 2, [None, pa.py_buffer(np.array([0, 3, 10], np.int32).tobytes()),
                                                   pa.py_buffer(b"\xed\xa0\xbdthe cat")])
     pq.write_table(pa.table({"id": [1, 2], "text": text}), tmp_path / "c.parquet")
