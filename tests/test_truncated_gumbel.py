@@ -445,3 +445,16 @@ def test_guarantee_states_the_whole_vocabulary_lower_bound(small):
     g = mech.guarantee()
     assert g["worst_case_log_ratio_at_least"] == pytest.approx(bound) and f"{bound:.4g}" in g["statement"]
     assert g["per_token_pure_epsilon"] is None and "metric-DP" not in g["kind"]
+
+
+def test_scale_at_the_next_float_above_the_floor_is_finite():
+    """Every epsilon above the floor is feasible, including the next float: ln(a Dmin) used to be
+    computed from a Dmin, which rounds to 1 (ln 0: b infinite or a division by zero) for about 0.5%
+    of such epsilons; it is now ln(1 + (eps - floor) Dmin / 3)."""
+    rng = np.random.default_rng(0)
+    for _ in range(5000):
+        n, dmin = int(rng.integers(2, 100_000)), float(rng.uniform(0.01, 5))
+        dmax = dmin * float(rng.uniform(1, 30))
+        eps = float(np.nextafter(smallest_feasible_epsilon(n, dmin), np.inf))
+        b = gumbel_scale(eps, n, dmin, dmax)
+        assert math.isfinite(b) and b > 0, (n, dmin, dmax)

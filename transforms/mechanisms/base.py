@@ -44,8 +44,9 @@ TOO_LARGE = ("above it epsilon x Dmax, the per-token bound the report composes, 
 
 
 def largest_epsilon(dmax: float, per_unit_distance: float = 1.0) -> float:
-    """The largest epsilon whose per-token bound epsilon x per_unit_distance x Dmax stays finite."""
-    return FLOAT_MAX / (max(dmax, 1e-300) * per_unit_distance)
+    """The largest epsilon whose per-token bound epsilon x per_unit_distance x Dmax stays finite (with a
+    margin of 1e-12 for the roundings of that product)."""
+    return FLOAT_MAX / (max(dmax, 1e-300) * per_unit_distance) * (1 - 1e-12)
 
 
 def check_epsilon_range(name: str, epsilon: float, smallest: float, largest: float, below: str,

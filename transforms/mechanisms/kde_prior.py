@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from transforms.kde import kde_log_prior
-from transforms.mechanisms.base import as_ids, check_epsilon, check_epsilon_range, largest_epsilon, register
+from transforms.mechanisms.base import (FLOAT_MAX, as_ids, check_epsilon, check_epsilon_range, largest_epsilon,
+                                        register)
 from transforms.mechanisms.vocabulary_exponential import sample_capped_exponential
 
 NAME = "kde_prior"
@@ -94,6 +95,11 @@ class KDEPrior:
         self.epsilon = check_epsilon_range(NAME, self.p.epsilon, math.ulp(0.0), largest_epsilon(index.dmax), "")
         self.log_pi = kde_log_prior(index, self.p.bandwidth_scale)
         # Shifted so the largest weight is exp(0): constant factors cancel in the distribution.
+        spread = float(np.max(self.log_pi) - np.min(self.log_pi))
+        if self.p.alpha * spread > FLOAT_MAX:
+            raise ValueError(f"alpha {self.p.alpha:g} is too large for this prior: alpha x (spread of ln pi = "
+                             f"{spread:.6g}) overflows float64, so some words would get weight exactly 0 (the input "
+                             f"word itself among them); alpha must be in [0, {FLOAT_MAX / spread:.6g}]")
         self.log_base = self.p.alpha * (np.asarray(self.log_pi, dtype=np.float64) - float(np.max(self.log_pi)))
         self._mutual = index.table(MUTUAL_TABLE, lambda idx: mutual_neighbours(idx.neighbour_ids)) \
             if self.p.sampler == "mh" else None

@@ -21,8 +21,14 @@ PARAMETERS = {"beta": "tem: the probability mass the paper's truncation threshol
                       "(0 < beta < (n-1)/n); gamma = (2/eps) ln((1-beta)(n-1)/beta)"}
 
 
+def tem_log_odds(n: int, beta: float) -> float:
+    """ln((1 - beta)(n - 1) / beta), in pieces: (n - 1) / beta overflows for a tiny beta."""
+    return math.log1p(-beta) + math.log(n - 1) - math.log(beta)
+
+
 def tem_gamma(epsilon: float, n: int, beta: float) -> float:
-    return 2.0 / epsilon * math.log((1.0 - beta) * (n - 1) / beta)
+    """gamma = (2 / eps) ln((1 - beta)(n - 1) / beta) (inf when 2 / eps overflows: no cap)."""
+    return 2.0 / epsilon * tem_log_odds(n, beta)
 
 
 @dataclass(frozen=True)
@@ -62,9 +68,11 @@ class TEM:
 
     def guarantee(self) -> dict:
         eps, dmax, gamma = self.epsilon, self.index.dmax, self.gamma
-        pure = eps * min(dmax, gamma)
-        # epsilon x gamma = 2 ln((1 - beta)(n - 1) / beta) exactly (gamma itself overflows for tiny epsilon).
-        eps_gamma = 2.0 * math.log((1.0 - self.p.beta) * (self.index.n - 1) / self.p.beta)
+        # epsilon x gamma = 2 ln((1 - beta)(n - 1) / beta) exactly (gamma overflows for a tiny epsilon, and
+        # epsilon x Dmax for a huge one): the bound is the smaller of the two.
+        eps_gamma = 2.0 * tem_log_odds(self.index.n, self.p.beta)
+        with np.errstate(over="ignore"):
+            pure = min(float(np.float64(eps) * dmax), eps_gamma)
         cap = (f"never worse than epsilon * gamma = {eps_gamma:.4g} because distances beyond gamma = {gamma:.4g} "
                "all score alike" if gamma < dmax else
                f"gamma = {gamma:.4g} is at least Dmax = {dmax:.4g}, so the cap never binds on this vocabulary")
@@ -76,8 +84,8 @@ class TEM:
             "statement": (f"P[M(w)=y] <= exp({eps:g} * min(d(w, w'), {gamma:.4g})) * P[M(w')=y] for every pair of "
                           f"vocabulary words w, w' and every output y: metric DP at rate epsilon, {cap}."),
             "per_token_pure_epsilon": pure,
-            "per_token_pure_epsilon_note": (f"vocabulary-wide: epsilon * min(Dmax, gamma) = {eps:g} * "
-                                            f"{min(dmax, gamma):.6g}"),
+            "per_token_pure_epsilon_note": (f"vocabulary-wide: min(epsilon * Dmax, epsilon * gamma) = "
+                                            f"min({eps:g} * {dmax:.6g}, {eps_gamma:.6g})"),
             "confirmed_by": ("tests/test_exponential_mechanisms.py: the sampler matches the closed form (chi-square) "
                              "and the exact audit finds every log-ratio <= epsilon * min(d(w, w'), gamma)"),
             "not_protected": ["out-of-vocabulary tokens (handled by the OOV policy)",

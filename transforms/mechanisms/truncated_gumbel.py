@@ -56,7 +56,9 @@ def gumbel_scale(epsilon: float, n: int, dmin: float, dmax: float) -> float:
             f"(n={n}, Dmin={dmin:.6g}); the smallest feasible epsilon is {floor:.6g} "
             f"(= (2 (1 + ln n) + 3) / Dmin); choose a larger epsilon", floor)
     w0 = float(lambertw(2 * a * dmax, 0).real)
-    return 2 * dmax / min(w0, math.log(a * dmin))
+    # ln(a Dmin) = ln(1 + (eps - floor) Dmin / 3): positive for every eps above the floor, where
+    # a Dmin itself may round to 1 (b would divide by 0).
+    return 2 * dmax / min(w0, math.log1p((epsilon - floor) * dmin / 3))
 
 
 def epsilon_of_scale(b: float, n: int, dmin: float, dmax: float) -> float:
