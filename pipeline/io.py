@@ -98,6 +98,9 @@ def check_inputs(pattern: str, requested: str = "auto") -> str:
         if head.startswith((b"\xff\xfe", b"\xfe\xff")):
             raise InputError(f"{path}: starts with a UTF-16 byte order mark; dptext reads UTF-8 (convert it, "
                              "e.g. iconv -f UTF-16 -t UTF-8)")
+        if (fmt if requested == "auto" else requested) == "jsonl" and _first_line(head) in (b"[", b"{"):
+            raise InputError(f"{path}: is one JSON document over many lines (its first line opens it); dptext "
+                             "reads JSON lines, one object a line: convert it (e.g. jq -c '.[]')")
         if requested != "auto":
             continue
         if fmt != "parquet" and head.startswith(b"PAR1"):
@@ -139,8 +142,12 @@ def _head(path: str) -> bytes:
         return head
 
 
+def _first_line(head: bytes) -> bytes:
+    return head.split(b"\n", 1)[0].removeprefix(UTF8_BOM).strip()
+
+
 def _first_line_is_json_object(head: bytes) -> bool:
-    line = head.split(b"\n", 1)[0].removeprefix(UTF8_BOM).strip()
+    line = _first_line(head)
     if not line.startswith(b"{") or not line.endswith(b"}"):
         return False
     try:

@@ -199,6 +199,8 @@ def test_files_that_disagree_on_the_format_are_refused_naming_two(index_dir, tmp
     ("c.txt", "the cat\n".encode("utf-16"), "starts with a UTF-16 byte order mark; dptext reads UTF-8"),
     ("c.jsonl", None, "is a Parquet file (it starts with PAR1) but its name does not end in .parquet"),
     ("c.parquet.gz", "gzip", "a compressed Parquet file is not supported"),
+    ("c.json", json.dumps([{"id": 1, "text": "the cat"}], indent=2).encode(),
+     "is one JSON document over many lines (its first line opens it); dptext reads JSON lines"),
 ])
 def test_a_file_whose_content_contradicts_its_name_is_refused(index_dir, tmp_path, capfd, name, content, message):
     if content in (None, "gzip"):

@@ -14,7 +14,7 @@ duplicate keys, non-objects and garbage bytes; text lines with invalid UTF-8 and
 with NaN, infinities, extreme integers and nulls; CRLF, no final newline, a byte order mark, empty
 files, huge documents, several files per corpus, gzip and bzip2 (intact, and truncated for the
 reader), and user mistakes (a README beside JSONL files, gzip data named .jsonl, UTF-16, a
-directory).
+directory, a file name that is not UTF-8, a pretty-printed JSON document).
 
 CI runs the default, DPTEXT_HYPOTHESIS_EXAMPLES=8: 8 whole-job examples per corpus kind and 400
 per reader/parser property, with derandomize=True so CI is reproducible; about 35 s on 2 shared
@@ -368,7 +368,8 @@ def test_jsonl_corpus_end_to_end(data, index_dir, epsilon, tmp_path_factory, cap
         blob, suffix, records = data.draw(file_layout([line[0] for line in lines]))
         files.append((blob, suffix, records, [line[1:] for line in lines]))
     corpus = _write_corpus(directory, files, ".jsonl")
-    mistake = data.draw(st.sampled_from([None] * 6 + ["readme", "misnamed gzip", "utf-16", "directory"]))
+    mistake = data.draw(st.sampled_from([None] * 6 + ["readme", "misnamed gzip", "utf-16", "directory", "bad name",
+                                                      "pretty-printed"]))
     inputs = directory / "*"
     if mistake == "readme":
         (directory / "README").write_text(f"the {CANARY} corpus\n", encoding="utf-8")
@@ -378,6 +379,10 @@ def test_jsonl_corpus_end_to_end(data, index_dir, epsilon, tmp_path_factory, cap
         (directory / "more.jsonl").write_bytes('{"text": "the cat"}\n'.encode("utf-16"))
     elif mistake == "directory":
         inputs = directory
+    elif mistake == "bad name":
+        (directory / os.fsdecode(b"more\xff.jsonl")).write_bytes(b'{"text": "the cat"}\n')
+    elif mistake == "pretty-printed":
+        (directory / "more.json").write_text(json.dumps({"text": f"the {CANARY}"}, indent=1), encoding="utf-8")
     output = directory / "out" / "c"
     code, printed, err = _run(index_dir, epsilon, inputs, output, caplog, capfd)
     if mistake:
