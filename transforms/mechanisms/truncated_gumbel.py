@@ -157,8 +157,9 @@ class TruncatedGumbel:
             if g < len(self._group_edges):
                 out[rows] = self._perturb_from_table(ids[rows], k[rows], rng)
             else:                              # k beyond the table: P ~ 1e-25 for the default
-                for i in rows:
-                    out[i] = self._perturb_exact(int(ids[i]), int(k[i]), rng)
+                for word in np.unique(ids[rows]):        # one exact search per distinct word
+                    same = rows[ids[rows] == word]
+                    out[same] = self._perturb_exact_rows(int(word), k[same], rng)
         return out
 
     def _perturb_from_table(self, ids: np.ndarray, k: np.ndarray, rng) -> np.ndarray:
@@ -172,6 +173,15 @@ class TruncatedGumbel:
         scores *= np.arange(width)[None, :] <= k[:, None]
         col = np.argmax(scores, axis=1)
         return self._table_ids[ids, col]
+
+    def _perturb_exact_rows(self, word_id: int, k: np.ndarray, rng) -> np.ndarray:
+        """Tokens of one word whose k exceeds the table: candidates from one exact search, each token's
+        own first k + 1 of them, noise drawn as in the table path."""
+        cand, dist = self.index.exact_neighbours(word_id, int(k.max()))
+        e = self.truncated_exponential(rng, (len(k), len(cand))).astype(np.float64)
+        scores = dist[None, :] - self.p.b * np.log(e)
+        scores[np.arange(len(cand))[None, :] > k[:, None]] = np.inf
+        return cand[np.argmin(scores, axis=1)]
 
     def _perturb_exact(self, word_id: int, k: int, rng) -> int:
         cand, dist = self.index.exact_neighbours(word_id, k)
