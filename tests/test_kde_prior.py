@@ -337,3 +337,20 @@ def test_long_chains_are_audited_within_a_bounded_time(graph):
     assert exact["audited"]["tv_by_chain_length"][-1] == g["audited"]["tv_by_chain_length"][-1]
     with pytest.raises(ValueError, match=r"chain_length must be an integer in \[1, 100000\]"):
         KDEPrior(graph, EPS, sampler="mh", chain_length=100_001)
+
+
+@pytest.mark.timeout(20)
+def test_mh_on_a_whole_vocabulary_table_with_duplicate_vectors(tmp_path):
+    """K = n - 1 and two words on one vector (distance 0): every K-NN edge is mutual, and the sampler
+    still follows the exact chain distribution (chi-square as above); the two words' chains agree."""
+    vectors = np.random.default_rng(12).normal(size=(8, 3)).astype(np.float32)
+    vectors[6] = vectors[2]
+    index = EmbeddingIndex.build([f"w{i}" for i in range(8)], vectors, tmp_path, neighbours=7, progress=False)
+    assert mutual_neighbours(index.neighbour_ids).all()
+    mech = KDEPrior(index, EPS, alpha=2.0, sampler="mh", chain_length=6)
+    rows = {w: _chain_row(mech, w, 6) for w in (2, 6)}
+    # From either duplicate the chain reaches the other in one step and every other word alike.
+    np.testing.assert_allclose(np.delete(rows[2], [2, 6]), np.delete(rows[6], [2, 6]), rtol=1e-12)
+    for word, row in rows.items():
+        stat, threshold = _chi_square_matches(mech, word, row, seed=word)
+        assert stat < threshold, (word, stat, threshold)
