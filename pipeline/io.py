@@ -586,13 +586,13 @@ class ParseRecordFn(beam.DoFn):
 # Writing.
 
 
-def json_text(value) -> str:
-    """JSON of a value with non-ASCII as UTF-8, and any lone surrogate (say, from a file name that
-    is not UTF-8) as its \\u escape, so the result always encodes as UTF-8."""
-    return _SURROGATE.sub(_escape_surrogate, _ENCODE(value))
-
-
 _ENCODE = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode     # built once: json.dumps builds one a call
+
+
+def json_text(value) -> str:
+    """JSON of a value with non-ASCII as UTF-8, and any lone surrogate as its \\u escape, so the
+    result always encodes as UTF-8 (Python strings can hold them; UTF-8 cannot)."""
+    return _SURROGATE.sub(_escape_surrogate, _ENCODE(value))
 
 
 def _escape_surrogate(match) -> str:
