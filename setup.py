@@ -13,7 +13,10 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["pipeline", "transforms", "transforms.mechanisms"],
+    # One import package, `dptext`: the repository's top-level folders install under it, so a
+    # user's own `pipeline` or `transforms` package can never shadow a pickled DoFn's module.
+    packages=["dptext", "dptext.pipeline", "dptext.transforms", "dptext.transforms.mechanisms"],
+    package_dir={"dptext": "pipeline/api", "dptext.pipeline": "pipeline", "dptext.transforms": "transforms"},
     install_requires=[
         "apache-beam==2.77.0",
         "annoy==1.17.3",
@@ -30,5 +33,5 @@ setup(
         "gcp": ["apache-beam[gcp]==2.77.0"],   # gs:// paths and the DataflowRunner
         "bench": ["scikit-learn>=1.3"],         # benchmarks.utility: the classifiers trained on privatized text
     },
-    entry_points={"console_scripts": ["dptext = pipeline.cli:main"]},
+    entry_points={"console_scripts": ["dptext = dptext.pipeline.cli:main"]},
 )

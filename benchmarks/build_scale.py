@@ -39,7 +39,7 @@ for s in range(0, {words}, 100_000):       # generated in slices: no float64 cop
 
 FULL = VECTORS + """
 import json, time
-from transforms.index import EmbeddingIndex
+from dptext.transforms.index import EmbeddingIndex
 t = time.perf_counter()
 index = EmbeddingIndex.build([f"w{{i}}" for i in range({words})], vectors, {out!r}, neighbours={neighbours})
 print(json.dumps({{"build_s": time.perf_counter() - t, "rows_done": {words}, "dmin": index.dmin, "dmax": index.dmax}}))
@@ -48,7 +48,7 @@ print(json.dumps({{"build_s": time.perf_counter() - t, "rows_done": {words}, "dm
 BUDGET = VECTORS + """
 import json, time
 from tqdm import tqdm
-from transforms.index_build import Geometry, row_block, candidate_order
+from dptext.transforms.index_build import Geometry, row_block, candidate_order
 t0 = time.perf_counter()
 geom = Geometry(vectors)
 setup = time.perf_counter() - t0

@@ -36,8 +36,8 @@ POINTS = {
 
 TABLE = """
 import json, time
-from transforms import mechanisms
-from transforms.index import EmbeddingIndex
+from dptext.transforms import mechanisms
+from dptext.transforms.index import EmbeddingIndex
 index = EmbeddingIndex.load({index!r}, verify=False)
 before = set(index.manifest.get("tables", {{}}))
 t = time.perf_counter()
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args(argv)
-    from pipeline.demo import default_index_dir
+    from dptext.pipeline.demo import default_index_dir
 
     index = str(default_index_dir())
     rows, tables = [], []

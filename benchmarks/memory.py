@@ -46,7 +46,7 @@ def _smaps(pid: int, index_dir: str) -> dict | None:
 
 def measure(workers: int, pattern: str, index: str, out: str) -> tuple[list[dict], float]:
     """Per-process peaks, and the peak over time of the workers' summed index PSS (KiB)."""
-    argv = [sys.executable, "-m", "pipeline.cli", "run", "--input", pattern, "--output", out, "--index", index,
+    argv = [sys.executable, "-m", "dptext.pipeline.cli", "run", "--input", pattern, "--output", out, "--index", index,
             "--epsilon", "52", "--runner", "DirectRunner", "--direct_running_mode", "multi_processing",
             "--direct_num_workers", str(workers)]
     peaks: dict[int, dict] = {}
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--tokens", type=int, default=2_000_000)
     args = parser.parse_args(argv)
-    from pipeline.demo import default_index_dir
+    from dptext.pipeline.demo import default_index_dir
 
     index = str(default_index_dir())
     index_mib = sum(f.stat().st_size for f in Path(index).iterdir()) / 2**20

@@ -150,8 +150,8 @@ import json, sys, time
 cfg = json.loads(sys.argv[1])
 started = time.perf_counter()
 import numpy as np
-from transforms import mechanisms
-from transforms.index import EmbeddingIndex
+from dptext.transforms import mechanisms
+from dptext.transforms.index import EmbeddingIndex
 imported = time.perf_counter() - started
 words = open(cfg["workload"], encoding="utf-8").read().split("\\n")
 t = time.perf_counter()
@@ -178,7 +178,7 @@ print(json.dumps({"import_s": imported, "setup_s": setup, "seconds": seconds, "t
 
 # ---- the peers' environments and inputs ------------------------------------------------------
 def peers_dir() -> Path:
-    from pipeline.demo import cache_dir
+    from dptext.pipeline.demo import cache_dir
 
     return cache_dir() / "peers"
 
@@ -270,7 +270,7 @@ def fidelity(index, inputs: list[str], output_file: Path) -> dict:
 
 def dptext_params(mechanism: str) -> dict:
     """The matched values under the names dptext's factory gives them (its defaults otherwise)."""
-    from transforms.mechanisms.base import registered
+    from dptext.transforms.mechanisms.base import registered
 
     accepted = inspect.signature(registered()[mechanism]).parameters
     params = {"search": "exact"} if mechanism == "multivariate_laplace" else {}
@@ -322,7 +322,7 @@ class Runs:
 
 def run_dptext(runs: Runs, index_dir: Path, mechanism: str, sizes: list[int]) -> dict | None:
     """dptext's rows for one mechanism; its matched parameters, or None where it cannot run."""
-    from transforms import mechanisms
+    from dptext.transforms import mechanisms
 
     try:
         if mechanism not in mechanisms.NAMES:
@@ -372,8 +372,8 @@ def main(argv=None) -> int:
     parser.add_argument("--e2e-tokens", type=int, default=1_000_000, help="end-to-end corpus size (0: skip)")
     args = parser.parse_args(argv)
 
-    from pipeline.demo import DEFAULT_EMBEDDING, default_index_dir, fetch
-    from transforms.index import EmbeddingIndex
+    from dptext.pipeline.demo import DEFAULT_EMBEDDING, default_index_dir, fetch
+    from dptext.transforms.index import EmbeddingIndex
 
     load_start = os.getloadavg()
     embedding = fetch(DEFAULT_EMBEDDING)
@@ -431,13 +431,13 @@ def dptext_mechanism_only(index_dir: Path, ours: dict, seconds: float) -> list[d
 
 def end_to_end(index_dir: Path, tokens: int, tmp: Path) -> dict:
     """`dptext run` on the DirectRunner (in_memory), truncated_gumbel, the tweets repeated to tokens."""
-    from pipeline.demo import DEMO_EPSILON
+    from dptext.pipeline.demo import DEMO_EPSILON
 
     directory = tmp / "e2e"
     directory.mkdir()
     print(f"  end to end, {tokens:,}+ tokens ...", flush=True)
     pattern, actual, documents = make_corpus(directory, tokens)
-    wall, rss, tree, _ = _measure([sys.executable, "-m", "pipeline.cli", "run", "--input", pattern,
+    wall, rss, tree, _ = _measure([sys.executable, "-m", "dptext.pipeline.cli", "run", "--input", pattern,
                                    "--output", str(directory / "out" / "x"), "--index", str(index_dir),
                                    "--epsilon", str(DEMO_EPSILON), "--runner", "DirectRunner",
                                    "--direct_running_mode", "in_memory"])

@@ -24,7 +24,7 @@ def run_once(tokens: int, mode: str, index: str, tmp: Path) -> dict:
     directory.mkdir()
     pattern, actual, documents = make_corpus(directory, tokens)
     extra = ["--direct_running_mode", mode] + (["--direct_num_workers", "2"] if mode != "in_memory" else [])
-    wall, largest, total, _ = _measure([sys.executable, "-m", "pipeline.cli", "run", "--input", pattern,
+    wall, largest, total, _ = _measure([sys.executable, "-m", "dptext.pipeline.cli", "run", "--input", pattern,
                                         "--output", str(directory / "out" / "x"), "--index", index,
                                         "--epsilon", "52", "--runner", "DirectRunner", *extra])
     corpus_mib = sum(p.stat().st_size for p in directory.glob("corpus-*.jsonl")) / 2**20
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tokens", type=int, default=20_000_000)
     parser.add_argument("--mode", default="in_memory", choices=("in_memory", "multi_processing"))
     args = parser.parse_args(argv)
-    from pipeline.demo import default_index_dir
+    from dptext.pipeline.demo import default_index_dir
 
     index = str(default_index_dir())
     with tempfile.TemporaryDirectory() as tmp:

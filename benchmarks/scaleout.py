@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=10_000_000)
     args = parser.parse_args(argv)
-    from pipeline.demo import DEMO_EPSILON, default_index_dir
+    from dptext.pipeline.demo import DEMO_EPSILON, default_index_dir
 
     index = str(default_index_dir())
     rows = []
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
         pattern, tokens, documents = make_corpus(tmp / "big", args.tokens)
         tiny = tmp / "tiny" / "one.jsonl"
         tiny.write_text(json.dumps({"text": "a tweet of seven words for timing"}) + "\n", encoding="utf-8")
-        base = [sys.executable, "-m", "pipeline.cli", "run", "--index", index, "--epsilon", str(DEMO_EPSILON)]
+        base = [sys.executable, "-m", "dptext.pipeline.cli", "run", "--index", index, "--epsilon", str(DEMO_EPSILON)]
         multi = ["--runner", "DirectRunner", "--direct_running_mode", "multi_processing"]
         with portable_services(tmp, BEAM_JOB_SERVICE) as beams, portable_services(tmp, PARALLEL_JOB_SERVICE) as ours:
             # dptext's defaults on every path (--rebalance auto: off on the DirectRunner, on for a

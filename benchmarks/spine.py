@@ -75,8 +75,8 @@ def _measure(code_or_argv, env_extra=None) -> tuple[float, float, float, str]:
 
 BUILD = """
 import json, time
-from transforms.embedding_io import read_embedding
-from transforms.index import EmbeddingIndex
+from dptext.transforms.embedding_io import read_embedding
+from dptext.transforms.index import EmbeddingIndex
 t = time.perf_counter(); words, vectors, _ = read_embedding({embedding!r}); read = time.perf_counter() - t
 t = time.perf_counter(); EmbeddingIndex.build(words, vectors, {out!r}, progress=False)
 print(json.dumps({{"read_s": read, "build_s": time.perf_counter() - t}}))
@@ -85,8 +85,8 @@ print(json.dumps({{"read_s": read, "build_s": time.perf_counter() - t}}))
 MECHANISM = """
 import json, time
 import numpy as np
-from transforms import mechanisms
-from transforms.index import EmbeddingIndex
+from dptext.transforms import mechanisms
+from dptext.transforms.index import EmbeddingIndex
 index = EmbeddingIndex.load({index!r})
 mech = mechanisms.create({name!r}, index, {epsilon!r}, **{params!r})
 rng = np.random.default_rng(0)
@@ -101,8 +101,8 @@ print(json.dumps({{"tokens_per_s": done * 4096 / (time.perf_counter() - t), "bat
 
 def make_corpus(directory: Path, min_tokens: int) -> tuple[str, int, int]:
     """The public tweet sample repeated to at least min_tokens word tokens, in 4 JSONL shards."""
-    from pipeline.demo import tweets_jsonl
-    from transforms.tokenize import split_tokens
+    from dptext.pipeline.demo import tweets_jsonl
+    from dptext.transforms.tokenize import split_tokens
 
     lines = tweets_jsonl().read_text(encoding="utf-8").split("\n")[:-1]   # not splitlines: U+2028 is text
     per_pass = sum(len(split_tokens(json.loads(line)["text"]).words) for line in lines)
@@ -123,7 +123,7 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", default="in_memory,multi_processing", help="DirectRunner modes to time")
     args = parser.parse_args(argv)
 
-    from pipeline.demo import DEFAULT_EMBEDDING, DEMO_EPSILON, default_index_dir, fetch
+    from dptext.pipeline.demo import DEFAULT_EMBEDDING, DEMO_EPSILON, default_index_dir, fetch
 
     embedding = str(fetch(DEFAULT_EMBEDDING))
     index = str(default_index_dir())
@@ -146,14 +146,14 @@ def main(argv=None) -> int:
                          "tokens_per_s": round(result["tokens_per_s"]), "peak_rss_mib": round(rss)})
         pattern, tokens, documents = make_corpus(tmp, args.tokens)
         (tmp / "one.txt").write_text("the cat sat on the mat\n", encoding="utf-8")
-        wall, rss, _, _ = _measure([sys.executable, "-m", "pipeline.cli", "run", "--input", str(tmp / "one.txt"),
+        wall, rss, _, _ = _measure([sys.executable, "-m", "dptext.pipeline.cli", "run", "--input", str(tmp / "one.txt"),
                                     "--output", str(tmp / "one" / "out"), "--index", index,
                                     "--epsilon", str(DEMO_EPSILON), "--runner", "DirectRunner"])
         rows.append({"phase": "fixed cost: end to end on a one-line corpus (imports, checks, audit)",
                      "seconds": round(wall, 1), "peak_rss_mib": round(rss)})
         for mode in args.runs.split(","):
             extra = ["--direct_running_mode", mode] + (["--direct_num_workers", "2"] if mode != "in_memory" else [])
-            wall, rss, tree, _ = _measure([sys.executable, "-m", "pipeline.cli", "run", "--input", pattern,
+            wall, rss, tree, _ = _measure([sys.executable, "-m", "dptext.pipeline.cli", "run", "--input", pattern,
                                      "--output", str(tmp / mode / "out"), "--index", index,
                                      "--epsilon", str(DEMO_EPSILON), "--runner", "DirectRunner", *extra])
             rows.append({"phase": f"end to end, DirectRunner {mode}, truncated_gumbel, {tokens:,} tokens "

@@ -73,7 +73,7 @@ class Split:
 def load_tweets() -> tuple[list[str], np.ndarray, int]:
     """Texts and labels of the demo's tweets, the first of each exact duplicate text kept (so no
     test tweet also appears in training)."""
-    from pipeline.demo import tweets_jsonl
+    from dptext.pipeline.demo import tweets_jsonl
 
     seen, texts, labels = set(), [], []
     rows = 0
@@ -116,7 +116,7 @@ def mean_embeddings(texts: list[str], index) -> np.ndarray:
     pipeline does: as is, then lower-cased); zeros for a text with none."""
     from scipy.sparse import csr_matrix
 
-    from transforms.tokenize import split_tokens
+    from dptext.transforms.tokenize import split_tokens
 
     per_text = [split_tokens(t).words for t in texts]
     words = [w for ws in per_text for w in ws]
@@ -235,8 +235,8 @@ class Cache:
 def median_nw(index, mechanism: str, epsilon: float, sample: int, draws: int) -> dict:
     """Median N_w (and its standard error) of a mechanism at epsilon, on the words and seed that
     `transforms.stats.calibrate` uses for the same sample, draws and seed."""
-    from transforms import mechanisms
-    from transforms.stats import sample_words, word_statistics
+    from dptext.transforms import mechanisms
+    from dptext.transforms.stats import sample_words, word_statistics
 
     words = sample_words(index.n, sample, STATS_SEED)
     summary = word_statistics(mechanisms.create(mechanism, index, epsilon), words, draws,
@@ -248,7 +248,7 @@ def median_nw(index, mechanism: str, epsilon: float, sample: int, draws: int) ->
 def matched_points(index, grid, others, sample: int, draws: int, cache: Cache, save, log) -> list[dict]:
     """For each truncated_gumbel epsilon: its median N_w, and each other mechanism's epsilon with
     the same median N_w (or why none exists)."""
-    from transforms.stats import TargetUnreachable, calibrate
+    from dptext.transforms.stats import TargetUnreachable, calibrate
 
     base = {"embedding_id": index.manifest.get("embedding_id"), "n": index.n, "sample": sample, "draws": draws,
             "seed": STATS_SEED}
@@ -289,8 +289,8 @@ def privatize(texts: list[str], mechanism: str, epsilon: float, runs: int, index
     """`runs` independent privatizations of every text by the dptext pipeline: one job over `runs`
     copies, each record carrying its id (outputs are sharded and unordered). Returns the texts by
     run, in input order, and the job's report figures."""
-    from pipeline.report import report_paths
-    from pipeline.run import run
+    from dptext.pipeline.report import report_paths
+    from dptext.pipeline.run import run
 
     work.mkdir(parents=True)
     corpus = work / "corpus.jsonl"
@@ -550,11 +550,11 @@ def main(argv=None) -> int:
     import apache_beam
     import sklearn
 
-    import pipeline
+    from dptext import pipeline
     from benchmarks.peers import machine
-    from pipeline.demo import default_index_dir
-    from transforms import mechanisms
-    from transforms.index import EmbeddingIndex
+    from dptext.pipeline.demo import default_index_dir
+    from dptext.transforms import mechanisms
+    from dptext.transforms.index import EmbeddingIndex
 
     args = parse_args(argv)
     if args.mechanisms:

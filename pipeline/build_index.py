@@ -19,7 +19,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms.index_build import Geometry, RowBlock, assemble, row_block
+from dptext.transforms.index_build import Geometry, RowBlock, assemble, row_block
 
 VECTORS_FILE = "vectors.f32"
 

@@ -22,7 +22,7 @@ commands:
 
 
 def _run(argv: list[str]) -> int:
-    from pipeline.options import DPTextOptions, OptionsError
+    from dptext.pipeline.options import DPTextOptions, OptionsError
 
     if "--help" in argv or "-h" in argv:
         parser = argparse.ArgumentParser(prog="dptext run", description=(
@@ -31,8 +31,8 @@ def _run(argv: list[str]) -> int:
         DPTextOptions._add_argparse_args(parser)
         parser.print_help()
         return 0
-    from pipeline.run import run
-    from transforms.index import IndexLoadError
+    from dptext.pipeline.run import run
+    from dptext.transforms.index import IndexLoadError
 
     try:
         result = run(argv)
@@ -42,7 +42,7 @@ def _run(argv: list[str]) -> int:
     except KeyboardInterrupt:           # the job removed its partial outputs on the way out
         print(f"dptext run: interrupted; no partial outputs left under {_output_prefix(argv)}", file=sys.stderr)
         return 128 + signal.SIGINT
-    from pipeline.report import format_counters, job_counters
+    from dptext.pipeline.report import format_counters, job_counters
 
     print("dptext counters (also in the privacy report):\n" + format_counters(job_counters(result)))
     return 0
@@ -71,12 +71,10 @@ def _supervise_run(argv: list[str]) -> int:
     import subprocess
     import uuid
 
-    from pipeline.outputs import RUN_TOKEN_ENV, cleanup_after_stop
+    from dptext.pipeline.outputs import RUN_TOKEN_ENV, cleanup_after_stop
 
     token = uuid.uuid4().hex
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, RUN_TOKEN_ENV: token,
-           "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}
+    env = {**os.environ, RUN_TOKEN_ENV: token}
 
     def stop(signum, frame):
         for s in STOP_SIGNALS:        # a second Ctrl-C must not interrupt the clean-up
@@ -85,7 +83,7 @@ def _supervise_run(argv: list[str]) -> int:
     previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
     child = None
     try:
-        child = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", *argv], env=env,
+        child = subprocess.Popen([sys.executable, "-m", "dptext.pipeline.cli", "run", *argv], env=env,
                                  start_new_session=True)
         code = child.wait()
         if code >= 0:
@@ -134,8 +132,8 @@ def _stop_job(child) -> None:
 
 
 def _build_index(argv: list[str]) -> int:
-    from transforms.embedding_io import EmbeddingFormatError, read_embedding
-    from transforms.index import DEFAULT_ANNOY_TREES, DEFAULT_NEIGHBOURS, EmbeddingIndex, sha256_file
+    from dptext.transforms.embedding_io import EmbeddingFormatError, read_embedding
+    from dptext.transforms.index import DEFAULT_ANNOY_TREES, DEFAULT_NEIGHBOURS, EmbeddingIndex, sha256_file
 
     parser = argparse.ArgumentParser(prog="dptext build-index", description=(
         "Read an embedding and write an index directory: vocabulary, vectors, exact K nearest "
@@ -168,7 +166,7 @@ def _build_index(argv: list[str]) -> int:
                   "duplicates_skipped": stats.duplicates_skipped}
         tables = None
         if args.beam:
-            from pipeline.build_index import beam_tables
+            from dptext.pipeline.build_index import beam_tables
 
             tables = beam_tables(vectors, args.neighbours, beam_args, args.staging, args.rows_per_block)
         index = EmbeddingIndex.build(words, vectors, args.out, neighbours=args.neighbours,
@@ -184,31 +182,31 @@ def _build_index(argv: list[str]) -> int:
 
 
 def _audit(argv: list[str]) -> int:
-    from transforms.audit import main
+    from dptext.transforms.audit import main
 
     return main(argv) or 0
 
 
 def _stats(argv: list[str]) -> int:
-    from pipeline.stats import stats_main
+    from dptext.pipeline.stats import stats_main
 
     return stats_main(argv)
 
 
 def _calibrate(argv: list[str]) -> int:
-    from pipeline.stats import calibrate_main
+    from dptext.pipeline.stats import calibrate_main
 
     return calibrate_main(argv)
 
 
 def _demo(argv: list[str]) -> int:
-    from pipeline.demo import main
+    from dptext.pipeline.demo import main
 
     return main(argv) or 0
 
 
 def _template_metadata(argv: list[str]) -> int:
-    from pipeline.template_metadata import main
+    from dptext.pipeline.template_metadata import main
 
     return main(argv)
 
@@ -224,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--version"]:
-        from pipeline import __version__
+        from dptext.pipeline import __version__
         import apache_beam
 
         print(f"dptext {__version__} (apache-beam {apache_beam.__version__})")
@@ -239,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _is_job_process() -> bool:
-    from pipeline.outputs import RUN_TOKEN_ENV
+    from dptext.pipeline.outputs import RUN_TOKEN_ENV
 
     return bool(os.environ.get(RUN_TOKEN_ENV))
 

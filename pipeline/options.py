@@ -13,8 +13,8 @@ from typing import Callable
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline.errors import OptionsError
-from transforms.beam import CASE_POLICIES, LONG_DOCUMENT_POLICIES, OOV_POLICIES
+from dptext.pipeline.errors import OptionsError
+from dptext.transforms.beam import CASE_POLICIES, LONG_DOCUMENT_POLICIES, OOV_POLICIES
 
 FORMATS = ("auto", "text", "jsonl", "parquet")
 # Every character str.splitlines() breaks at: a placeholder holding one would split a text document.
@@ -158,7 +158,7 @@ def parse_bool(text: str) -> bool:
 def mechanism_parameter_specs() -> dict[str, MechanismParameterSpec]:
     """Every keyword parameter of every registered mechanism's factory, with its help text from
     the module's PARAMETERS, typed from its default: the single source of the run options."""
-    from transforms.mechanisms import base   # the package import registers every mechanism
+    from dptext.transforms.mechanisms import base   # the package import registers every mechanism
 
     registered = base.registered
     found: dict[str, dict] = {}
@@ -201,7 +201,7 @@ def mechanism_params(opts: DPTextOptions) -> dict:
 
 def validate(opts: DPTextOptions) -> None:
     """Validate every dptext option at the door, with a message naming the option."""
-    from transforms import mechanisms
+    from dptext.transforms import mechanisms
 
     for name in ("input", "output", "index", "epsilon"):
         if getattr(opts, name) is None:

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import uuid
 
-from pipeline.errors import OptionsError
+from dptext.pipeline.errors import OptionsError
 
 LOCK_SUFFIX = ".lock"
 RUN_TOKEN_ENV = "DPTEXT_RUN_TOKEN"     # set by `dptext run` for its job process (see pipeline.cli)

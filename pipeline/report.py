@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 
-from transforms.accounting import CorpusAccount, basic_bound, composed_bound
+from dptext.transforms.accounting import CorpusAccount, basic_bound, composed_bound
 
 OOV_STATEMENT = {
     "placeholder": "replaced by the fixed placeholder {placeholder!r}; the output shows where they were",
@@ -175,7 +175,7 @@ def _guarantee_markdown(g: dict) -> list[str]:
     out.append("")
     audited = g.get("audited")
     if isinstance(audited, list) and audited:
-        from transforms.audit import format_audit
+        from dptext.transforms.audit import format_audit
 
         out += ["Exact audit on vocabularies drawn from this embedding: local figures, not a bound over the whole "
                 "vocabulary (worst log-ratio over all pairs; worst per unit distance; within K nearest neighbours; "
@@ -230,7 +230,7 @@ class WriteReport(beam.PTransform):
 
 
 def _write_report(account: CorpusAccount, prefix: str, context: ReportContext) -> str:
-    from pipeline.io import write_text_file
+    from dptext.pipeline.io import write_text_file
 
     report = build_report(account, context)
     json_path, md_path = report_paths(prefix)
@@ -247,7 +247,7 @@ def job_counters(result) -> dict:
     """The job's dptext counters (counts only), each summed over the steps that increment it."""
     from apache_beam.metrics.metric import MetricsFilter
 
-    from transforms.beam import METRICS_NAMESPACE
+    from dptext.transforms.beam import METRICS_NAMESPACE
 
     counters = dict.fromkeys(METRIC_ORDER, 0)
     for c in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]:
@@ -263,7 +263,7 @@ def add_metrics_to_report(prefix: str, counters: dict) -> None:
     """Record the final Beam counters in the JSON and Markdown reports written by the job."""
     from apache_beam.io.filesystems import FileSystems
 
-    from pipeline.io import write_text_file
+    from dptext.pipeline.io import write_text_file
 
     json_path, md_path = report_paths(prefix)
     with FileSystems.open(json_path) as handle:

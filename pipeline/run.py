@@ -12,11 +12,11 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineState
 
-from pipeline.io import ParseRecordFn, ReadRecords, WriteDeadLetter, WriteDocuments, check_inputs, parquet_schema
-from pipeline.options import DPTextOptions, check_runner, check_unknown_options, mechanism_params, rebalance, validate
-from pipeline.outputs import check_prefix, claim, remove_outputs
-from pipeline.report import ReportContext, WriteReport, add_metrics_to_report, job_counters
-from transforms.beam import ACCOUNTING, DEAD_LETTER, DOCUMENTS, PerturbConfig, PerturbDocuments
+from dptext.pipeline.io import ParseRecordFn, ReadRecords, WriteDeadLetter, WriteDocuments, check_inputs, parquet_schema
+from dptext.pipeline.options import DPTextOptions, check_runner, check_unknown_options, mechanism_params, rebalance, validate
+from dptext.pipeline.outputs import check_prefix, claim, remove_outputs
+from dptext.pipeline.report import ReportContext, WriteReport, add_metrics_to_report, job_counters
+from dptext.transforms.beam import ACCOUNTING, DEAD_LETTER, DOCUMENTS, PerturbConfig, PerturbDocuments
 
 
 @dataclass(frozen=True)
@@ -44,9 +44,9 @@ def build_pipeline(p: beam.Pipeline, opts: DPTextOptions, job: Prepared) -> None
 
 def prepare(opts: DPTextOptions) -> Prepared:
     """Everything checked and fixed on the driver before the job starts (fails fast, clearly)."""
-    from pipeline.context import report_context
-    from transforms import mechanisms
-    from transforms.index import EmbeddingIndex
+    from dptext.pipeline.context import report_context
+    from dptext.transforms import mechanisms
+    from dptext.transforms.index import EmbeddingIndex
 
     validate(opts)
     check_prefix(opts.output)

@@ -26,7 +26,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def mechanism_params(mechanism: str, pairs: list[str]) -> dict:
     """NAME=VALUE pairs typed and checked like the `dptext run` options of the same names."""
-    from pipeline.options import mechanism_parameter_specs
+    from dptext.pipeline.options import mechanism_parameter_specs
 
     specs, params = mechanism_parameter_specs(), {}
     for pair in pairs:
@@ -81,8 +81,8 @@ def write_stats(rows: list[dict], out: Path, meta: dict) -> list[Path]:
 
 
 def stats_main(argv=None) -> int:
-    from transforms.index import EmbeddingIndex
-    from transforms.stats import privacy_statistics
+    from dptext.transforms.index import EmbeddingIndex
+    from dptext.transforms.stats import privacy_statistics
 
     parser = argparse.ArgumentParser(prog="dptext stats", description=(
         "N_w (probability a word comes out unchanged) and S_w (distinct outputs in S draws) over a "
@@ -114,8 +114,8 @@ def stats_main(argv=None) -> int:
 
 
 def calibrate_main(argv=None) -> int:
-    from transforms.index import EmbeddingIndex
-    from transforms.stats import calibrate
+    from dptext.transforms.index import EmbeddingIndex
+    from dptext.transforms.stats import calibrate
 
     parser = argparse.ArgumentParser(prog="dptext calibrate", description=(
         "The epsilon whose median N_w (probability a word comes out unchanged) reaches a target, by "

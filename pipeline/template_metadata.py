@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 TEMPLATE_NAME = "dptext"
-DEFAULT_PATH = Path(__file__).resolve().parent.parent / "templates" / "metadata.json"
+# Relative to the working directory (the repository root): an installed dptext has no templates/.
+DEFAULT_PATH = Path("templates") / "metadata.json"
 REQUIRED = ("input", "output", "index", "epsilon")
 EXCLUDED = ("test_seed",)   # test-only: a scheduled production job must never run with a fixed seed
 # Parameter types the Dataflow template metadata accepts (TemplateMetadata.ParameterMetadata.paramType).
@@ -42,10 +43,10 @@ def _parameter_name(action: argparse.Action) -> str:
 def _regex(action: argparse.Action) -> list[str]:
     choices = action.choices
     if action.dest == "mechanism":          # validated at the door rather than by argparse
-        from transforms.mechanisms import NAMES as choices
+        from dptext.transforms.mechanisms import NAMES as choices
     if choices:
         return ["^(" + "|".join(re.escape(str(c)) for c in choices) + ")$"]
-    from pipeline.options import parse_bool
+    from dptext.pipeline.options import parse_bool
 
     if action.type is parse_bool:
         return ["^(true|false|1|0|yes|no)$"]
@@ -57,7 +58,7 @@ def _regex(action: argparse.Action) -> list[str]:
 
 
 def build_metadata() -> dict:
-    from pipeline.options import DPTextOptions
+    from dptext.pipeline.options import DPTextOptions
 
     parser = argparse.ArgumentParser(add_help=False)
     DPTextOptions._add_argparse_args(parser)

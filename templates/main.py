@@ -6,7 +6,7 @@ The launcher passes every template parameter as --name=value; Dataflow options s
 import logging
 import sys
 
-from pipeline.run import run
+from dptext.pipeline.run import run
 
 if __name__ == "__main__":
     logging.getLogger().setLevel(logging.INFO)

@@ -7,6 +7,6 @@ WORKDIR /opt/dptext
 COPY setup.py README.md constraints.txt ./
 COPY pipeline/ pipeline/
 COPY transforms/ transforms/
-RUN pip install --no-cache-dir -c constraints.txt . && python -c "import annoy, transforms.beam"
+RUN pip install --no-cache-dir -c constraints.txt . && python -c "import annoy, dptext.transforms.beam"
 # Optional: an index baked into the image at /opt/dptext/index (see templates/README.md).
 COPY templates/index/ /opt/dptext/index/

@@ -6,7 +6,7 @@ import pytest
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
-from transforms.index import EmbeddingIndex
+from dptext.transforms.index import EmbeddingIndex
 
 
 def shard_lines(pattern: str) -> list[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from transforms.beam import LoadedMechanism, PerturbConfig
+from dptext.transforms.beam import LoadedMechanism, PerturbConfig
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.special import comb
 
-from transforms.accounting import CorpusAccount, DocumentAccount, basic_bound, composed_bound
+from dptext.transforms.accounting import CorpusAccount, DocumentAccount, basic_bound, composed_bound
 
 
 def _exact_delta(epsilon: float, tokens: int, target: float) -> float:

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.cli import main
+from dptext.pipeline.cli import main
 from tests.conftest import shard_lines
-from transforms.index import EmbeddingIndex
-from transforms.mechanisms.truncated_gumbel import smallest_feasible_epsilon
+from dptext.transforms.index import EmbeddingIndex
+from dptext.transforms.mechanisms.truncated_gumbel import smallest_feasible_epsilon
 
 WORDS = "the cat sat on a mat and dog ran to park hello world good bad day night".split()
 CANARY = "zebracorn"     # out of the vocabulary: may appear in no dead letter, report, log or error

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.cli import main
+from dptext.pipeline.cli import main
 
 
 def _embedding(path, n=700, d=9):

@@ -7,7 +7,7 @@ import logging
 
 import numpy as np
 
-from pipeline.cli import main
+from dptext.pipeline.cli import main
 
 IN_VOCAB = "zanzibarite"      # in the vocabulary: goes through the mechanism
 OOV = "quokkaflux"            # out of the vocabulary: replaced by the placeholder

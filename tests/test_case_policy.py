@@ -12,10 +12,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from pipeline.run import run
+from dptext.pipeline.run import run
 from tests.conftest import build_random_index, shard_lines
-from transforms.beam import LoadedMechanism, PerturbConfig, perturb_texts
-from transforms import mechanisms
+from dptext.transforms.beam import LoadedMechanism, PerturbConfig, perturb_texts
+from dptext.transforms import mechanisms
 
 
 @pytest.fixture(scope="module")

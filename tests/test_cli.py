@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 
-from pipeline.cli import main
+from dptext.pipeline.cli import main
 
 WORDS = "the cat sat on a mat dog ran to park hello world good bad day night".split()
 
@@ -68,7 +68,7 @@ def test_a_mechanism_parameter_of_another_mechanism_is_an_error_not_ignored(tmp_
 def test_every_registered_mechanism_runs_end_to_end_with_its_report(tmp_path, capsys):
     """`dptext run --mechanism NAME` for every name in mechanisms.NAMES: one small corpus, one
     index, each report names the mechanism and carries its guarantee and exact counts."""
-    from transforms import mechanisms
+    from dptext.transforms import mechanisms
 
     assert main(["build-index", "--embedding", str(_glove(tmp_path / "e.txt")), "--out", str(tmp_path / "idx"),
                  "--neighbours", "6"]) == 0

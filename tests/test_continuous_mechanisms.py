@@ -10,10 +10,10 @@ from scipy import integrate, stats
 from scipy.special import gammainc
 
 from tests.conftest import build_random_index
-from transforms import mechanisms
-from transforms.mechanisms.distance_truncated_laplace import log_gamma_cdf, restricted_gamma
-from transforms.mechanisms.mahalanobis import covariance_trace_d
-from transforms.mechanisms.vickrey import Vickrey, first_of_two
+from dptext.transforms import mechanisms
+from dptext.transforms.mechanisms.distance_truncated_laplace import log_gamma_cdf, restricted_gamma
+from dptext.transforms.mechanisms.mahalanobis import covariance_trace_d
+from dptext.transforms.mechanisms.vickrey import Vickrey, first_of_two
 
 # KS tests: fixed seeds, N = 20,000 draws; a correct sampler gives p ~ U(0, 1), so p < 1e-6 is a
 # one-in-a-million false alarm, while a broken one (radius not restricted, clipped, renormalised
@@ -107,7 +107,7 @@ def test_truncated_noise_direction_is_uniform_and_radius_restricted(index):
 def skewed(tmp_path_factory):
     """An embedding whose covariance is far from isotropic (axis scales 0.2 to 3, correlated),
     so S differs from I and the shape of the noise is visible."""
-    from transforms.index import EmbeddingIndex
+    from dptext.transforms.index import EmbeddingIndex
 
     rng = np.random.default_rng(6)
     mix = rng.normal(size=(6, 6)) * np.array([0.2, 0.5, 1.0, 1.5, 2.0, 3.0])[:, None]

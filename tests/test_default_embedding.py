@@ -10,11 +10,11 @@ import math
 
 import pytest
 
-from pipeline.demo import DEFAULT_EMBEDDING, default_index_dir, fetch, tweets_jsonl
-from pipeline.run import run
-from transforms.embedding_io import read_embedding
-from transforms.index import EmbeddingIndex
-from transforms.mechanisms.truncated_gumbel import smallest_feasible_epsilon
+from dptext.pipeline.demo import DEFAULT_EMBEDDING, default_index_dir, fetch, tweets_jsonl
+from dptext.pipeline.run import run
+from dptext.transforms.embedding_io import read_embedding
+from dptext.transforms.index import EmbeddingIndex
+from dptext.transforms.mechanisms.truncated_gumbel import smallest_feasible_epsilon
 
 
 @pytest.fixture(scope="module")

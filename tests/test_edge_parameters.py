@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 
 from tests.conftest import build_random_index
-from transforms import mechanisms
-from transforms.audit import json_safe
-from transforms.index import EmbeddingIndex
-from transforms.mechanisms.base import EpsilonOutOfRangeError, InfeasibleEpsilonError, registered
-from transforms.mechanisms.kde_prior import MAX_CHAIN_LENGTH
-from transforms.mechanisms.multivariate_laplace import SEARCH_K_MAX
+from dptext.transforms import mechanisms
+from dptext.transforms.audit import json_safe
+from dptext.transforms.index import EmbeddingIndex
+from dptext.transforms.mechanisms.base import EpsilonOutOfRangeError, InfeasibleEpsilonError, registered
+from dptext.transforms.mechanisms.kde_prior import MAX_CHAIN_LENGTH
+from dptext.transforms.mechanisms.multivariate_laplace import SEARCH_K_MAX
 
 TINY = math.ulp(0.0)                 # 5e-324, the smallest positive float
 HUGE = np.finfo(np.float64).max      # 1.8e308

@@ -9,8 +9,8 @@ import random
 import numpy as np
 import pytest
 
-from transforms import embedding_io
-from transforms.embedding_io import EmbeddingFormatError, EmbeddingReadStats, read_embedding
+from dptext.transforms import embedding_io
+from dptext.transforms.embedding_io import EmbeddingFormatError, EmbeddingReadStats, read_embedding
 
 NBSP = "\u00a0"
 WORDS = ["the", f"at{NBSP}name@domain.com", "café", "naïve", "東京", "straße", "x", "</s>"]

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from tests.test_truncated_gumbel import _chi_square_matches
-from transforms import mechanisms
-from transforms.audit import (audit_pairs, capped_exponential_distribution, knn_exponential_distribution,
+from dptext.transforms import mechanisms
+from dptext.transforms.audit import (audit_pairs, capped_exponential_distribution, knn_exponential_distribution,
                               pairwise_distances)
-from transforms.index import EmbeddingIndex
-from transforms.mechanisms import vocabulary_exponential
-from transforms.mechanisms.knn_exponential import KNNExponential
-from transforms.mechanisms.tem import TEM
+from dptext.transforms.index import EmbeddingIndex
+from dptext.transforms.mechanisms import vocabulary_exponential
+from dptext.transforms.mechanisms.knn_exponential import KNNExponential
+from dptext.transforms.mechanisms.tem import TEM
 
 
 @pytest.fixture(scope="module")
@@ -330,7 +330,7 @@ def test_knn_exponential_over_the_whole_vocabulary_is_metric_dp(random_index, si
 
 
 def test_poisson_candidates_state_a_lower_bound_the_exact_distribution_meets(short_table):
-    from transforms.audit import poisson_tail_log_ratio_bound, truncated_poisson_pmf
+    from dptext.transforms.audit import poisson_tail_log_ratio_bound, truncated_poisson_pmf
 
     bound = poisson_tail_log_ratio_bound(short_table.n)
     # The bound in logs agrees with the direct formula where P(k = n - 1) does not underflow ...

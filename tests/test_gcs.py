@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.run import run
+from dptext.pipeline.run import run
 from tests.conftest import shard_lines
 from tests.gcs_emulator import gcs_emulator
-from transforms.index import EmbeddingIndex, IndexLoadError
+from dptext.transforms.index import EmbeddingIndex, IndexLoadError
 
 WORDS = "the cat sat on a mat dog ran to park hello world good bad day night".split()
 
@@ -75,7 +75,7 @@ def test_a_gs_prefix_with_outputs_is_refused_and_overwrite_replaces_exactly_its_
     """Issue 12 #1 on gs://: a second run is refused naming an existing object; --overwrite deletes
     every output of the prefix (a larger earlier run's shards, Beam temporary objects) before the
     job, and nothing of a neighbouring prefix."""
-    from pipeline.errors import OptionsError
+    from dptext.pipeline.errors import OptionsError
 
     _put(f"{bucket}/c2/part-0.jsonl", b'{"id": 1, "text": "the cat sat"}\n{"id": 2, "text": "good day"}\n')
     output = f"{bucket}/out2/run"
@@ -113,7 +113,7 @@ def test_an_interrupted_cli_run_on_gs_leaves_no_object_behind(bucket, tmp_path):
     output = f"{bucket}/out3/c"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
            "DPTEXT_INDEX_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", "--input", f"{bucket}/c3/a.txt", "--output",
+    proc = subprocess.Popen([sys.executable, "-m", "dptext.pipeline.cli", "run", "--input", f"{bucket}/c3/a.txt", "--output",
                              output, "--index", f"{bucket}/index", "--epsilon", "1000", "--batch-chars", "1"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 

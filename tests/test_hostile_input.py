@@ -40,12 +40,12 @@ from apache_beam.io import source_test_utils
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from pipeline.cli import main
-from pipeline.io import ParseRecordFn, Unreadable, _LineSource, _rows, format_document, json_text
+from dptext.pipeline.cli import main
+from dptext.pipeline.io import ParseRecordFn, Unreadable, _LineSource, _rows, format_document, json_text
 from tests.conftest import shard_lines
-from transforms.beam import DEAD_LETTER, Document
-from transforms.index import EmbeddingIndex
-from transforms.mechanisms.truncated_gumbel import smallest_feasible_epsilon
+from dptext.transforms.beam import DEAD_LETTER, Document
+from dptext.transforms.index import EmbeddingIndex
+from dptext.transforms.mechanisms.truncated_gumbel import smallest_feasible_epsilon
 
 EXAMPLES = int(os.environ.get("DPTEXT_HYPOTHESIS_EXAMPLES", 8))
 UNIT = settings(max_examples=50 * EXAMPLES, deadline=None, derandomize="DPTEXT_HYPOTHESIS_EXAMPLES" not in os.environ,

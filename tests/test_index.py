@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from transforms import index_build
-from transforms.index import ANNOY, MANIFEST, NEIGHBOUR_DISTANCES, VECTORS, EmbeddingIndex, IndexLoadError, table_key
+from dptext.transforms import index_build
+from dptext.transforms.index import ANNOY, MANIFEST, NEIGHBOUR_DISTANCES, VECTORS, EmbeddingIndex, IndexLoadError, table_key
 
 
 def _brute_force(vectors: np.ndarray):

@@ -14,7 +14,7 @@ from pathlib import Path
 import hcl2
 import pytest
 
-import pipeline
+from dptext import pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.outputs import existing_outputs, lock_path
+from dptext.pipeline.outputs import existing_outputs, lock_path
 from tests.conftest import build_random_index, shard_lines
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def _start(args: list[str], output: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "PYTHONPATH": str(ROOT)}
     env.pop("DPTEXT_RUN_TOKEN", None)
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", *args, "--output", str(output), *extra],
+    return subprocess.Popen([sys.executable, "-m", "dptext.pipeline.cli", "run", *args, "--output", str(output), *extra],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
 

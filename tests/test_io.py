@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from apache_beam.io import source_test_utils
 
-from pipeline.io import _LineSource, detect_format
+from dptext.pipeline.io import _LineSource, detect_format
 
 LINES = [b"first line", b"", b"caf\xc3\xa9 \xe2\x80\xa8 unicode", b"\xff\xfe not utf-8", b"x" * 300,
          b"crlf line\r", b"last line without newline"]
@@ -115,7 +115,7 @@ def test_every_compression_is_read_whole_even_concatenated(tmp_path, suffix):
 @pytest.mark.parametrize("suffix", ["gz", "bz2", "xz", "zst", "deflate"])
 def test_a_truncated_compressed_file_ends_with_an_unreadable_record(tmp_path, suffix):
     """Beam's reader took a file ending inside a stream for a clean end: its tail was lost unsaid."""
-    from pipeline.io import Unreadable
+    from dptext.pipeline.io import Unreadable
 
     lines = [b"line %d " % i + b"x" * (i % 50) for i in range(3000)]
     blob = b"\n".join(lines) + b"\n"
@@ -132,7 +132,7 @@ def test_a_truncated_compressed_file_ends_with_an_unreadable_record(tmp_path, su
 
 
 def test_corrupt_compressed_data_ends_with_an_unreadable_record(tmp_path):
-    from pipeline.io import Unreadable
+    from dptext.pipeline.io import Unreadable
 
     blob = bytearray(gzip.compress(b"\n".join(LINES * 2000) + b"\n"))
     blob[len(blob) // 2:len(blob) // 2 + 100] = b"\xff" * 100
@@ -147,7 +147,7 @@ def test_io_errors_of_the_underlying_file_are_not_taken_for_damage(tmp_path):
     """A network error must fail the read (the runner retries it), not become a dead letter."""
     import io
 
-    from pipeline.io import _DecompressedReader
+    from dptext.pipeline.io import _DecompressedReader
 
     class Flaky(io.BytesIO):
         def read(self, n=-1):
@@ -183,7 +183,7 @@ def test_io_errors_of_the_underlying_file_are_not_taken_for_damage(tmp_path):
     ('{"x": ' + '{"a":' * 5000, "JSON nested too deeply to parse"),
 ])
 def test_json_lines_that_are_not_documents_say_why(line, reason):
-    from pipeline.io import RejectedRecord, parse_json_line
+    from dptext.pipeline.io import RejectedRecord, parse_json_line
 
     with pytest.raises(RejectedRecord) as err:
         parse_json_line(line, "text")
@@ -191,8 +191,8 @@ def test_json_lines_that_are_not_documents_say_why(line, reason):
 
 
 def test_a_json_line_is_its_text_field_and_the_rest_verbatim():
-    from pipeline.io import JsonLine, format_document, parse_json_line
-    from transforms.beam import Document
+    from dptext.pipeline.io import JsonLine, format_document, parse_json_line
+    from dptext.transforms.beam import Document
 
     line = '{"id": 1e400, "big": ' + "9" * 5000 + ', "text" : "caf\\u00e9 \\ud83d", "n": [1.10, -0.0, {"text": 1}]}\r'
     text, rest = parse_json_line(line, "text")
@@ -210,7 +210,7 @@ def _parquet(path, table, row_group_size):
 def test_parquet_rows_have_their_row_number_however_split(tmp_path):
     import pyarrow as pa
 
-    from pipeline.io import _ParquetRowSource
+    from dptext.pipeline.io import _ParquetRowSource
 
     path = tmp_path / "c.parquet"
     _parquet(path, pa.table({"id": list(range(50)), "text": [f"row {i}" for i in range(50)]}), row_group_size=7)

@@ -11,12 +11,12 @@ from scipy.special import logsumexp
 from scipy.stats import gaussian_kde, multivariate_normal
 
 from tests.test_truncated_gumbel import _chi_square_matches
-from transforms import kde
-from transforms.audit import (audit_kde_mh_index, audit_pairs, capped_exponential_distribution, json_safe,
+from dptext.transforms import kde
+from dptext.transforms.audit import (audit_kde_mh_index, audit_pairs, capped_exponential_distribution, json_safe,
                               kde_mh_distribution, kde_mh_tv_profile, mh_chain_distributions, pairwise_distances,
                               total_variation)
-from transforms.index import EmbeddingIndex
-from transforms.mechanisms.kde_prior import KDEPrior, mutual_neighbours
+from dptext.transforms.index import EmbeddingIndex
+from dptext.transforms.mechanisms.kde_prior import KDEPrior, mutual_neighbours
 
 EPS = 2.0
 DRAWS = 200_000
@@ -325,7 +325,7 @@ def test_long_chains_are_audited_within_a_bounded_time(graph):
     on these 30 words and, at ~70 ms per step, about two hours on the default 34k-word index. It now
     stops at MH_AUDIT_MAX_STEPS and states an upper bound (the distance to the target never grows with
     more steps)."""
-    from transforms.audit import MH_AUDIT_MAX_STEPS
+    from dptext.transforms.audit import MH_AUDIT_MAX_STEPS
 
     mech = KDEPrior(graph, EPS, sampler="mh", chain_length=100_000)
     g = mech.guarantee()

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from transforms import mechanisms
-from transforms.mechanisms.base import EpsilonOutOfRangeError, unit_directions
-from transforms.mechanisms.multivariate_laplace import MultivariateLaplace
+from dptext.transforms import mechanisms
+from dptext.transforms.mechanisms.base import EpsilonOutOfRangeError, unit_directions
+from dptext.transforms.mechanisms.multivariate_laplace import MultivariateLaplace
 
 DRAWS = 20_000
 # KS tests at a fixed seed, with scipy's exact p-value: a correct sampler fails with probability

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.options import OptionsError
+from dptext.pipeline.options import OptionsError
 from tests.conftest import dptext_counters, shard_lines
-from pipeline.run import run
-from transforms.index import EmbeddingIndex
-from transforms.mechanisms.truncated_gumbel import smallest_feasible_epsilon
+from dptext.pipeline.run import run
+from dptext.transforms.index import EmbeddingIndex
+from dptext.transforms.mechanisms.truncated_gumbel import smallest_feasible_epsilon
 
 WORDS = ("the cat sat on a mat and dog ran to park hello world she he it was is good bad "
          "movie great terrible love hate day night happy sad i you we they this that").split()
@@ -198,7 +198,7 @@ def test_long_documents_are_split_between_words_and_rejoined(index_dir, tmp_path
 
 
 def test_split_long_text_cuts_only_between_words():
-    from transforms.beam import split_long_text
+    from dptext.transforms.beam import split_long_text
 
     text = "alpha beta, gamma-delta  epsilon"
     assert split_long_text(text, 6) is None           # "epsilon" has 7 characters

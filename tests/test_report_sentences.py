@@ -13,11 +13,11 @@ import re
 
 import pytest
 
-from pipeline.report import ReportContext, build_report, render_markdown
-from transforms import mechanisms
-from transforms.accounting import CorpusAccount, DocumentAccount
-from transforms.audit import json_safe
-from transforms.mechanisms.truncated_gumbel import smallest_feasible_epsilon
+from dptext.pipeline.report import ReportContext, build_report, render_markdown
+from dptext.transforms import mechanisms
+from dptext.transforms.accounting import CorpusAccount, DocumentAccount
+from dptext.transforms.audit import json_safe
+from dptext.transforms.mechanisms.truncated_gumbel import smallest_feasible_epsilon
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.cli import main
-from pipeline.errors import OptionsError
-from pipeline.outputs import existing_outputs, lock_path
-from pipeline.run import run
+from dptext.pipeline.cli import main
+from dptext.pipeline.errors import OptionsError
+from dptext.pipeline.outputs import existing_outputs, lock_path
+from dptext.pipeline.run import run
 from tests.conftest import build_random_index, shard_lines
-from transforms.beam import LoadedMechanism, PerturbConfig
+from dptext.transforms.beam import LoadedMechanism, PerturbConfig
 
 TEMP = "beam-temp-c-0123456789abcdef0123456789abcdef"
 
@@ -116,8 +116,8 @@ def test_a_failed_overwrite_run_leaves_no_old_report_and_no_partial_output(index
     empty, so no report of the earlier run can pass for this one's."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.options import DPTextOptions
-    from pipeline.run import execute, prepare
+    from dptext.pipeline.options import DPTextOptions
+    from dptext.pipeline.run import execute, prepare
     from tests.faults import FlakyConfig
 
     corpus = _corpus(tmp_path / "c.txt", 30)
@@ -152,7 +152,7 @@ def test_ctrl_c_in_a_python_session_removes_the_partial_outputs(index_dir, tmp_p
     """`run()` and `main([...])` run the job in the calling process. Ctrl-C inside a DoFn reaches
     the caller as Beam's RuntimeError("KeyboardInterrupt [while running ...]"), elsewhere as
     KeyboardInterrupt: either way no output is left, and the in-process CLI says so in one line."""
-    import pipeline.run as run_module
+    import dptext.pipeline.run as run_module
 
     real_prepare = run_module.prepare
 
@@ -197,7 +197,7 @@ def test_an_input_glob_over_the_output_directory_reads_only_the_inputs(index_dir
 
 
 def test_a_run_holding_the_prefix_excludes_a_concurrent_one(index_dir, tmp_path):
-    from pipeline.outputs import claim
+    from dptext.pipeline.outputs import claim
 
     corpus = _corpus(tmp_path / "c.txt", 5)
     held = claim(str(tmp_path / "o" / "c"), overwrite=False)
@@ -293,7 +293,7 @@ def test_a_placeholder_with_a_line_break_is_refused(index_dir, tmp_path, capsys,
 def test_portable_runners_pass_their_job_servers_options_through_but_not_near_misses():
     """Flink and Spark job servers take options Python Beam does not define (they are forwarded),
     so there only a near miss of a known option is refused; elsewhere every unknown one is."""
-    from pipeline.options import check_unknown_options
+    from dptext.pipeline.options import check_unknown_options
 
     check_unknown_options(["--checkpointing_interval", "5000", "--externalized_checkpoints_enabled"], "FlinkRunner")
     with pytest.raises(OptionsError, match=r"unknown option --mechansim \(did you mean --mechanism\?\)"):

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.run import run
+from dptext.pipeline.run import run
 from tests.conftest import dptext_counters, shard_lines
-from transforms.index import EmbeddingIndex
+from dptext.transforms.index import EmbeddingIndex
 
 WORDS = "the cat sat on a mat dog ran to park hello world good bad day night".split()
 pytestmark = pytest.mark.timeout(300)   # a hung job service or worker pool fails instead of stalling CI
@@ -113,7 +113,7 @@ def test_portable_runner_with_two_sdk_workers_agrees(corpus, reference, parallel
 def test_rebalance_is_on_except_on_the_direct_runner(argv, expected):
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.options import rebalance
+    from dptext.pipeline.options import rebalance
 
     assert rebalance(PipelineOptions(argv)) is expected
 
@@ -129,8 +129,8 @@ def _run_with_fault(corpus: Path, name: str, runner_args: list[str], error: str)
     """The reference job with one injected failure on the first attempt of the batch holding "cat"."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.options import DPTextOptions
-    from pipeline.run import execute, prepare
+    from dptext.pipeline.options import DPTextOptions
+    from dptext.pipeline.run import execute, prepare
     from tests.faults import FlakyConfig
 
     output = str(corpus / name / "out")

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.cli import main
-from transforms import mechanisms
-from transforms.audit import capped_exponential_distribution, pairwise_distances, truncated_gumbel_distribution
-from transforms.stats import TargetUnreachable, calibrate, sample_words, word_statistics
+from dptext.pipeline.cli import main
+from dptext.transforms import mechanisms
+from dptext.transforms.audit import capped_exponential_distribution, pairwise_distances, truncated_gumbel_distribution
+from dptext.transforms.stats import TargetUnreachable, calibrate, sample_words, word_statistics
 
 
 @pytest.fixture(scope="module")

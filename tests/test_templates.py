@@ -16,10 +16,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.portability import common_urns
 from apache_beam.runners.portability.portable_runner import PortableRunner
 
-from pipeline import template_metadata
-from pipeline.options import DPTextOptions
-from pipeline.run import build_pipeline, prepare
-from transforms.index import EmbeddingIndex
+from dptext.pipeline import template_metadata
+from dptext.pipeline.options import DPTextOptions
+from dptext.pipeline.run import build_pipeline, prepare
+from dptext.transforms.index import EmbeddingIndex
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transforms.tokenize import WORD, Tokens, apply_case, case_pattern, rejoin, split_tokens
+from dptext.transforms.tokenize import WORD, Tokens, apply_case, case_pattern, rejoin, split_tokens
 
 _PIECES = st.sampled_from([
     "the", "Cat", "NASA", "I", "don't", "don\u2019t", "self-driving", "x_y", "_", "__init__", "42", "\u0663\u00b2",

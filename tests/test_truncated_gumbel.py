@@ -9,11 +9,11 @@ import pytest
 from scipy import integrate
 from scipy.stats import chi2
 
-from transforms import mechanisms
-from transforms.audit import (audit_pairs, audit_truncated_gumbel_subsets, candidate_order, json_safe,
+from dptext.transforms import mechanisms
+from dptext.transforms.audit import (audit_pairs, audit_truncated_gumbel_subsets, candidate_order, json_safe,
                               pairwise_distances, truncated_gumbel_distribution, truncated_poisson_pmf)
-from transforms.mechanisms.base import InfeasibleEpsilonError
-from transforms.mechanisms.truncated_gumbel import (TruncatedGumbel, epsilon_of_scale, gumbel_scale,
+from dptext.transforms.mechanisms.base import InfeasibleEpsilonError
+from dptext.transforms.mechanisms.truncated_gumbel import (TruncatedGumbel, epsilon_of_scale, gumbel_scale,
                                                     smallest_feasible_epsilon)
 
 DRAWS = 200_000
@@ -288,7 +288,7 @@ def test_guarantee_prints_the_audited_figures_and_no_pure_bound(sixty):
         assert f"{figure:.3g}" in g["statement"]
     # The sentence on distant words rests on a figure that supports it (issue 12 #16): the whole
     # vocabulary's lower bound above eps x Dmax, or an audited hockey-stick delta of at least 0.5.
-    from transforms.audit import poisson_tail_log_ratio_bound
+    from dptext.transforms.audit import poisson_tail_log_ratio_bound
 
     (distant,) = [item for item in g["not_protected"] if item.startswith("distant words")]
     if poisson_tail_log_ratio_bound(sixty.n) > mech.epsilon * sixty.dmax:
@@ -303,7 +303,7 @@ def test_guarantee_prints_the_audited_figures_and_no_pure_bound(sixty):
 def test_sampler_matches_the_oracle_just_above_the_feasibility_floor(small, above_floor):
     """There b is huge (Dmax / b ~ 1e-5 to 1e-10): the noise and the weights differ by less than
     float32 resolves, which once made every draw return the word itself. Same chi-square as above."""
-    from transforms.mechanisms.truncated_gumbel import smallest_feasible_epsilon
+    from dptext.transforms.mechanisms.truncated_gumbel import smallest_feasible_epsilon
 
     eps = smallest_feasible_epsilon(small.n, small.dmin) * (1 + above_floor)
     mech, P = _oracle(small, eps)
@@ -418,7 +418,7 @@ def test_noise_lower_tail_matches_the_truncated_gumbel(small, cls, ok, dmax_over
 def test_unbounded_exponential_keeps_the_exponential_law(monkeypatch):
     """With the redraw level lowered to 1 most draws go through the memoryless step; the law must
     stay Exponential(1) (KS, DKW tolerance), and a broken step (no level added) must fail."""
-    from transforms.mechanisms import truncated_gumbel
+    from dptext.transforms.mechanisms import truncated_gumbel
 
     monkeypatch.setattr(truncated_gumbel, "_TAIL_STEP", 1.0)
     x = truncated_gumbel.unbounded_exponential(np.random.default_rng(3), TAIL_DRAWS)
@@ -437,7 +437,7 @@ def test_unbounded_exponential_keeps_the_exponential_law(monkeypatch):
 def test_guarantee_states_the_whole_vocabulary_lower_bound(small):
     """The Poisson k puts a word's last-ranked word among its candidates only when k = n - 1: the
     guarantee states the lower bound that follows, and the exact distribution meets it."""
-    from transforms.audit import poisson_tail_log_ratio_bound
+    from dptext.transforms.audit import poisson_tail_log_ratio_bound
 
     mech, P = _oracle(small, 1.5 * smallest_feasible_epsilon(small.n, small.dmin))
     bound = poisson_tail_log_ratio_bound(small.n)

@@ -15,7 +15,7 @@ import math
 import numpy as np
 from scipy.special import gammaln
 
-from transforms.index_build import candidate_order
+from dptext.transforms.index_build import candidate_order
 
 AUDIT_SIZES = (9, 20, 40)
 PROFILE_EPSILONS = (1.0, 2.0, 5.0, 10.0, 20.0)
@@ -152,7 +152,7 @@ _AUDIT_CACHE: dict = {}
 def audit_truncated_gumbel_subsets(index, epsilon: float, sizes=AUDIT_SIZES, seed: int = 0) -> list[dict]:
     """Exact audit on random vocabulary subsets, at the same multiple of each subset's
     feasibility floor as epsilon is of the full index's (the calibration the paper prescribes)."""
-    from transforms.mechanisms.truncated_gumbel import gumbel_scale, smallest_feasible_epsilon
+    from dptext.transforms.mechanisms.truncated_gumbel import gumbel_scale, smallest_feasible_epsilon
 
     key = (index.manifest.get("embedding_id"), float(epsilon), tuple(sizes), seed)
     if key not in _AUDIT_CACHE:
@@ -303,8 +303,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", default=",".join(map(str, AUDIT_SIZES)))
     parser.add_argument("--seed", type=int, default=0, help="which subsets (not privacy randomness)")
     args = parser.parse_args(argv)
-    from transforms.index import EmbeddingIndex
-    from transforms.mechanisms.truncated_gumbel import smallest_feasible_epsilon
+    from dptext.transforms.index import EmbeddingIndex
+    from dptext.transforms.mechanisms.truncated_gumbel import smallest_feasible_epsilon
 
     index = EmbeddingIndex.load(args.index, verify=False)
     floor = smallest_feasible_epsilon(index.n, index.dmin)
@@ -353,7 +353,7 @@ def mh_transition_matrix(log_target: np.ndarray, neighbour_ids: np.ndarray, mutu
     """
     import scipy.sparse as sparse
 
-    from transforms.mechanisms.kde_prior import mutual_neighbours
+    from dptext.transforms.mechanisms.kde_prior import mutual_neighbours
 
     table = np.asarray(neighbour_ids)
     n, K = len(table), table.shape[1] - 1
@@ -387,7 +387,7 @@ def mh_chain_distributions(log_target: np.ndarray, neighbour_ids: np.ndarray, st
 def kde_mh_distribution(dist: np.ndarray, epsilon: float, log_base: np.ndarray, neighbour_ids: np.ndarray,
                         chain_length: int) -> np.ndarray:
     """Exact (n, n) output distribution of the MH sampler after chain_length steps (small vocabularies)."""
-    from transforms.mechanisms.kde_prior import mutual_neighbours
+    from dptext.transforms.mechanisms.kde_prior import mutual_neighbours
 
     mutual = mutual_neighbours(neighbour_ids)
     base = np.asarray(log_base, dtype=np.float64)
@@ -404,7 +404,7 @@ def kde_mh_tv_profile(dist: np.ndarray, epsilon: float, log_base: np.ndarray, ne
                       chain_lengths) -> list[dict]:
     """Per chain length: the largest and mean TV, over every start word, between the MH sampler's
     exact output distribution and the exact kde_prior distribution (small vocabularies)."""
-    from transforms.mechanisms.kde_prior import mutual_neighbours
+    from dptext.transforms.mechanisms.kde_prior import mutual_neighbours
 
     exact = _exponential_distribution(dist, epsilon, log_base)     # = capped_exponential_distribution, no cap
     mutual = mutual_neighbours(neighbour_ids)
@@ -482,7 +482,7 @@ class _Float64Vectors:
 def kde_prior_guarantee(mech) -> dict:
     """What kde_prior may claim: metric DP with the exact sampler; "approximate" with MH, with the
     audited total-variation distance of the chain to the exact distribution."""
-    from transforms.kde import prior_summary
+    from dptext.transforms.kde import prior_summary
 
     eps, dmax, p = mech.epsilon, mech.index.dmax, mech.p
     prior = prior_summary(mech.log_pi)
@@ -528,7 +528,7 @@ def kde_prior_guarantee(mech) -> dict:
             f"(total-variation distance up to {audited['tv_max_words_without_mutual_neighbour']:.3g})."),
         "per_token_pure_epsilon": None,
         "audited": audited,
-        "confirmed_by": ("transforms.audit.audit_kde_mh_index (exact chain distributions on this index); "
+        "confirmed_by": ("dptext.transforms.audit.audit_kde_mh_index (exact chain distributions on this index); "
                          "tests/test_kde_prior.py: the sampler matches the exact chain distribution (chi-square)"),
         "not_protected": common["not_protected"] + [
             "words the chain cannot reach within its steps, or at all (no mutual neighbour): their outputs are "

@@ -17,8 +17,8 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
-from transforms.accounting import DocumentAccount
-from transforms.tokenize import WORD, apply_case, case_pattern, rejoin, split_tokens
+from dptext.transforms.accounting import DocumentAccount
+from dptext.transforms.tokenize import WORD, apply_case, case_pattern, rejoin, split_tokens
 
 # Outputs of PerturbDocuments: Documents; tuples of DocumentAccount (one per document of a batch);
 # dead-letter records.
@@ -71,8 +71,8 @@ class PerturbConfig:
                              f"valid: {', '.join(LONG_DOCUMENT_POLICIES)}")
 
     def load(self) -> "LoadedMechanism":
-        from transforms import mechanisms
-        from transforms.index import EmbeddingIndex
+        from dptext.transforms import mechanisms
+        from dptext.transforms.index import EmbeddingIndex
 
         index = EmbeddingIndex.load(self.index_path)
         return LoadedMechanism(index, mechanisms.create(self.mechanism, index, self.epsilon,

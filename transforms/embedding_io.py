@@ -57,6 +57,7 @@ import zlib
 from typing import BinaryIO, Iterator
 
 import numpy as np
+from dptext.transforms.errors import DptextError
 
 FORMATS = ("auto", "word2vec", "glove", "word2vec-binary")
 
@@ -83,7 +84,7 @@ _PRINTABLE_ASCII = bytes(range(0x20, 0x7F)) + b"\t"
 _VALID_TEXT_LINE = "each line must be 'word v1 ... vd' with values separated by one ASCII space"
 
 
-class EmbeddingFormatError(ValueError):
+class EmbeddingFormatError(DptextError, ValueError):
     """A malformed embedding file: says which file, where in it, what is wrong, what is valid.
 
     ``line`` is the 1-based text line (header included) and ``record`` the 1-based binary

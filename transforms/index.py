@@ -19,7 +19,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from transforms.index_build import Tables, build_tables, candidate_order
+from dptext.transforms.index_build import Tables, build_tables, candidate_order
+from dptext.transforms.errors import DptextError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -35,7 +36,7 @@ DEFAULT_NEIGHBOURS = 64
 DEFAULT_ANNOY_TREES = 16
 
 
-class IndexLoadError(RuntimeError):
+class IndexLoadError(DptextError, RuntimeError):
     """A missing, corrupt or inconsistent index directory."""
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from transforms.index_build import CHUNK_BYTES, CHUNK_ROWS, Geometry
+from dptext.transforms.index_build import CHUNK_BYTES, CHUNK_ROWS, Geometry
 
 TABLE = "kde_log_prior"
 # Covariance directions with variance below RCOND x the largest are treated as empty (the data

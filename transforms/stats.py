@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from transforms import mechanisms
-from transforms.mechanisms.base import InfeasibleEpsilonError
+from dptext.transforms import mechanisms
+from dptext.transforms.mechanisms.base import InfeasibleEpsilonError
+from dptext.transforms.errors import DptextError
 
 PERCENTILES = (5, 25, 50, 75, 95)
 TOKENS_PER_CALL = 65536
@@ -79,7 +80,7 @@ def privacy_statistics(index, mechanism: str, epsilons, params: dict | None = No
                             np.random.default_rng([seed, i])) for i, eps in enumerate(epsilons)]
 
 
-class TargetUnreachable(ValueError):
+class TargetUnreachable(DptextError, ValueError):
     """No epsilon in the bracket gives the target median N_w."""
 
 

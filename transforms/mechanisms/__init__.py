@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import inspect
 
-from transforms.mechanisms import multivariate_laplace, truncated_gumbel  # noqa: F401  (registers)
-from transforms.mechanisms import kde_prior  # noqa: F401
-from transforms.mechanisms import knn_exponential  # noqa: F401
-from transforms.mechanisms import tem  # noqa: F401
-from transforms.mechanisms import distance_truncated_laplace, mahalanobis, vickrey  # noqa: F401
-from transforms.mechanisms.base import InfeasibleEpsilonError, Mechanism, check_epsilon, registered
+from dptext.transforms.mechanisms import multivariate_laplace, truncated_gumbel  # noqa: F401  (registers)
+from dptext.transforms.mechanisms import kde_prior  # noqa: F401
+from dptext.transforms.mechanisms import knn_exponential  # noqa: F401
+from dptext.transforms.mechanisms import tem  # noqa: F401
+from dptext.transforms.mechanisms import distance_truncated_laplace, mahalanobis, vickrey  # noqa: F401
+from dptext.transforms.mechanisms.base import InfeasibleEpsilonError, Mechanism, check_epsilon, registered
 
 NAMES = tuple(sorted(registered()))
 

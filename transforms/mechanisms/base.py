@@ -6,6 +6,7 @@ import sys
 from typing import Callable, Protocol
 
 import numpy as np
+from dptext.transforms.errors import DptextError
 
 
 class Mechanism(Protocol):
@@ -22,7 +23,7 @@ class Mechanism(Protocol):
         """The privacy statement the report prints: kind, rate, what is not protected."""
 
 
-class InfeasibleEpsilonError(ValueError):
+class InfeasibleEpsilonError(DptextError, ValueError):
     """The requested epsilon cannot be met by this mechanism on this index."""
 
     def __init__(self, message: str, smallest_feasible: float):

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import gammainc, gammaincinv, gammaln
 
-from transforms.mechanisms import multivariate_laplace
-from transforms.mechanisms.base import check_epsilon, register
-from transforms.mechanisms.multivariate_laplace import RESOLUTION, MultivariateLaplace
+from dptext.transforms.mechanisms import multivariate_laplace
+from dptext.transforms.mechanisms.base import check_epsilon, register
+from dptext.transforms.mechanisms.multivariate_laplace import RESOLUTION, MultivariateLaplace
 
 NAME = "distance_truncated_laplace"
 PARAMETERS = {**multivariate_laplace.PARAMETERS,

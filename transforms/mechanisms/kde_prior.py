@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from transforms.kde import kde_log_prior
-from transforms.mechanisms.base import (FLOAT_MAX, as_ids, check_epsilon, check_epsilon_range, largest_epsilon,
+from dptext.transforms.kde import kde_log_prior
+from dptext.transforms.mechanisms.base import (FLOAT_MAX, as_ids, check_epsilon, check_epsilon_range, largest_epsilon,
                                         register)
-from transforms.mechanisms.vocabulary_exponential import sample_capped_exponential
+from dptext.transforms.mechanisms.vocabulary_exponential import sample_capped_exponential
 
 NAME = "kde_prior"
 SAMPLERS = ("exact", "mh")
@@ -152,7 +152,7 @@ class KDEPrior:
 
     # ---- the privacy statement -----------------------------------------------------------
     def guarantee(self) -> dict:
-        from transforms.audit import kde_prior_guarantee
+        from dptext.transforms.audit import kde_prior_guarantee
 
         return kde_prior_guarantee(self)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from transforms.mechanisms.base import (as_ids, check_epsilon, check_epsilon_range, largest_epsilon, register,
+from dptext.transforms.mechanisms.base import (as_ids, check_epsilon, check_epsilon_range, largest_epsilon, register,
                                         truncated_poisson)
 
 NAME = "knn_exponential"
@@ -89,7 +89,7 @@ class KNNExponential:
         return out
 
     def guarantee(self) -> dict:
-        from transforms.audit import knn_exponential_guarantee
+        from dptext.transforms.audit import knn_exponential_guarantee
 
         return knn_exponential_guarantee(self)
 

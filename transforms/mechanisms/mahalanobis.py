@@ -13,9 +13,9 @@ import math
 
 import numpy as np
 
-from transforms.mechanisms import multivariate_laplace
-from transforms.mechanisms.base import largest_epsilon, register, unit_directions
-from transforms.mechanisms.multivariate_laplace import MultivariateLaplace
+from dptext.transforms.mechanisms import multivariate_laplace
+from dptext.transforms.mechanisms.base import largest_epsilon, register, unit_directions
+from dptext.transforms.mechanisms.multivariate_laplace import MultivariateLaplace
 
 NAME = "mahalanobis"
 PARAMETERS = {**multivariate_laplace.PARAMETERS,

@@ -12,7 +12,7 @@ import numpy as np
 
 from scipy.special import gammainccinv
 
-from transforms.mechanisms.base import (as_ids, check_epsilon, check_epsilon_range, largest_epsilon, register,
+from dptext.transforms.mechanisms.base import (as_ids, check_epsilon, check_epsilon_range, largest_epsilon, register,
                                         unit_directions)
 
 NAME = "multivariate_laplace"

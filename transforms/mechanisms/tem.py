@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from transforms.mechanisms.base import as_ids, check_epsilon, register
-from transforms.mechanisms.vocabulary_exponential import sample_capped_exponential
+from dptext.transforms.mechanisms.base import as_ids, check_epsilon, register
+from dptext.transforms.mechanisms.vocabulary_exponential import sample_capped_exponential
 
 NAME = "tem"
 PARAMETERS = {"beta": "tem: the probability mass the paper's truncation threshold gamma leaves to the far words "

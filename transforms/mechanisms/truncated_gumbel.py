@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.special import lambertw
 
-from transforms.mechanisms.base import (InfeasibleEpsilonError, as_ids, check_epsilon, check_epsilon_range,
+from dptext.transforms.mechanisms.base import (InfeasibleEpsilonError, as_ids, check_epsilon, check_epsilon_range,
                                         largest_epsilon, register, truncated_poisson)
 
 NAME = "truncated_gumbel"
@@ -189,7 +189,7 @@ class TruncatedGumbel:
         return int(cand[np.argmin(dist - self.p.b * np.log(e))])
 
     def guarantee(self) -> dict:
-        from transforms.audit import truncated_gumbel_guarantee
+        from dptext.transforms.audit import truncated_gumbel_guarantee
 
         return truncated_gumbel_guarantee(self)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from transforms.mechanisms import mahalanobis, multivariate_laplace
-from transforms.mechanisms.base import EpsilonOutOfRangeError, as_ids, register
+from dptext.transforms.mechanisms import mahalanobis, multivariate_laplace
+from dptext.transforms.mechanisms.base import EpsilonOutOfRangeError, as_ids, register
 
 NAME = "vickrey"
 PARAMETERS = {**multivariate_laplace.PARAMETERS,

@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from transforms.mechanisms.base import as_ids
+from dptext.transforms.mechanisms.base import as_ids
 
 # The table stores float32 distances: shrinking dK by this relative margin keeps it below the
 # exact distance of every word outside the table, so an acceptance probability never exceeds 1.
