@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from dptext.transforms.index_build import Tables, build_tables, candidate_order
+from dptext.transforms.numerics import U32, gamma32
 from dptext.transforms.errors import DptextError
 
 FORMAT_VERSION = 1
@@ -134,13 +135,32 @@ class EmbeddingIndex:
 
     def nearest(self, points: np.ndarray, method: str = "annoy", search_k: int = -1) -> np.ndarray:
         """Id of the nearest vocabulary word to each row of points (float, shape (m, d))."""
-        if method == "annoy":
-            forest = self._annoy.get()
-            return np.fromiter((forest.get_nns_by_vector(p, 1, search_k)[0] for p in np.asarray(points, np.float32)),
-                               dtype=np.int32, count=len(points))
+        return self.nearest_words(points, 1, method, search_k)[:, 0]
+
+    def nearest_words(self, points: np.ndarray, m: int = 1, method: str = "exact", search_k: int = -1,
+                      sources: np.ndarray | None = None) -> np.ndarray:
+        """The m nearest vocabulary words to each row of points, (len(points), m) int32 ids: the one
+        nearest-word search of dptext. exact: by (distance, id); with `sources` (the word each point
+        is a noisy copy of) the neighbour table certifies most rows (nearest_to_noisy). annoy:
+        Annoy's approximate search (search_k -1: its default); the points it returns fewer than m
+        words for are searched exactly."""
+        points = np.asarray(points, dtype=np.float64)
         if method == "exact":
-            return self._nearest_all(points, 1)[0][:, 0]
-        raise ValueError(f"unknown nearest-word search {method!r}; valid: annoy, exact")
+            if sources is None:
+                return self._nearest_all(points, m)[0]
+            return self.nearest_to_noisy(sources, points, m)[0]
+        if method != "annoy":
+            raise ValueError(f"unknown nearest-word search {method!r}; valid: annoy, exact")
+        forest = self._annoy.get()
+        found = [forest.get_nns_by_vector(p, m, search_k) for p in points.astype(np.float32)]
+        short = np.array([len(f) < m for f in found], dtype=bool)
+        out = np.empty((len(points), m), dtype=np.int32)
+        if (~short).any():
+            out[~short] = np.array([f for f, s in zip(found, short) if not s], dtype=np.int32)
+        if short.any():
+            out[short] = self.nearest_words(points[short], m, "exact", sources=None if sources is None
+                                            else np.asarray(sources)[short])
+        return out
 
     def nearest_to_noisy(self, ids: np.ndarray, points: np.ndarray, m: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Exact m nearest words (ids, float64 distances, by (distance, id)) to points = phi(w) + noise.
@@ -217,6 +237,11 @@ class EmbeddingIndex:
                 order = np.lexsort((cand, exact))[:m]
                 ids[s + r], dist[s + r] = cand[order], exact[order]
         return ids, dist
+
+    def squared_norms(self) -> np.ndarray:
+        """Exact (float64) squared norms of the vectors, computed once per index and kept on it."""
+        self._ensure_norms()
+        return self._sq_norms
 
     def _ensure_norms(self) -> None:
         if self._sq_norms is None:
@@ -449,9 +474,8 @@ def _write_atomically(path: Path, write: Callable[[str], None]) -> None:
 
 def _float32_score_error(point_norms: np.ndarray, max_norm: float, d: int) -> np.ndarray:
     """Twice a bound on |float32 (|v|^2 - 2 p.v) - exact| (Higham 3.1 for the dot product)."""
-    u = np.finfo(np.float32).eps / 2
-    gamma = d * u / (1 - d * u)
-    return 2 * (2 * gamma * point_norms * max_norm + 4 * u * (max_norm ** 2 + 2 * point_norms * max_norm)) + 1e-12
+    error = 2 * gamma32(d) * point_norms * max_norm + 4 * U32 * (max_norm ** 2 + 2 * point_norms * max_norm)
+    return 2 * error + 1e-12
 
 
 def localize(uri: str) -> Path:

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dptext.transforms.numerics import U32, gamma32
+
 CHUNK_ROWS = 1024        # at most this many rows of the n x n distance matrix at once ...
 CHUNK_BYTES = 256 << 20  # ... and at most this many bytes of it, so memory stays bounded as n grows
 MARGIN = 8               # extra candidates ranked in float32 before exact re-scoring
 EXACT_SUBCHUNK = 128     # rows re-scored in float64 at once (bounds the (rows, K, d) difference array)
 EXACT_COLUMNS = 65536    # words per float64 slice of an exact row (bounds its (words, d) difference array)
 SAMPLE_COLUMNS = 16384   # columns sampled per row to bound its (K + MARGIN + 1)-th smallest distance
-_U32 = np.finfo(np.float32).eps / 2   # unit roundoff of float32
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,8 @@ def _float32_d2_error_bound(norms: np.ndarray, d: int) -> np.ndarray:
     (Higham, Accuracy and Stability, 3.1); the squared norms and the two additions add at most
     a few u (|x|^2 + |y|^2). The bound is taken against the largest norm in the vocabulary.
     """
-    gamma = d * _U32 / (1 - d * _U32)
     top = norms.max()
-    return 2 * gamma * norms * top + 8 * _U32 * (norms ** 2 + top ** 2) + 1e-12
+    return 2 * gamma32(d) * norms * top + 8 * U32 * (norms ** 2 + top ** 2) + 1e-12
 
 
 class Geometry:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dptext.transforms.index_build import CHUNK_BYTES, CHUNK_ROWS, Geometry
+from dptext.transforms.numerics import mean_and_covariance
 
 TABLE = "kde_log_prior"
 # Covariance directions with variance below RCOND x the largest are treated as empty (the data
@@ -67,15 +68,7 @@ def scott_kernel(vectors: np.ndarray, bandwidth_scale: float = 1.0, chunk: int =
     n, d = vectors.shape
     if n < 2:
         raise ValueError("a kernel density estimate needs at least 2 words")
-    mean = np.zeros(d)
-    for s in range(0, n, chunk):
-        mean += vectors[s:s + chunk].astype(np.float64).sum(axis=0)
-    mean /= n
-    cov = np.zeros((d, d))
-    for s in range(0, n, chunk):
-        centred = vectors[s:s + chunk].astype(np.float64) - mean
-        cov += centred.T @ centred
-    cov /= n - 1
+    mean, cov = mean_and_covariance(vectors, chunk)
     eigenvalues, eigenvectors = np.linalg.eigh(cov)
     if not eigenvalues[-1] > 0:
         raise ValueError("all vectors are identical: the embedding has no covariance")

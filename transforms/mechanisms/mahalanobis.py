@@ -16,6 +16,7 @@ import numpy as np
 from dptext.transforms.mechanisms import multivariate_laplace
 from dptext.transforms.mechanisms.base import largest_epsilon, register, unit_directions
 from dptext.transforms.mechanisms.multivariate_laplace import MultivariateLaplace
+from dptext.transforms.numerics import mean_and_covariance
 
 NAME = "mahalanobis"
 PARAMETERS = {**multivariate_laplace.PARAMETERS,
@@ -25,19 +26,10 @@ CHOICES = multivariate_laplace.CHOICES
 TABLE = "mahalanobis_sqrt"
 
 
-def covariance_trace_d(vectors: np.ndarray, chunk: int = 65536) -> np.ndarray:
+def covariance_trace_d(vectors: np.ndarray) -> np.ndarray:
     """The embedding covariance (float64, chunked over words) scaled to trace d."""
-    n, d = vectors.shape
-    mean = np.zeros(d)
-    for s in range(0, n, chunk):
-        mean += np.asarray(vectors[s:s + chunk], dtype=np.float64).sum(axis=0)
-    mean /= n
-    cov = np.zeros((d, d))
-    for s in range(0, n, chunk):
-        centred = np.asarray(vectors[s:s + chunk], dtype=np.float64) - mean
-        cov += centred.T @ centred
-    cov /= n - 1
-    return cov * (d / np.trace(cov))
+    cov = mean_and_covariance(vectors)[1]
+    return cov * (vectors.shape[1] / np.trace(cov))
 
 
 def regularized_sqrt(vectors: np.ndarray, regularization: float) -> np.ndarray:

@@ -105,18 +105,7 @@ class MultivariateLaplace:
 
     def nearest(self, ids: np.ndarray, points: np.ndarray, m: int = 1) -> np.ndarray:
         """The m nearest words to each point (the post-processing step), by the configured search."""
-        if self.search == "annoy":
-            forest = self.index._annoy.get()
-            found = [forest.get_nns_by_vector(p, m, self.p.search_k) for p in points.astype(np.float32)]
-            # Annoy may return fewer than m words when search_k is small: those points are searched exactly.
-            short = np.array([len(f) < m for f in found], dtype=bool)
-            out = np.empty((len(points), m), dtype=np.int32)
-            if (~short).any():
-                out[~short] = np.array([f for f, s in zip(found, short) if not s], dtype=np.int32)
-            if short.any():
-                out[short] = self.index.nearest_to_noisy(np.asarray(ids)[short], points[short], m)[0]
-            return out
-        return self.index.nearest_to_noisy(ids, points, m)[0]
+        return self.index.nearest_words(points, m, self.search, self.p.search_k, sources=ids)
 
     def perturb(self, ids, rng: np.random.Generator) -> np.ndarray:
         ids = as_ids(ids, self.index.n)

@@ -26,6 +26,7 @@ import math
 import numpy as np
 
 from dptext.transforms.mechanisms.base import as_ids
+from dptext.transforms.numerics import U32, gamma32
 
 # The table stores float32 distances: shrinking dK by this relative margin keeps it below the
 # exact distance of every word outside the table, so an acceptance probability never exceeds 1.
@@ -35,28 +36,6 @@ _PROPOSALS_PER_CALL = 16384   # tail proposals scored at once (memory: x d x 4 b
 # acceptance of 1% per round a token gets there with probability 0.99^1024 = 3e-5.
 MAX_ROUNDS = 1024
 _EXACT_COLUMNS = 65536        # words per float64 slice of the exact pass
-_U32 = float(np.finfo(np.float32).eps) / 2
-
-
-def _gamma(d: int) -> float:
-    return d * _U32 / (1 - d * _U32)
-
-
-_GAMMA32 = _gamma(1024)       # covers every d <= 1024; recomputed below for larger embeddings
-_NORMS: dict = {}
-
-
-def _squared_norms(index) -> np.ndarray:
-    """Exact (float64) squared norms of the vectors, once per index."""
-    global _GAMMA32
-    key = id(index)
-    if key not in _NORMS or _NORMS[key][0] is not index:
-        if len(_NORMS) > 8:
-            _NORMS.clear()
-        v = np.asarray(index.vectors, dtype=np.float64)
-        _NORMS[key] = (index, np.einsum("ij,ij->i", v, v))
-        _GAMMA32 = max(_GAMMA32, _gamma(index.d))
-    return _NORMS[key][1]
 
 
 def _log_base(n: int, log_base) -> np.ndarray | None:
@@ -155,7 +134,7 @@ def _rounds(index, ids, sorted_table, dk, p_table, half_eps, cap, base, rng, pen
         return first, np.full(m, -1, dtype=np.int32)
     y = uniform_outside(sorted_table[pending], rng.integers(0, outside, (m, rounds)), index.n)
     vectors = np.asarray(index.vectors)             # a plain view: memmap indexing is slow per call
-    sq = _squared_norms(index)
+    sq = index.squared_norms()
     source = vectors[ids[pending]]
     dot = np.empty((m, rounds), dtype=np.float32)
     step = max(1, _PROPOSALS_PER_CALL // rounds)   # bounds the gathered (rows, rounds, d) vectors
@@ -167,7 +146,7 @@ def _rounds(index, ids, sorted_table, dk, p_table, half_eps, cap, base, rng, pen
     sq_y, sq_w = sq[y], sq[ids[pending]][:, None]
     d2 = np.maximum(sq_y + sq_w - 2.0 * dot, 0.0)
     approx = np.minimum(np.sqrt(d2), cap)
-    d2_error = 2 * _GAMMA32 * np.sqrt(sq_y * sq_w) + 4 * _U32 * (sq_y + sq_w)
+    d2_error = 2 * gamma32(index.d) * np.sqrt(sq_y * sq_w) + 4 * U32 * (sq_y + sq_w)
     error = d2_error / np.maximum(np.sqrt(d2) + np.sqrt(np.maximum(d2 - d2_error, 0.0)), 1e-300) + 1e-12
     # Accept iff U < exp(log_base[y] - (eps/2)(min(d, cap) - dK)), i.e. min(d, cap) < threshold with
     # threshold = dK + (log_base[y] - ln U) / (eps/2) (log_base shifted to max 0; +-inf where eps/2
