@@ -1,4 +1,5 @@
-"""`dptext build-index --beam`: the exact all-pairs pass of the index build as a Beam job.
+"""`dptext build-index`: the derived tables every build stores, and (--beam) the exact all-pairs
+pass of the index build as a Beam job.
 
 The build is O(n^2 d): 2.2M words take days on one machine. Its unit of work is a row block
 (transforms.index_build.row_block: rows [start, stop) against every word, exact on its own), so
@@ -11,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 
@@ -19,9 +21,14 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from dptext.transforms import mechanisms
 from dptext.transforms.index_build import Geometry, RowBlock, assemble, row_block
 
 VECTORS_FILE = "vectors.f32"
+# The mechanisms whose derived tables `dptext build-index` stores, at their default parameters
+# (kde_prior's mh sampler adds the mutual-neighbour graph to the KDE prior; mahalanobis the square
+# root of S). Workers only read tables; for other parameters the launcher stores them before the job.
+DEFAULT_TABLES = (("kde_prior", {"sampler": "mh"}), ("mahalanobis", {}))
 
 
 def _block_name(start: int) -> str:
@@ -95,3 +102,16 @@ def beam_tables(vectors: np.ndarray, neighbours: int, beam_args: list[str], stag
     if own_staging:
         shutil.rmtree(os.path.dirname(staging), ignore_errors=True)
     return tables
+
+
+def store_default_tables(index) -> None:
+    """Store beside a freshly built index the tables of DEFAULT_TABLES, by building each mechanism
+    as a job's launcher would (the same code computes the same table key). Tables do not depend on
+    epsilon; 1 only satisfies the constructors. A mechanism that cannot run on this embedding at
+    its defaults (a singular covariance, say) is reported on stderr and skipped."""
+    for name, params in DEFAULT_TABLES:
+        try:
+            mechanisms.create(name, index, 1.0, **params)
+        except ValueError as err:          # not a TableError: a failure to store stops the build
+            print(f"dptext build-index: note: {name} cannot run on this index at its default parameters ({err})",
+                  file=sys.stderr)

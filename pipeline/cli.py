@@ -149,6 +149,9 @@ def _build_index(argv: list[str]) -> int:
     parser.add_argument("--staging", help="with --beam: a directory all workers can reach (gs://... on a "
                                           "cluster; default a local temporary directory)")
     parser.add_argument("--rows-per-block", type=int, help="with --beam: rows per work item")
+    parser.add_argument("--no-tables", action="store_true", help=(
+        "do not store the mechanisms' derived tables for their default parameters (the KDE prior is "
+        "O(n^2 d) on this machine, even with --beam); the launcher of a job then computes the ones it needs"))
     args, beam_args = parser.parse_known_args(argv)
     if beam_args and not args.beam:
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
@@ -171,6 +174,10 @@ def _build_index(argv: list[str]) -> int:
             tables = beam_tables(vectors, args.neighbours, beam_args, args.staging, args.rows_per_block)
         index = EmbeddingIndex.build(words, vectors, args.out, neighbours=args.neighbours,
                                      annoy_trees=args.annoy_trees, source=source, tables=tables)
+        if not args.no_tables:
+            from dptext.pipeline.build_index import store_default_tables
+
+            store_default_tables(index)
     except (EmbeddingFormatError, ValueError, FileNotFoundError) as err:
         print(f"dptext build-index: error: {err}", file=sys.stderr)
         return 2
@@ -178,6 +185,8 @@ def _build_index(argv: list[str]) -> int:
     print(f"index {args.out}: n={m['n']} d={m['d']} K={m['neighbours']} Dmin={m['dmin']:.6g} "
           f"Dmax={m['dmax']:.6g} ({stats.duplicates_skipped} duplicate words skipped) "
           f"in {m['build_seconds']:.1f} s")
+    for entry in m.get("tables", {}).values():
+        print(f"  table {entry['file']} ({entry['name']}) in {entry['build_seconds']:.1f} s")
     return 0
 
 

@@ -55,6 +55,7 @@ def prepare(opts: DPTextOptions) -> Prepared:
     index = EmbeddingIndex.load(opts.index)
     params = mechanism_params(opts)
     mechanism = mechanisms.create(opts.mechanism, index, opts.epsilon, **params)
+    index.ensure_tables_stored()      # the mechanism's derived tables, beside the index: workers only read them
     config = PerturbConfig(index_path=str(opts.index), mechanism=opts.mechanism, epsilon=opts.epsilon,
                            mechanism_params=tuple(sorted(params.items())), oov=opts.oov,
                            placeholder=opts.oov_placeholder, max_doc_chars=opts.max_doc_chars,

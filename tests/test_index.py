@@ -1,13 +1,22 @@
 """Index build is exact (brute force agrees), the manifest is complete, loading catches damage."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from dptext.transforms import index as index_module
 from dptext.transforms import index_build
-from dptext.transforms.index import ANNOY, MANIFEST, NEIGHBOUR_DISTANCES, VECTORS, EmbeddingIndex, IndexLoadError, table_key
+from dptext.transforms.index import (ANNOY, MANIFEST, NEIGHBOUR_DISTANCES, VECTORS, EmbeddingIndex, IndexLoadError,
+                                     TableError, _embedding_id, table_key)
+from tests.conftest import build_random_index
 
 
 def _brute_force(vectors: np.ndarray):
@@ -231,3 +240,229 @@ def test_a_hand_edited_manifest_fails_at_load_naming_the_manifest_and_the_field(
         EmbeddingIndex.load(tmp_path / "idx")
     assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
     assert "rebuild the index with `dptext build-index`" in str(err.value)
+
+
+# ---- workers only read the index (issue 13 #3) --------------------------------------------------
+def _column_means(calls: list):
+    def compute(idx):
+        calls.append(1)
+        return np.asarray(idx.vectors, dtype=np.float64).mean(axis=0)
+    return compute
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """This test's own machine cache (verification markers, remote copies)."""
+    monkeypatch.setenv("DPTEXT_INDEX_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def hash_calls(monkeypatch):
+    """The files sha256_file hashes, in order."""
+    calls = []
+    real = index_module.sha256_file
+    monkeypatch.setattr(index_module, "sha256_file", lambda path, *a: calls.append(Path(path).name) or real(path, *a))
+    return calls
+
+
+def test_a_second_load_on_the_machine_does_not_hash_again(tmp_path, cache, hash_calls):
+    build_random_index(tmp_path / "idx", 30, 4, 5, seed=3)
+    hash_calls.clear()                                  # the build's own hashes
+    EmbeddingIndex.load(tmp_path / "idx")
+    assert sorted(hash_calls) == sorted(json.loads((tmp_path / "idx" / MANIFEST).read_text())["files"])
+    EmbeddingIndex.load(tmp_path / "idx")
+    EmbeddingIndex.load(tmp_path / "idx", read_only=True)
+    assert len(hash_calls) == 5                         # the marker vouches for the unchanged files
+    assert len(list((cache / "verified").glob("*[!k]"))) == 1
+
+
+@pytest.mark.parametrize("keep_mtime", [False, True])
+def test_a_file_changed_after_verification_is_hashed_again_and_fails(tmp_path, cache, hash_calls, keep_mtime):
+    """Same size, new bytes; with keep_mtime the old mtime is put back (os.utime), which still
+    changes ctime: the marker no longer matches, so the damage is found."""
+    build_random_index(tmp_path / "idx", 30, 4, 5, seed=3)
+    EmbeddingIndex.load(tmp_path / "idx")
+    annoy = tmp_path / "idx" / ANNOY
+    before = annoy.stat()
+    data = bytearray(annoy.read_bytes())
+    data[100] ^= 0xFF
+    annoy.write_bytes(bytes(data))
+    if keep_mtime:
+        os.utime(annoy, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert annoy.stat().st_mtime_ns == before.st_mtime_ns and annoy.stat().st_size == before.st_size
+    with pytest.raises(IndexLoadError, match=f"{annoy}: sha256 does not match the manifest"):
+        EmbeddingIndex.load(tmp_path / "idx")
+    assert hash_calls.count(ANNOY) == 3                 # the build, the first load, this one
+
+
+def test_a_manifest_edited_after_verification_is_checked_again(tmp_path, cache, hash_calls):
+    """The marker is keyed by the manifest's bytes: a hand edit (here, the Annoy file's hash
+    replaced by another valid hash) is checked against the files, not waved through."""
+    build_random_index(tmp_path / "idx", 30, 4, 5, seed=3)
+    EmbeddingIndex.load(tmp_path / "idx")
+    path = tmp_path / "idx" / MANIFEST
+    manifest = json.loads(path.read_text())
+    manifest["files"][ANNOY]["sha256"] = manifest["files"][VECTORS]["sha256"]
+    path.write_text(json.dumps(manifest, indent=1))
+    with pytest.raises(IndexLoadError, match=f"{tmp_path / 'idx' / ANNOY}: sha256 does not match"):
+        EmbeddingIndex.load(tmp_path / "idx")
+
+
+_LOAD_AND_COUNT = """
+import os, sys, time
+from pathlib import Path
+import dptext.transforms.index as ix
+real, log, go = ix.sha256_file, sys.argv[2], Path(sys.argv[3])
+def counted(path, *args):
+    with open(log, "a") as out:
+        out.write(f"{os.getpid()} {Path(path).name}\\n")
+    time.sleep(0.2)          # a slow disk: the other process arrives while this one hashes
+    return real(path, *args)
+ix.sha256_file = counted
+while not go.exists():
+    time.sleep(0.005)
+ix.EmbeddingIndex.load(sys.argv[1], read_only=True)
+"""
+
+
+def test_processes_that_load_together_hash_once(tmp_path, cache):
+    """Two worker processes of one machine starting at once: one hashes, the other waits for its
+    marker; without the lock both hash every file."""
+    build_random_index(tmp_path / "idx", 30, 4, 5, seed=3)
+    log, go = tmp_path / "hashes.log", tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", _LOAD_AND_COUNT, str(tmp_path / "idx"), str(log), str(go)])
+             for _ in range(2)]
+    time.sleep(1.0)            # both imported and waiting
+    go.touch()
+    assert [p.wait(60) for p in procs] == [0, 0]
+    lines = log.read_text().split("\n")[:-1]
+    assert len(lines) == 5 and len({line.split()[0] for line in lines}) == 1
+
+
+def test_a_read_only_index_never_computes_a_table(tmp_path, cache):
+    """A worker's index: a missing table is a one-line error naming it and where tables come from;
+    nothing is computed and the index directory is not touched."""
+    build_random_index(tmp_path / "idx", 30, 4, 5, seed=3)
+    before = {f.name: f.read_bytes() for f in (tmp_path / "idx").iterdir()}
+    worker = EmbeddingIndex.load(tmp_path / "idx", read_only=True)
+    calls = []
+    with pytest.raises(TableError) as err:
+        worker.table("means", _column_means(calls), {"kind": "mean"})
+    message = str(err.value)
+    assert calls == [] and "\n" not in message
+    assert message.startswith(f"{tmp_path / 'idx'}: the index has no table {table_key('means', {'kind': 'mean'})!r} "
+                              "(means, {\"kind\": \"mean\"})")
+    assert "`dptext build-index`" in message and "the launcher (`dptext run`)" in message
+    assert {f.name: f.read_bytes() for f in (tmp_path / "idx").iterdir()} == before
+    # Once the launcher stored it, a worker reads it (memory-mapped, hash-checked at load).
+    launcher = EmbeddingIndex.load(tmp_path / "idx")
+    stored = np.array(launcher.table("means", _column_means(calls), {"kind": "mean"}))
+    worker = EmbeddingIndex.load(tmp_path / "idx", read_only=True)
+    assert np.array_equal(worker.table("means", _column_means(calls), {"kind": "mean"}), stored)
+    assert calls == [1] and isinstance(worker.table("means", None, {"kind": "mean"}), np.memmap)
+
+
+def test_adding_a_table_keeps_the_embedding_id(tmp_path, cache):
+    """The job carries the embedding id and every worker compares it: a table stored by the
+    launcher must not change it (it hashes the vocabulary and the vectors only)."""
+    built = build_random_index(tmp_path / "idx", 30, 4, 5, seed=3)
+    embedding_id = built.manifest["embedding_id"]
+    EmbeddingIndex.load(tmp_path / "idx").table("means", _column_means([]), {"kind": "mean"})
+    stored = json.loads((tmp_path / "idx" / MANIFEST).read_text())
+    assert len(stored["tables"]) == 1 and len(stored["files"]) == 6
+    assert stored["embedding_id"] == embedding_id == _embedding_id(stored["files"])
+    assert EmbeddingIndex.load(tmp_path / "idx", read_only=True).manifest["embedding_id"] == embedding_id
+
+
+def test_a_table_is_never_stored_beside_an_index_rebuilt_since_the_load(tmp_path, cache):
+    """The launcher loaded the index, then someone rebuilt the directory (other vectors): a table
+    computed from the old vectors must not land in the new manifest."""
+    launcher = build_random_index(tmp_path / "idx", 30, 4, 5, seed=3)
+    build_random_index(tmp_path / "idx", 30, 4, 5, seed=4)
+    with pytest.raises(TableError, match=f"{tmp_path / 'idx'}: the index there was replaced after this process "
+                                         "loaded it"):
+        launcher.table("means", _column_means([]), {"kind": "mean"})
+    assert "tables" not in json.loads((tmp_path / "idx" / MANIFEST).read_text())
+
+
+@contextlib.contextmanager
+def _read_only_directory(path: Path):
+    """No new file can be created in path: mode 555 for a normal user; root ignores modes, so an
+    immutable attribute (chattr +i) there. Skips where neither holds."""
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        undo = lambda: path.chmod(0o755)                                   # noqa: E731
+    elif subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0:
+        undo = lambda: subprocess.run(["chattr", "-i", str(path)], check=True)   # noqa: E731
+    else:
+        pytest.skip("cannot make a directory read-only here (root, and chattr +i failed)")
+    try:
+        try:
+            (path / ".probe").touch()
+        except OSError:
+            yield
+        else:
+            (path / ".probe").unlink()
+            pytest.skip("the directory stayed writable")
+    finally:
+        undo()
+
+
+def test_a_launcher_that_cannot_write_the_index_says_which_table_and_how(tmp_path, cache):
+    build_random_index(tmp_path / "idx", 30, 4, 5, seed=3)
+    EmbeddingIndex.load(tmp_path / "idx").table("stored", _column_means([]))
+    calls = []
+    with _read_only_directory(tmp_path / "idx"):
+        launcher = EmbeddingIndex.load(tmp_path / "idx")
+        launcher.table("stored", _column_means(calls))          # a stored table needs no write
+        with pytest.raises(TableError) as err:
+            launcher.table("means", _column_means(calls), {"kind": "mean"})
+    message = str(err.value)
+    assert "\n" not in message and calls == []
+    assert message.startswith(f"{tmp_path / 'idx'}: cannot store table {table_key('means', {'kind': 'mean'})!r} "
+                              "(means, {\"kind\": \"mean\"}) beside the index (")
+    assert "`dptext build-index` stores those of the default parameters" in message
+    assert "Give the launcher write access to the index" in message
+
+
+def _word2vec(path: Path, n: int = 40, d: int = 6) -> Path:
+    vectors = np.random.default_rng(5).normal(size=(n, d))
+    path.write_text(f"{n} {d}\n" + "".join(f"w{i} " + " ".join(f"{x:.6f}" for x in v) + "\n"
+                                          for i, v in enumerate(vectors)), encoding="utf-8")
+    return path
+
+
+def test_build_index_stores_every_table_a_mechanism_reads_at_its_defaults(tmp_path, cache, capsys):
+    """Every mechanism, at its default parameters and each of its choices (kde_prior's samplers,
+    ...), builds on a worker's read-only load of a fresh `dptext build-index` output: no table is
+    left for a worker to compute. A mechanism that gains a table fails here until DEFAULT_TABLES
+    lists it."""
+    import inspect
+    import itertools
+
+    from dptext.pipeline.cli import main
+    from dptext.transforms import mechanisms
+    from dptext.transforms.mechanisms.base import registered
+
+    out = tmp_path / "idx"
+    assert main(["build-index", "--embedding", str(_word2vec(tmp_path / "e.txt")), "--out", str(out),
+                 "--neighbours", "8"]) == 0
+    printed = capsys.readouterr().out
+    manifest = json.loads((out / MANIFEST).read_text())
+    names = sorted(entry["name"] for entry in manifest["tables"].values())
+    assert names == ["kde_log_prior", "knn_mutual", "mahalanobis_sqrt"]
+    assert all(entry["file"] in printed for entry in manifest["tables"].values())
+    worker = EmbeddingIndex.load(out, read_only=True)
+    for name in mechanisms.NAMES:
+        module = sys.modules[registered()[name].__module__]
+        accepted = set(inspect.signature(registered()[name]).parameters)
+        choices = {k: v for k, v in getattr(module, "CHOICES", {}).items() if k in accepted}
+        for values in itertools.product(*choices.values()):
+            try:
+                mechanisms.create(name, worker, 5.0, **dict(zip(choices, values)))
+            except ValueError:      # an epsilon this mechanism refuses here; a TableError is no ValueError
+                pass
+    assert main(["build-index", "--embedding", str(tmp_path / "e.txt"), "--out", str(tmp_path / "bare"),
+                 "--neighbours", "8", "--no-tables"]) == 0
+    assert "tables" not in json.loads((tmp_path / "bare" / MANIFEST).read_text())

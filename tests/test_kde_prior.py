@@ -15,7 +15,7 @@ from dptext.transforms import kde
 from dptext.transforms.audit import (audit_kde_mh_index, audit_pairs, capped_exponential_distribution, json_safe,
                               kde_mh_distribution, kde_mh_tv_profile, mh_chain_distributions, pairwise_distances,
                               total_variation)
-from dptext.transforms.index import EmbeddingIndex
+from dptext.transforms.index import EmbeddingIndex, TableError
 from dptext.transforms.mechanisms.kde_prior import KDEPrior, mutual_neighbours
 
 EPS = 2.0
@@ -105,6 +105,32 @@ def test_prior_table_is_computed_once_and_cached_in_the_index(tmp_path, monkeypa
     assert entry["params"]["bandwidth_rule"].startswith("scott") and entry["params"]["bandwidth_scale"] == 1.0
     wider = np.array(kde.kde_log_prior(again, 2.0))              # another bandwidth: another table
     assert calls == [1.0, 2.0] and np.array_equal(wider, real(index.vectors, 2.0)) and not np.allclose(wider, first)
+
+
+def test_a_worker_reads_the_launchers_tables_and_never_computes_one(tmp_path, monkeypatch):
+    """Workers load the index read-only: the KDE prior (O(n^2 d)) and the MH sampler's mutual graph
+    come from the launcher; a missing one is an error naming it, in the order the mechanism needs them."""
+    from tests.conftest import build_random_index
+
+    monkeypatch.setenv("DPTEXT_INDEX_CACHE", str(tmp_path / "cache"))
+    build_random_index(tmp_path / "idx", 25, 3, 4, seed=8)
+    calls = []
+    real = kde.kde_log_density
+    monkeypatch.setattr(kde, "kde_log_density", lambda v, s=1.0: calls.append(s) or real(v, s))
+
+    def worker():
+        return KDEPrior(EmbeddingIndex.load(tmp_path / "idx", read_only=True), 1.0, sampler="mh", bandwidth_scale=2.0)
+    with pytest.raises(TableError, match="the index has no table 'kde_log_prior-[0-9a-f]{10}' "
+                                         r"\(kde_log_prior, .*\"bandwidth_scale\": 2.0"):
+        worker()
+    KDEPrior(EmbeddingIndex.load(tmp_path / "idx"), 1.0, bandwidth_scale=2.0)       # a launcher, exact sampler
+    with pytest.raises(TableError, match="the index has no table 'knn_mutual' \\(knn_mutual\\)"):
+        worker()
+    launcher = KDEPrior(EmbeddingIndex.load(tmp_path / "idx"), 1.0, sampler="mh", bandwidth_scale=2.0)
+    assert calls == [2.0]
+    loaded = worker()
+    assert calls == [2.0] and np.array_equal(loaded.log_pi, launcher.log_pi)
+    assert np.array_equal(loaded._mutual, launcher._mutual)
 
 
 # ---- the exact sampler ------------------------------------------------------------------------

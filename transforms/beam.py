@@ -74,7 +74,7 @@ class PerturbConfig:
         from dptext.transforms import mechanisms
         from dptext.transforms.index import EmbeddingIndex
 
-        index = EmbeddingIndex.load(self.index_path)
+        index = EmbeddingIndex.load(self.index_path, read_only=True)   # tables: stored by the launcher
         return LoadedMechanism(index, mechanisms.create(self.mechanism, index, self.epsilon,
                                                         **dict(self.mechanism_params)))
 

@@ -5,13 +5,12 @@ files that numpy memory-maps, so every process on a machine shares one copy in t
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
-import logging
 import math
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ NEIGHBOUR_DISTANCES = "neighbour_distances.f32"
 ANNOY = "annoy.ann"
 
 TABLE_LOCK = ".tables.lock"
+VERIFIED = "verified"        # under the machine's index cache: markers of indexes whose hashes were checked
 
 DEFAULT_NEIGHBOURS = 64
 DEFAULT_ANNOY_TREES = 16
@@ -39,6 +39,15 @@ DEFAULT_ANNOY_TREES = 16
 
 class IndexLoadError(DptextError, RuntimeError):
     """A missing, corrupt or inconsistent index directory."""
+
+
+class TableError(IndexLoadError):
+    """A derived table a worker does not find in the index, or the launcher cannot store beside it."""
+
+
+# Where a missing table comes from; every table error says it.
+TABLE_SOURCES = ("workers only read tables stored with the index: `dptext build-index` stores those of the "
+                 "default parameters, the launcher (`dptext run`) any other before the job starts")
 
 
 def sha256_file(path: Path, block: int = 1 << 22) -> str:
@@ -81,6 +90,9 @@ class EmbeddingIndex:
         self._annoy = _AnnoyHandle(path / ANNOY, manifest["d"])
         self._sq_norms = None
         self._tables: dict[str, np.ndarray] = {}
+        self.read_only = False           # a worker's index: stored tables only (see table)
+        self.location = str(path)        # where tables are stored: this directory, or the gs:// URI loaded
+        self._added: dict[str, tuple[dict, dict]] = {}   # tables this process stored: key -> (entry, file meta)
 
     # ---- shape and constants -------------------------------------------------------------
     @property
@@ -252,45 +264,90 @@ class EmbeddingIndex:
     # ---- embedding-only tables of the mechanisms -------------------------------------------
     def table(self, name: str, compute: Callable[["EmbeddingIndex"], np.ndarray],
               params: dict | None = None) -> np.ndarray:
-        """A table that depends only on the embedding (a KDE prior, a covariance square root):
-        computed once, stored in the index directory with the manifest updated, memory-mapped.
+        """A table that depends only on the embedding (a KDE prior, a covariance square root),
+        stored beside the index with the manifest updated, memory-mapped.
 
         `params` (JSON-able) are part of the table's identity: other parameters, another table.
-        Processes on one machine serialise on a lock file, so the table is computed once; a
-        read-only index directory gets the table computed in memory (logged, without data).
+        A read-only index (a worker's) returns stored tables and never computes one: a missing
+        table is a TableError naming it. Otherwise (the launcher, `dptext build-index`) a missing
+        table is computed once and stored beside the index, local or remote (see _store_table).
         """
         key = table_key(name, params)
         if key in self._tables:
             return self._tables[key]
-        try:
-            lock = open(self.path / TABLE_LOCK, "a+")
-        except OSError:
-            logging.warning("dptext: index directory %s is read-only; table %s computed in memory", self.path, key)
-            self._tables[key] = np.asarray(compute(self))
-            return self._tables[key]
-        with lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            manifest = json.loads((self.path / MANIFEST).read_text(encoding="utf-8"))
-            entry = manifest.get("tables", {}).get(key)
-            if entry is None:
-                started = time.time()
-                array = np.ascontiguousarray(compute(self))
-                array = array.astype(array.dtype.newbyteorder("<"), copy=False)
-                file = f"{key}.{array.dtype.str.lstrip('<|')}"
-                _write_atomically(self.path / file, array.tofile)
-                manifest["files"][file] = {"sha256": sha256_file(self.path / file), "bytes": array.nbytes,
-                                           "dtype": array.dtype.str, "shape": list(array.shape)}
-                entry = {"file": file, "name": name, "params": params or {},
-                         "build_seconds": round(time.time() - started, 2)}
-                manifest.setdefault("tables", {})[key] = entry
-                text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
-                _write_atomically(self.path / MANIFEST, lambda f: Path(f).write_text(text, encoding="utf-8"))
-            meta = manifest["files"][entry["file"]]
-            self.manifest.setdefault("tables", {})[key] = entry
-            self.manifest["files"][entry["file"]] = meta
-        self._tables[key] = np.memmap(self.path / entry["file"], dtype=np.dtype(meta["dtype"]), mode="r",
-                                      shape=tuple(meta["shape"]))
+        entry = self.manifest.get("tables", {}).get(key)
+        if entry is not None:
+            self._tables[key] = self._map_table(entry)
+        elif self.read_only:
+            raise TableError(f"{self.location}: the index has no table {key!r} ({_describe_table(name, params)}); "
+                             f"{TABLE_SOURCES}. Launch again against this index, or add the table to the index "
+                             "a copy was made from and copy it again")
+        else:
+            self._tables[key] = self._store_table(key, name, params, compute)
         return self._tables[key]
+
+    def ensure_tables_stored(self) -> None:
+        """The launcher's last word on tables: every table this process stored is listed in the
+        manifest the workers will read. A concurrent launcher's manifest write (remote indexes have
+        no lock) may have replaced ours since; the entries are then written again."""
+        if not self._added:
+            return
+        store = _TableStore(self.location, self.path)
+        try:
+            with store.locked():
+                store.publish(self._added, self.manifest)
+        except IndexLoadError:
+            raise
+        except Exception as err:   # OSError, or a remote filesystem's own error class
+            raise _store_failed(self.location, ", ".join(map(repr, self._added)), err) from None
+
+    def _map_table(self, entry: dict) -> np.ndarray:
+        meta = self.manifest["files"][entry["file"]]
+        return np.memmap(self.path / entry["file"], dtype=np.dtype(meta["dtype"]), mode="r",
+                         shape=tuple(meta["shape"]))
+
+    def _store_table(self, key: str, name: str, params: dict | None,
+                     compute: Callable[["EmbeddingIndex"], np.ndarray]) -> np.ndarray:
+        """Compute a missing table and store it beside the index: the table file first (named by its
+        hash, so two launchers never overwrite each other's), then the manifest naming it, so no
+        reader sees a manifest naming a missing file. A local index serialises processes on a lock
+        file (one computes, the others then read its table); the manifest is re-read first in
+        either case, since another process may have stored the table already."""
+        store = _TableStore(self.location, self.path)
+        computing = False
+        try:
+            with store.locked():
+                stored = store.manifest()
+                _check_same_index(stored, self.manifest, self.location)
+                entry = stored.get("tables", {}).get(key)
+                if entry is None:
+                    store.check_writable(key)      # before the computing, which can take hours
+                    started = time.time()
+                    computing = True
+                    array = np.ascontiguousarray(compute(self))
+                    computing = False
+                    array = array.astype(array.dtype.newbyteorder("<"), copy=False)
+                    digest = hashlib.sha256(array.data).hexdigest()
+                    meta = {"sha256": digest, "bytes": array.nbytes, "dtype": array.dtype.str,
+                            "shape": list(array.shape)}
+                    entry = {"file": f"{key}-{digest[:10]}.{array.dtype.str.lstrip('<|')}", "name": name,
+                             "params": params or {}, "build_seconds": round(time.time() - started, 2)}
+                    store.write(entry["file"], array)
+                    store.publish({key: (entry, meta)}, self.manifest)
+                    self._added[key] = (entry, meta)
+                else:
+                    meta = stored["files"][entry["file"]]
+                    array = store.read_array(entry["file"], meta) if store.remote else None
+        except IndexLoadError:
+            raise
+        except Exception as err:   # OSError, or a remote filesystem's own error class; compute's own errors pass
+            if computing:
+                raise
+            raise _store_failed(self.location, f"{key!r} ({_describe_table(name, params)})", err) from None
+        self.manifest.setdefault("tables", {})[key] = entry
+        self.manifest["files"][entry["file"]] = meta
+        # A remote index's local copy is named by its old manifest and stays as it was: keep the array.
+        return array if store.remote else self._map_table(entry)
 
     # ---- build ---------------------------------------------------------------------------
     @classmethod
@@ -340,22 +397,27 @@ class EmbeddingIndex:
 
     # ---- load ----------------------------------------------------------------------------
     @classmethod
-    def load(cls, path, verify: bool = True) -> "EmbeddingIndex":
-        """Memory-map an index directory; verify sizes always and sha256 hashes when asked.
+    def load(cls, path, verify: bool = True, read_only: bool = False) -> "EmbeddingIndex":
+        """Memory-map an index directory; verify sizes always and sha256 hashes when asked, once
+        per machine (see verify_once).
 
         A remote index (gs://... or any Beam filesystem URI) is first copied to local disk once
         per machine (see localize), since Annoy and numpy memory-map local files only.
+        read_only: a worker's index, whose `table` only reads stored tables; otherwise missing
+        tables are computed and stored beside the index (at the URI for a remote one).
         """
-        if "://" in str(path):
-            path = localize(str(path))
+        location = str(path)
+        if "://" in location:
+            path = localize(location)
         path = Path(path)
         manifest_path = path / MANIFEST
         if not path.is_dir():
             raise IndexLoadError(f"{path}: index directory not found (build one with `dptext build-index`)")
         if not manifest_path.is_file():
             raise IndexLoadError(f"{manifest_path}: missing manifest; this is not a dptext index directory")
+        manifest_bytes = manifest_path.read_bytes()
         try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            manifest = json.loads(manifest_bytes.decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as err:
             raise IndexLoadError(f"{manifest_path}: corrupt manifest ({err})") from None
         if isinstance(manifest, dict) and manifest.get("format_version") != FORMAT_VERSION:
@@ -370,15 +432,17 @@ class EmbeddingIndex:
             if size != meta["bytes"]:
                 raise IndexLoadError(f"{file}: {size} bytes, the manifest says {meta['bytes']}; "
                                      "the file is truncated or corrupt")
-            if verify and sha256_file(file) != meta["sha256"]:
-                raise IndexLoadError(f"{file}: sha256 does not match the manifest; the file is corrupt")
+        if verify:
+            verify_once(path, manifest_bytes, manifest)
         arrays = {name: np.memmap(path / name, dtype=np.dtype(manifest["files"][name]["dtype"]), mode="r",
                                   shape=tuple(manifest["files"][name]["shape"]))
                   for name in (VECTORS, NEIGHBOUR_IDS, NEIGHBOUR_DISTANCES)}
         words = (path / VOCAB).read_text(encoding="utf-8").split("\n")[:-1]
         if len(words) != manifest["n"]:
             raise IndexLoadError(f"{path / VOCAB}: {len(words)} words, the manifest says {manifest['n']}")
-        return cls(path, manifest, words, arrays[VECTORS], arrays[NEIGHBOUR_IDS], arrays[NEIGHBOUR_DISTANCES])
+        index = cls(path, manifest, words, arrays[VECTORS], arrays[NEIGHBOUR_IDS], arrays[NEIGHBOUR_DISTANCES])
+        index.read_only, index.location = read_only, location
+        return index
 
 
 # The manifest fields a loaded index relies on, and the arrays' element types as build writes them.
@@ -468,8 +532,20 @@ def table_key(name: str, params: dict | None) -> str:
 def _write_atomically(path: Path, write: Callable[[str], None]) -> None:
     """write(temporary path), then rename into place: readers never see half a file."""
     partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-    write(str(partial))
-    os.replace(partial, path)
+    try:
+        write(str(partial))
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """An exclusive lock between processes on one machine, held for the with block."""
+    with open(path, "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _float32_score_error(point_norms: np.ndarray, max_norm: float, d: int) -> np.ndarray:
@@ -478,42 +554,211 @@ def _float32_score_error(point_norms: np.ndarray, max_norm: float, d: int) -> np
     return 2 * error + 1e-12
 
 
-def localize(uri: str) -> Path:
-    """Copy a remote index directory to a local cache once; return the local directory.
+def cache_root() -> Path:
+    """This machine's index cache (copies of remote indexes, verification markers): DPTEXT_INDEX_CACHE,
+    or a directory of this user's under the temporary directory (another user's files there could
+    otherwise pass for a verified index)."""
+    return Path(os.environ.get("DPTEXT_INDEX_CACHE") or Path(tempfile.gettempdir()) / f"dptext-index-{os.getuid()}")
 
-    The local directory is named by the hash of the remote manifest, so a rebuilt index gets a
-    fresh copy. Each file is written to a temporary name and renamed into place, and the manifest
-    goes last, so concurrent workers on one machine never read half a file or half a directory.
+
+def _state_key(path: Path, manifest_bytes: bytes, files) -> str:
+    """What a verification marker vouches for: the directory, the manifest's bytes and each file's
+    device, inode, size, mtime and ctime (a rewrite changes mtime; even one that restores mtime
+    changes ctime)."""
+    digest = hashlib.sha256(str(path.resolve()).encode() + b"\0" + manifest_bytes)
+    for name in sorted(files):
+        st = (path / name).stat()
+        digest.update(f"\0{name}\0{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}".encode())
+    return digest.hexdigest()[:40]
+
+
+def _write_marker(key: str) -> None:
+    markers = cache_root() / VERIFIED
+    try:
+        markers.mkdir(parents=True, exist_ok=True)
+        _write_atomically(markers / key, lambda partial: Path(partial).write_text(f"{time.time()}\n"))
+    except OSError:      # an unwritable cache: the next process hashes again, nothing worse
+        pass
+
+
+def verify_once(path: Path, manifest_bytes: bytes, manifest: dict) -> None:
+    """Check every file's sha256 against the manifest, once per machine rather than per process.
+
+    A verified directory leaves a marker in the machine's cache keyed by _state_key; a later load
+    that finds the marker skips the hashing, and any change to the manifest or to a file's size,
+    mtime, ctime or inode makes another key, so the files are hashed again. Processes that start
+    together wait on one lock while the first hashes, then find its marker.
     """
+    key = _state_key(path, manifest_bytes, manifest["files"])
+    markers = cache_root() / VERIFIED
+    if (markers / key).is_file():
+        return
+    with contextlib.ExitStack() as held:
+        try:
+            markers.mkdir(parents=True, exist_ok=True)
+            held.enter_context(_file_lock(markers / f"{key}.lock"))
+        except OSError:     # an unwritable cache: this process hashes on its own
+            pass
+        if (markers / key).is_file():
+            return
+        for name, meta in manifest["files"].items():
+            if sha256_file(path / name) != meta["sha256"]:
+                raise IndexLoadError(f"{path / name}: sha256 does not match the manifest; the file is corrupt")
+        if _state_key(path, manifest_bytes, manifest["files"]) == key:   # nothing changed while hashing
+            _write_marker(key)
+
+
+def _open_remote(uri: str, name: str):
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 
-    def open_remote(name):
-        return FileSystems.open(FileSystems.join(uri, name), compression_type=CompressionTypes.UNCOMPRESSED)
+    return FileSystems.open(FileSystems.join(uri, name), compression_type=CompressionTypes.UNCOMPRESSED)
 
+
+def localize(uri: str) -> Path:
+    """Copy a remote index directory to a local cache once per machine; return the local directory.
+
+    The local directory is named by the hash of the remote manifest, so a rebuilt index (or one
+    with a table added) gets a fresh copy. One process copies while the others on the machine wait
+    on a lock; each file is hashed as it streams in (a corrupt or replaced object is an error
+    naming it), written to a temporary name and renamed into place, and the manifest goes last, so
+    no process reads half a file or half a directory. A copy verified in full leaves the
+    verification marker, so loading it hashes nothing again.
+    """
     try:
-        with open_remote(MANIFEST) as handle:
+        with _open_remote(uri, MANIFEST) as handle:
             manifest_bytes = handle.read()
         manifest = json.loads(manifest_bytes)
     except Exception as err:   # any filesystem's not-found or IO error, or a corrupt manifest
         raise IndexLoadError(f"{uri}/{MANIFEST}: cannot read the index manifest ({err})") from None
     check_manifest(manifest, f"{uri}/{MANIFEST}")
-    root = Path(os.environ.get("DPTEXT_INDEX_CACHE") or Path(tempfile.gettempdir()) / "dptext-index")
+    root = cache_root()
     local = root / hashlib.sha256(uri.encode() + manifest_bytes).hexdigest()[:20]
     if (local / MANIFEST).is_file():
         return local
     local.mkdir(parents=True, exist_ok=True)
-    for name, meta in manifest.get("files", {}).items():
-        target = local / name
-        if target.is_file() and target.stat().st_size == meta["bytes"]:
-            continue
+    with _file_lock(root / f"{local.name}.lock"):
+        if (local / MANIFEST).is_file():       # another process copied it while this one waited
+            return local
+        hashed_all = True
+        for name, meta in manifest["files"].items():
+            target = local / name
+            if target.is_file() and target.stat().st_size == meta["bytes"]:
+                hashed_all = False             # left by an interrupted copy: load hashes it
+                continue
 
-        def copy(partial, name=name):
-            with open_remote(name) as src, open(partial, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 22)
-        _write_atomically(target, copy)
-    _write_atomically(local / MANIFEST, lambda partial: Path(partial).write_bytes(manifest_bytes))
+            def copy(partial, name=name, meta=meta):
+                digest = hashlib.sha256()
+                with _open_remote(uri, name) as src, open(partial, "wb") as dst:
+                    while chunk := src.read(1 << 22):
+                        digest.update(chunk)
+                        dst.write(chunk)
+                if digest.hexdigest() != meta["sha256"]:
+                    raise IndexLoadError(f"{uri}/{name}: sha256 does not match the manifest; the object is "
+                                         "corrupt, or the index was replaced while this machine copied it")
+            _write_atomically(target, copy)
+        _write_atomically(local / MANIFEST, lambda partial: Path(partial).write_bytes(manifest_bytes))
+        if hashed_all:
+            _write_marker(_state_key(local, manifest_bytes, manifest["files"]))
     return local
+
+
+class _TableStore:
+    """Where tables are stored beside an index: its local directory (processes on one machine
+    serialise on a lock file) or a remote URI through Beam's filesystems (an object appears whole
+    when its writer closes it, so writing the table first and the manifest last is atomic enough)."""
+
+    def __init__(self, location: str, local: Path):
+        self.location, self.local, self.remote = location, local, "://" in location
+
+    def locked(self):
+        return contextlib.nullcontext() if self.remote else _file_lock(self.local / TABLE_LOCK)
+
+    def read(self, name: str) -> bytes:
+        if not self.remote:
+            return (self.local / name).read_bytes()
+        with _open_remote(self.location, name) as handle:
+            return handle.read()
+
+    def read_array(self, name: str, meta: dict) -> np.ndarray:
+        data = self.read(name)
+        if hashlib.sha256(data).hexdigest() != meta["sha256"]:
+            raise IndexLoadError(f"{self.location}/{name}: sha256 does not match the manifest; the table is corrupt")
+        return np.frombuffer(data, dtype=np.dtype(meta["dtype"])).reshape(meta["shape"])
+
+    def write(self, name: str, data) -> None:
+        """data: bytes, or an array written as its raw bytes."""
+        if not self.remote:
+            _write_atomically(self.local / name, data.tofile if isinstance(data, np.ndarray)
+                              else lambda partial: Path(partial).write_bytes(data))
+            return
+        from apache_beam.io.filesystem import CompressionTypes
+        from apache_beam.io.filesystems import FileSystems
+
+        with FileSystems.create(FileSystems.join(self.location, name), mime_type="application/octet-stream",
+                                compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            handle.write(data.tobytes() if isinstance(data, np.ndarray) else data)
+
+    def check_writable(self, key: str) -> None:
+        """Write and delete an empty probe file beside the index: fails as storing the table would."""
+        probe = f".{key}.{os.getpid()}.probe"
+        self.write(probe, b"")
+        if not self.remote:
+            (self.local / probe).unlink()
+            return
+        from apache_beam.io.filesystems import FileSystems
+
+        FileSystems.delete([FileSystems.join(self.location, probe)])
+
+    def manifest(self) -> dict:
+        where = f"{self.location}/{MANIFEST}" if self.remote else str(self.local / MANIFEST)
+        try:
+            manifest = json.loads(self.read(MANIFEST))
+        except ValueError as err:
+            raise IndexLoadError(f"{where}: corrupt manifest ({err})") from None
+        check_manifest(manifest, where)
+        return manifest
+
+    def publish(self, additions: dict[str, tuple[dict, dict]], loaded: dict, attempts: int = 4) -> None:
+        """Add table entries ({key: (entry, file meta)}) to the stored manifest: re-read, add what is
+        missing, write, and re-read to confirm, since a remote manifest has no lock and a concurrent
+        launcher's write may replace ours. An entry another process stored under the same key stays
+        (the same computation; its file is the one its hash names)."""
+        for attempt in range(attempts):
+            stored = self.manifest()
+            _check_same_index(stored, loaded, self.location)
+            tables = stored.setdefault("tables", {})
+            missing = {key: value for key, value in additions.items() if key not in tables}
+            if not missing:
+                return
+            if attempt == attempts - 1:
+                break
+            for key, (entry, meta) in missing.items():
+                stored["files"][entry["file"]] = meta
+                tables[key] = entry
+            self.write(MANIFEST, (json.dumps(stored, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+        raise TableError(f"{self.location}/{MANIFEST}: the table entries {', '.join(map(repr, missing))} were "
+                         f"written {attempts - 1} times and replaced each time by another writer; launch again "
+                         "when no other launcher adds tables to this index")
+
+
+def _check_same_index(stored: dict, loaded: dict, location: str) -> None:
+    """A table is stored only beside the index it was computed from (not one rebuilt meanwhile)."""
+    for name in (VOCAB, VECTORS, NEIGHBOUR_IDS, NEIGHBOUR_DISTANCES, ANNOY):
+        if stored["files"][name]["sha256"] != loaded["files"][name]["sha256"]:
+            raise TableError(f"{location}: the index there was replaced after this process loaded it ({name} "
+                             "differs); launch again so the job loads the index as it is now")
+
+
+def _describe_table(name: str, params: dict | None) -> str:
+    return f"{name}, {json.dumps(params, sort_keys=True)}" if params else name
+
+
+def _store_failed(location: str, what: str, err: BaseException) -> TableError:
+    reason = err.strerror if isinstance(err, OSError) and err.strerror else \
+        (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    return TableError(f"{location}: cannot store table {what} beside the index ({reason}); {TABLE_SOURCES}. "
+                      "Give the launcher write access to the index, or copy the index to a place it can write")
 
 
 def _check_build_inputs(words: list[str], vectors: np.ndarray, neighbours: int) -> None:
