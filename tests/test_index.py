@@ -438,12 +438,11 @@ def test_build_index_stores_every_table_a_mechanism_reads_at_its_defaults(tmp_pa
     ...), builds on a worker's read-only load of a fresh `dptext build-index` output: no table is
     left for a worker to compute. A mechanism that gains a table fails here until DEFAULT_TABLES
     lists it."""
-    import inspect
     import itertools
 
     from dptext.pipeline.cli import main
+    from dptext.pipeline.options import mechanism_parameter_specs
     from dptext.transforms import mechanisms
-    from dptext.transforms.mechanisms.base import registered
 
     out = tmp_path / "idx"
     assert main(["build-index", "--embedding", str(_word2vec(tmp_path / "e.txt")), "--out", str(out),
@@ -454,10 +453,9 @@ def test_build_index_stores_every_table_a_mechanism_reads_at_its_defaults(tmp_pa
     assert names == ["kde_log_prior", "knn_mutual", "mahalanobis_sqrt"]
     assert all(entry["file"] in printed for entry in manifest["tables"].values())
     worker = EmbeddingIndex.load(out, read_only=True)
+    specs = mechanism_parameter_specs()
     for name in mechanisms.NAMES:
-        module = sys.modules[registered()[name].__module__]
-        accepted = set(inspect.signature(registered()[name]).parameters)
-        choices = {k: v for k, v in getattr(module, "CHOICES", {}).items() if k in accepted}
+        choices = {spec.name: spec.choices for spec in specs.values() if name in spec.mechanisms and spec.choices}
         for values in itertools.product(*choices.values()):
             try:
                 mechanisms.create(name, worker, 5.0, **dict(zip(choices, values)))
