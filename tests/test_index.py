@@ -423,7 +423,7 @@ def test_a_launcher_that_cannot_write_the_index_says_which_table_and_how(tmp_pat
     assert message.startswith(f"{tmp_path / 'idx'}: cannot store table {table_key('means', {'kind': 'mean'})!r} "
                               "(means, {\"kind\": \"mean\"}) beside the index (")
     assert "`dptext build-index` stores those of the default parameters" in message
-    assert "Give the launcher write access to the index" in message
+    assert "Launch once with write access to the index (`dptext run` with these parameters" in message
 
 
 def _word2vec(path: Path, n: int = 40, d: int = 6) -> Path:

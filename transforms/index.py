@@ -758,7 +758,9 @@ def _store_failed(location: str, what: str, err: BaseException) -> TableError:
     reason = err.strerror if isinstance(err, OSError) and err.strerror else \
         (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
     return TableError(f"{location}: cannot store table {what} beside the index ({reason}); {TABLE_SOURCES}. "
-                      "Give the launcher write access to the index, or copy the index to a place it can write")
+                      "Launch once with write access to the index (`dptext run` with these parameters, under "
+                      "credentials that can write there, stores the table), or copy the index to a place the "
+                      "launcher can write")
 
 
 def _check_build_inputs(words: list[str], vectors: np.ndarray, neighbours: int) -> None:
