@@ -18,7 +18,6 @@ peer's parameters were matched and where the peers depart from the papers.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import platform
@@ -270,16 +269,16 @@ def fidelity(index, inputs: list[str], output_file: Path) -> dict:
 
 def dptext_params(mechanism: str) -> dict:
     """The matched values under the names dptext's factory gives them (its defaults otherwise)."""
-    from dptext.transforms.mechanisms.base import registered
+    from dptext.transforms.mechanisms import REGISTRY
 
-    accepted = inspect.signature(registered()[mechanism]).parameters
+    accepted = [p.name for p in REGISTRY[mechanism].parameters()]
     params = {"search": "exact"} if mechanism == "multivariate_laplace" else {}
     for concept, value in DPTEXT_CONCEPTS.get(mechanism, {}).items():
         name = next((n for n in DPTEXT_PARAMETER_NAMES[concept] if n in accepted), None)
         if name is None:
             raise ValueError(f"dptext's {mechanism} has no parameter for {concept} "
                              f"(looked for {', '.join(DPTEXT_PARAMETER_NAMES[concept])}; it has "
-                             f"{', '.join(p for p in accepted if p not in ('index', 'epsilon'))})")
+                             f"{', '.join(accepted)})")
         params[name] = value
     return params
 

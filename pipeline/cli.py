@@ -191,7 +191,7 @@ def _build_index(argv: list[str]) -> int:
 
 
 def _audit(argv: list[str]) -> int:
-    from dptext.transforms.audit import main
+    from dptext.pipeline.audit import main
 
     return main(argv) or 0
 

@@ -18,7 +18,7 @@ def report_context(opts: DPTextOptions, index, mechanism) -> ReportContext:
     return ReportContext(
         mechanism=mechanism.name,
         parameters=json_safe(mechanism.params()),
-        guarantee=json_safe(mechanism.guarantee()),
+        guarantee=mechanism.guarantee(),
         index={"path": str(opts.index), "embedding_id": manifest["embedding_id"],
                "vectors_sha256": manifest["files"]["vectors.f32"]["sha256"],
                "n": manifest["n"], "d": manifest["d"], "dmin": manifest["dmin"], "dmax": manifest["dmax"],

@@ -5,9 +5,7 @@ The CLI, `dptext run --help` and (later) the Flex Template metadata all come fro
 from __future__ import annotations
 
 import difflib
-import inspect
 import math
-import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -156,22 +154,19 @@ def parse_bool(text: str) -> bool:
 
 
 def mechanism_parameter_specs() -> dict[str, MechanismParameterSpec]:
-    """Every keyword parameter of every registered mechanism's factory, with its help text from
-    the module's PARAMETERS, typed from its default: the single source of the run options."""
-    from dptext.transforms.mechanisms import base   # the package import registers every mechanism
+    """Every parameter of every registered mechanism, from its Params dataclass (default, help, choices),
+    typed from its default: the single source of the run options and the template metadata."""
+    from dptext.transforms.mechanisms import REGISTRY
 
-    registered = base.registered
     found: dict[str, dict] = {}
-    for mech_name, factory in sorted(registered().items()):
-        module = sys.modules[factory.__module__]
-        helps, choices = getattr(module, "PARAMETERS", {}), getattr(module, "CHOICES", {})
-        for param in list(inspect.signature(factory).parameters.values())[2:]:   # after index, epsilon
+    for mech_name in sorted(REGISTRY):
+        for param in REGISTRY[mech_name].parameters():
             default = param.default
             parse = parse_bool if isinstance(default, bool) else type(default) if default is not None else str
             entry = found.setdefault(param.name, {"parse": parse, "helps": {}, "mechanisms": [], "choices": set()})
-            entry["choices"].update(choices.get(param.name, ()))
+            entry["choices"].update(param.choices or ())
             entry["mechanisms"].append(mech_name)
-            entry["helps"][mech_name] = f"{helps.get(param.name, param.name)} (default {default})"
+            entry["helps"][mech_name] = f"{param.help} (default {default})"
     specs = {}
     for name, entry in found.items():
         helps = entry["helps"]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import apache_beam as beam
 
 from dptext.transforms.accounting import CorpusAccount, basic_bound, composed_bound
+from dptext.transforms.mechanisms.guarantee import Guarantee
 
 OOV_STATEMENT = {
     "placeholder": "replaced by the fixed placeholder {placeholder!r}; the output shows where they were",
@@ -29,7 +30,7 @@ CASE_NOT_PROTECTED = ("the input's capitalisation: with --case keep a word found
 class ReportContext:
     mechanism: str
     parameters: dict
-    guarantee: dict
+    guarantee: Guarantee
     index: dict            # embedding id, sha256, n, d, Dmin, Dmax, source
     oov_policy: str
     placeholder: str
@@ -62,7 +63,7 @@ class CorpusAccountCombineFn(beam.CombineFn):
 
 
 def build_report(account: CorpusAccount, ctx: ReportContext) -> dict:
-    per_token = ctx.guarantee.get("per_token_pure_epsilon")
+    per_token = ctx.guarantee.per_token_pure_epsilon
     percentiles = account.perturbed_percentiles()
     if per_token is None:
         bounds = {"per_token_pure_epsilon": None,
@@ -80,7 +81,7 @@ def build_report(account: CorpusAccount, ctx: ReportContext) -> dict:
     return {
         "mechanism": ctx.mechanism,
         "parameters": ctx.parameters,
-        "guarantee": ctx.guarantee,
+        "guarantee": ctx.guarantee.as_dict(),
         "index": ctx.index,
         "counts": {
             "documents": account.documents, "tokens": account.tokens,
@@ -107,14 +108,14 @@ def build_report(account: CorpusAccount, ctx: ReportContext) -> dict:
 
 def plain_statement(ctx: ReportContext, account: CorpusAccount) -> list[str]:
     g = ctx.guarantee
-    lines = [g.get("statement", "")]
+    lines = [g.statement]
     oov = OOV_STATEMENT[ctx.oov_policy].format(placeholder=ctx.placeholder)
     lines.append(f"Out-of-vocabulary tokens ({account.oov} of {account.tokens}) are {oov}.")
-    not_protected = list(g.get("not_protected", []))
+    not_protected = list(g.not_protected)
     if ctx.case_policy == "keep":
         not_protected.append(CASE_NOT_PROTECTED)
     lines.append("Not protected: " + "; ".join(not_protected) + ".")
-    if g.get("per_token_pure_epsilon") is not None:
+    if g.per_token_pure_epsilon is not None:
         lines.append("The guarantee is per token; a document's words together leak more (see per_document_bound), "
                      "and the same person writing many documents composes further.")
     else:
@@ -136,7 +137,7 @@ def render_markdown(report: dict) -> str:
         out += [f"| {k} | {v:,} |" for k, v in report["metrics"].items()] + [""]
     out += ["## Mechanism", "", "| parameter | value |", "|---|---|"]
     out += [f"| {k} | {_fmt(v)} |" for k, v in report["parameters"].items()] + [""]
-    out += _guarantee_markdown(report["guarantee"])
+    out += _guarantee_markdown(Guarantee.from_dict(report["guarantee"]))
     out += ["## Embedding index", "", "| field | value |", "|---|---|"]
     out += [f"| {k} | {_fmt(v)} |" for k, v in idx.items()] + [""]
     out += ["## Counts", "", "| documents | tokens | perturbed | out of vocabulary |", "|---|---|---|---|",
@@ -160,20 +161,17 @@ def render_markdown(report: dict) -> str:
     return "\n".join(out)
 
 
-def _guarantee_markdown(g: dict) -> list[str]:
-    out = ["## Guarantee", "", f"- kind: {g.get('kind')}"]
-    if "rate" in g:
-        out.append(f"- rate: {_fmt(g['rate'])}")
-    if "claimed" in g:
-        claimed = g["claimed"]
-        figures = ", ".join(f"{k} {_fmt(v)}" for k, v in claimed.items() if k != "statement")
-        out.append(f"- the paper's claim: {claimed['statement']} ({figures})")
-    if g.get("basis"):
-        out.append(f"- basis: {g['basis']}")
-    per_token = g.get("per_token_pure_epsilon")
+def _guarantee_markdown(g: Guarantee) -> list[str]:
+    out = ["## Guarantee", "", f"- kind: {g.kind}", f"- rate: {_fmt(g.rate)}"]
+    if g.claimed is not None:
+        figures = ", ".join(f"{k} {_fmt(v)}" for k, v in g.claimed.figures.items())
+        out.append(f"- the paper's claim: {g.claimed.statement} ({figures})")
+    if g.basis:
+        out.append(f"- basis: {g.basis}")
+    per_token = g.per_token_pure_epsilon
     out.append(f"- per-token pure epsilon: {_fmt(per_token) if per_token is not None else 'none stated'}")
     out.append("")
-    audited = g.get("audited")
+    audited = g.audited
     if isinstance(audited, list) and audited:
         from dptext.transforms.audit import format_audit
 
@@ -184,17 +182,17 @@ def _guarantee_markdown(g: dict) -> list[str]:
     elif audited:
         out += ["Audit (every figure is in the JSON report):", "", "```",
                 json.dumps(audited, indent=1, ensure_ascii=False)[:4000], "```", ""]
-    if g.get("delta_at_distance"):
+    if g.delta_at_distance:
         out += ["Computed in closed form for two words at distance D < R:", "", "| D | epsilon x D | delta(D) |",
                 "|---|---|---|"]
-        out += [f"| {D} | {_fmt(v['epsilon'])} | {_fmt(v['delta'])} |" for D, v in g["delta_at_distance"].items()]
+        out += [f"| {D} | {_fmt(v['epsilon'])} | {_fmt(v['delta'])} |" for D, v in g.delta_at_distance.items()]
         out.append("")
     return out
 
 
-def _what_the_guarantee_gives(g: dict) -> str:
+def _what_the_guarantee_gives(g: Guarantee) -> str:
     """In a few words, what the guarantee states in place of a vocabulary-wide per-token bound."""
-    basis = str(g.get("basis", ""))
+    basis = g.basis
     if basis.startswith("audited (local"):
         return "local figures from an exact audit"
     if basis.startswith("audited"):

@@ -9,11 +9,11 @@ import pytest
 from scipy import integrate, stats
 from scipy.special import gammainc
 
-from tests.conftest import build_random_index
 from dptext.transforms import mechanisms
 from dptext.transforms.mechanisms.distance_truncated_laplace import log_gamma_cdf, restricted_gamma
 from dptext.transforms.mechanisms.mahalanobis import covariance_trace_d
 from dptext.transforms.mechanisms.vickrey import Vickrey, first_of_two
+from tests.conftest import build_random_index
 
 # KS tests: fixed seeds, N = 20,000 draws; a correct sampler gives p ~ U(0, 1), so p < 1e-6 is a
 # one-in-a-million false alarm, while a broken one (radius not restricted, clipped, renormalised
@@ -82,7 +82,7 @@ def test_delta_of_distance_matches_direct_integration(index):
     total = integrate.quad(density, 0, R)[0]
     for D in (0.5, 1.5, 2.9):
         assert mech.delta(D)[0] == pytest.approx(integrate.quad(density, R - D, R)[0] / total, rel=1e-8)
-    g = mech.guarantee()
+    g = mech.guarantee().as_dict()
     assert g["per_token_pure_epsilon"] is None and "NOT" in g["statement"]
     assert all(0 <= row["delta"] <= 1 for row in g["delta_at_distance"].values())
 
@@ -145,7 +145,7 @@ def test_renormalised_mahalanobis_noise_fails(skewed):
 def test_mahalanobis_table_is_cached_and_guarantee_has_the_euclidean_rate(skewed):
     mech = mechanisms.create("mahalanobis", skewed, 3.0, regularization=0.7)
     assert any(k.startswith("mahalanobis_sqrt") for k in skewed.manifest["tables"])
-    g = mech.guarantee()
+    g = mech.guarantee().as_dict()
     assert g["euclidean_equivalent_rate"] == pytest.approx(3.0 / math.sqrt(mech.min_eigenvalue))
     assert g["per_token_pure_epsilon"] == pytest.approx(g["euclidean_equivalent_rate"] * skewed.dmax)
     with pytest.raises(ValueError, match="regularization"):
@@ -174,7 +174,7 @@ def test_vickrey_choice_follows_its_formula(index, t):
 def test_vickrey_keeps_the_input_word_possible(index):
     out = mechanisms.create("vickrey", index, 50.0).perturb(np.full(2000, 7, dtype=np.int32), np.random.default_rng(2))
     assert (out == 7).any()
-    assert mechanisms.create("vickrey", index, 5.0, base="mahalanobis").guarantee()["mechanism"] == "vickrey"
+    assert mechanisms.create("vickrey", index, 5.0, base="mahalanobis").guarantee().mechanism == "vickrey"
 
 
 # ---- the exact nearest search for noisy points ---------------------------------------------------

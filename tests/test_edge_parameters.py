@@ -7,7 +7,6 @@ is valid. Nothing may hang or crash inside a job.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import re
@@ -16,13 +15,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tests.conftest import build_random_index
 from dptext.transforms import mechanisms
-from dptext.transforms.audit import json_safe
 from dptext.transforms.index import EmbeddingIndex
-from dptext.transforms.mechanisms.base import EpsilonOutOfRangeError, InfeasibleEpsilonError, registered
+from dptext.transforms.mechanisms.base import EpsilonOutOfRangeError, InfeasibleEpsilonError
 from dptext.transforms.mechanisms.kde_prior import MAX_CHAIN_LENGTH
 from dptext.transforms.mechanisms.multivariate_laplace import SEARCH_K_MAX
+from tests.conftest import build_random_index
 
 TINY = math.ulp(0.0)                 # 5e-324, the smallest positive float
 HUGE = np.finfo(np.float64).max      # 1.8e308
@@ -82,7 +80,7 @@ def _valid_refusal(err: ValueError, params: dict, name: str) -> None:
     if isinstance(err, InfeasibleEpsilonError):
         assert "epsilon" in message and re.search(r"smallest feasible epsilon is|\[[-0-9.e+]+, [-0-9.e+]+\]", message)
         return
-    candidates = params or set(inspect.signature(registered()[name]).parameters) - {"index", "epsilon"}
+    candidates = params or {p.name for p in mechanisms.REGISTRY[name].parameters()}
     named = [p for p in candidates if p in message]
     assert named, f"refusal names none of {sorted(candidates)}: {message}"
     assert re.search(r"must be|valid|choose|give|smallest|largest|\[|<|>", message), message
@@ -125,7 +123,7 @@ def test_every_call_runs_or_is_refused_clearly(indexes, name, which, case):
         assert out.shape == ids.shape and np.issubdtype(out.dtype, np.integer)
         assert out.min() >= 0 and out.max() < index.n, (eps, out)
         assert len(mech.perturb(np.empty(0, dtype=np.int32), np.random.default_rng(1))) == 0
-        g = json_safe(mech.guarantee())
+        g = mech.guarantee().as_dict()
         text = json.dumps(g, allow_nan=False)
         assert '"nan"' not in text and g["statement"] and g["not_protected"], (eps, g)
         if g.get("per_token_pure_epsilon") is not None:

@@ -7,14 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from tests.test_truncated_gumbel import _chi_square_matches
 from dptext.transforms import mechanisms
-from dptext.transforms.audit import (audit_pairs, capped_exponential_distribution, knn_exponential_distribution,
-                              pairwise_distances)
+from dptext.transforms.audit import audit_pairs, pairwise_distances
 from dptext.transforms.index import EmbeddingIndex
 from dptext.transforms.mechanisms import vocabulary_exponential
-from dptext.transforms.mechanisms.knn_exponential import KNNExponential
+from dptext.transforms.mechanisms.knn_exponential import KNNExponential, knn_exponential_distribution
 from dptext.transforms.mechanisms.tem import TEM
+from dptext.transforms.mechanisms.vocabulary_exponential import capped_exponential_distribution
+from tests.test_truncated_gumbel import _chi_square_matches
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +218,7 @@ def test_tem_audit_confirms_its_guarantee(wide):
     audited = audit_pairs(P, dist, rate=3.0)
     assert audited["worst_metric_rate"] <= 3.0 + 1e-9
     assert audited["max_delta_at_rate_times_distance"] < 1e-12
-    g = mech.guarantee()
+    g = mech.guarantee().as_dict()
     assert g["kind"] == "metric-DP" and g["per_token_pure_epsilon"] == pytest.approx(3.0 * min(wide.dmax, mech.gamma))
     assert audited["worst_log_ratio"] <= g["per_token_pure_epsilon"] + 1e-9
 
@@ -288,7 +288,7 @@ def test_knn_exponential_audited_figures(short_table):
     assert fixed["worst_log_ratio"] == math.inf
     assert math.isfinite(poisson["worst_log_ratio"]) and poisson["worst_metric_rate"] > 2.0
     # The guarantee reports the audit of the index's own random vocabularies: no metric-DP claim.
-    g = mechanisms.create("knn_exponential", short_table, 2.0).guarantee()
+    g = mechanisms.create("knn_exponential", short_table, 2.0).guarantee().as_dict()
     assert g["per_token_pure_epsilon"] is None and g["rate"] is None
     assert g["audited"] and "local" in g["kind"]
 
@@ -303,7 +303,7 @@ def sixty_whole(random_index):
 
 @pytest.mark.parametrize("candidates", [39, 40, 58])
 def test_knn_exponential_guarantee_does_not_follow_the_audit_coverage(sixty_whole, candidates):
-    g = mechanisms.create("knn_exponential", sixty_whole, 2.0, candidates=candidates).guarantee()
+    g = mechanisms.create("knn_exponential", sixty_whole, 2.0, candidates=candidates).guarantee().as_dict()
     assert not any(r["metric_rate_contradicted"] for r in g["audited"])     # the audit sees nothing ...
     dist = _dist(sixty_whole)
     exact = audit_pairs(knn_exponential_distribution(dist, 2.0, candidates), dist, rate=2.0)
@@ -318,7 +318,7 @@ def test_knn_exponential_over_the_whole_vocabulary_is_metric_dp(random_index, si
     The exact distribution confirms the rate, and the sampler follows it (chi-square)."""
     index = sixty_whole if n == 60 else random_index(n=n, d=3, neighbours=n - 1, seed=6)
     mech = mechanisms.create("knn_exponential", index, 2.0, candidates=candidates)
-    g = mech.guarantee()
+    g = mech.guarantee().as_dict()
     assert g["kind"] == "metric-DP" and g["rate"] == 2.0
     assert g["per_token_pure_epsilon"] == pytest.approx(2.0 * index.dmax)
     dist = _dist(index)
@@ -330,7 +330,7 @@ def test_knn_exponential_over_the_whole_vocabulary_is_metric_dp(random_index, si
 
 
 def test_poisson_candidates_state_a_lower_bound_the_exact_distribution_meets(short_table):
-    from dptext.transforms.audit import poisson_tail_log_ratio_bound, truncated_poisson_pmf
+    from dptext.transforms.mechanisms.candidates import poisson_tail_log_ratio_bound, truncated_poisson_pmf
 
     bound = poisson_tail_log_ratio_bound(short_table.n)
     # The bound in logs agrees with the direct formula where P(k = n - 1) does not underflow ...
@@ -340,6 +340,6 @@ def test_poisson_candidates_state_a_lower_bound_the_exact_distribution_meets(sho
     dist = _dist(short_table)
     exact = audit_pairs(knn_exponential_distribution(dist, 2.0), dist)
     assert 0 < bound <= exact["worst_log_ratio"]
-    g = mechanisms.create("knn_exponential", short_table, 2.0).guarantee()
+    g = mechanisms.create("knn_exponential", short_table, 2.0).guarantee().as_dict()
     assert g["worst_case_log_ratio_at_least"] == pytest.approx(bound) and f"{bound:.4g}" in g["statement"]
     assert g["rate"] is None and g["per_token_pure_epsilon"] is None

@@ -12,11 +12,11 @@ from scipy.stats import gaussian_kde, multivariate_normal
 
 from tests.test_truncated_gumbel import _chi_square_matches
 from dptext.transforms import kde
-from dptext.transforms.audit import (audit_kde_mh_index, audit_pairs, capped_exponential_distribution, json_safe,
-                              kde_mh_distribution, kde_mh_tv_profile, mh_chain_distributions, pairwise_distances,
-                              total_variation)
+from dptext.transforms.audit import audit_pairs, json_safe, pairwise_distances, total_variation
 from dptext.transforms.index import EmbeddingIndex, TableError
-from dptext.transforms.mechanisms.kde_prior import KDEPrior, mutual_neighbours
+from dptext.transforms.mechanisms.kde_prior import (KDEPrior, audit_kde_mh_index, kde_mh_distribution,
+                                                    kde_mh_tv_profile, mh_chain_distributions, mutual_neighbours)
+from dptext.transforms.mechanisms.vocabulary_exponential import capped_exponential_distribution
 
 EPS = 2.0
 DRAWS = 200_000
@@ -301,10 +301,10 @@ def test_index_audit_agrees_with_the_dense_profile(stuck):
 
 # ---- guarantee and parameters ---------------------------------------------------------------
 def test_guarantees(graph):
-    exact = KDEPrior(graph, EPS).guarantee()
+    exact = KDEPrior(graph, EPS).guarantee().as_dict()
     assert exact["kind"] == "metric-DP" and exact["rate"] == EPS
     assert exact["per_token_pure_epsilon"] == pytest.approx(EPS * graph.dmax)
-    mh = KDEPrior(graph, EPS, sampler="mh", chain_length=64).guarantee()
+    mh = KDEPrior(graph, EPS, sampler="mh", chain_length=64).guarantee().as_dict()
     assert mh["kind"] == "approximate" and mh["rate"] is None and mh["per_token_pure_epsilon"] is None
     assert mh["statement"].startswith("approximate")
     assert f"{mh['audited']['tv_median']:.3g} (median)" in mh["statement"]
@@ -351,14 +351,14 @@ def test_long_chains_are_audited_within_a_bounded_time(graph):
     on these 30 words and, at ~70 ms per step, about two hours on the default 34k-word index. It now
     stops at MH_AUDIT_MAX_STEPS and states an upper bound (the distance to the target never grows with
     more steps)."""
-    from dptext.transforms.audit import MH_AUDIT_MAX_STEPS
+    from dptext.transforms.mechanisms.kde_prior import MH_AUDIT_MAX_STEPS
 
     mech = KDEPrior(graph, EPS, sampler="mh", chain_length=100_000)
-    g = mech.guarantee()
+    g = mech.guarantee().as_dict()
     assert g["audited"]["audited_chain_length"] == MH_AUDIT_MAX_STEPS and g["audited"]["chain_length"] == 100_000
     assert f"at most {g['audited']['tv_median']:.3g} (median)" in g["statement"]
     assert f"computed after {MH_AUDIT_MAX_STEPS} steps" in g["statement"]
-    exact = KDEPrior(graph, EPS, sampler="mh", chain_length=MH_AUDIT_MAX_STEPS).guarantee()
+    exact = KDEPrior(graph, EPS, sampler="mh", chain_length=MH_AUDIT_MAX_STEPS).guarantee().as_dict()
     assert "at most" not in exact["statement"]
     assert exact["audited"]["tv_by_chain_length"][-1] == g["audited"]["tv_by_chain_length"][-1]
     with pytest.raises(ValueError, match=r"chain_length must be an integer in \[1, 100000\]"):

@@ -109,7 +109,7 @@ def test_output_is_the_nearest_word_to_the_noisy_vector(index, search):
 
 
 def test_guarantee_is_metric_dp_at_epsilon(index):
-    g = mechanisms.create("multivariate_laplace", index, 4.0).guarantee()
+    g = mechanisms.create("multivariate_laplace", index, 4.0).guarantee().as_dict()
     assert g["kind"] == "metric-DP" and g["rate"] == 4.0
     assert g["per_token_pure_epsilon"] == pytest.approx(4.0 * index.dmax)
 
@@ -142,7 +142,7 @@ def test_an_epsilon_too_small_to_compute_is_refused_with_the_valid_range(index, 
         mech = mechanisms.create(name, index, eps)
         out = mech.perturb(ids, np.random.default_rng(0))
         assert out.min() >= 0 and out.max() < index.n
-        assert np.isfinite(mech.guarantee()["per_token_pure_epsilon"])
+        assert np.isfinite(mech.guarantee().per_token_pure_epsilon)
     with pytest.raises(EpsilonOutOfRangeError, match="above it epsilon x Dmax"):
         mechanisms.create(name, index, np.nextafter(high, np.inf) * 1.01)
 

@@ -40,7 +40,7 @@ CASES = [(name, "small_table", {}) for name in mechanisms.NAMES] + [
 def _report(index, name, params) -> dict:
     eps = 1.5 * smallest_feasible_epsilon(index.n, index.dmin) if name == "truncated_gumbel" else 2.0
     mech = mechanisms.create(name, index, eps, **params)
-    ctx = ReportContext(mechanism=name, parameters=json_safe(mech.params()), guarantee=json_safe(mech.guarantee()),
+    ctx = ReportContext(mechanism=name, parameters=json_safe(mech.params()), guarantee=mech.guarantee(),
                         index={"n": index.n, "d": index.d, "dmin": index.dmin, "dmax": index.dmax},
                         oov_policy="placeholder", placeholder="<unk>", delta=1e-6, test_seed_used=False,
                         versions={}, runner="DirectRunner", input="in.txt", output="out")

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
 
 from dptext.pipeline.cli import main
 from dptext.transforms import mechanisms
-from dptext.transforms.audit import capped_exponential_distribution, pairwise_distances, truncated_gumbel_distribution
+from dptext.transforms.audit import pairwise_distances
+from dptext.transforms.mechanisms.truncated_gumbel import truncated_gumbel_distribution
+from dptext.transforms.mechanisms.vocabulary_exponential import capped_exponential_distribution
 from dptext.transforms.stats import TargetUnreachable, calibrate, sample_words, word_statistics
 
 
@@ -34,7 +35,7 @@ def test_unchanged_probability_matches_the_exact_diagonal(small):
 
 def test_truncated_gumbel_unchanged_matches_its_oracle(small):
     mech = mechanisms.create("truncated_gumbel", small, 200.0)
-    exact = np.diag(truncated_gumbel_distribution(pairwise_distances(small.vectors), mech.p.b, small.dmax))
+    exact = np.diag(truncated_gumbel_distribution(pairwise_distances(small.vectors), mech.gumbel.b, small.dmax))
     stats = word_statistics(mech, np.arange(small.n), 4000, np.random.default_rng(2))
     assert (np.abs(stats.unchanged - exact) <= 5.5 * np.sqrt(exact * (1 - exact) / 4000) + 1e-12).all()
 

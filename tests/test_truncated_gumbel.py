@@ -10,11 +10,17 @@ from scipy import integrate
 from scipy.stats import chi2
 
 from dptext.transforms import mechanisms
-from dptext.transforms.audit import (audit_pairs, audit_truncated_gumbel_subsets, candidate_order, json_safe,
-                              pairwise_distances, truncated_gumbel_distribution, truncated_poisson_pmf)
+from dptext.transforms.audit import audit_pairs, candidate_order, json_safe, pairwise_distances
 from dptext.transforms.mechanisms.base import InfeasibleEpsilonError
-from dptext.transforms.mechanisms.truncated_gumbel import (TruncatedGumbel, epsilon_of_scale, gumbel_scale,
-                                                    smallest_feasible_epsilon)
+from dptext.transforms.mechanisms.candidates import truncated_poisson_pmf
+from dptext.transforms.mechanisms.truncated_gumbel import (
+    TruncatedGumbel,
+    audit_truncated_gumbel_subsets,
+    epsilon_of_scale,
+    gumbel_scale,
+    smallest_feasible_epsilon,
+    truncated_gumbel_distribution,
+)
 
 DRAWS = 200_000
 FALSE_ALARM = 1e-6
@@ -58,7 +64,7 @@ def _chi_square_matches(mech, word: int, oracle_row: np.ndarray, draws: int = DR
 
 def _oracle(index, epsilon, mechanism=None):
     mech = (mechanism or TruncatedGumbel)(index, epsilon)
-    return mech, truncated_gumbel_distribution(pairwise_distances(index.vectors), mech.p.b, index.dmax)
+    return mech, truncated_gumbel_distribution(pairwise_distances(index.vectors), mech.gumbel.b, index.dmax)
 
 
 # ---- calibration ----------------------------------------------------------------------------
@@ -90,7 +96,7 @@ def test_infeasible_epsilon_names_the_smallest_feasible_one(small):
         with pytest.raises(InfeasibleEpsilonError, match=f"smallest feasible epsilon is {floor:.6g}") as err:
             mechanisms.create("truncated_gumbel", small, eps)
         assert err.value.smallest_feasible == pytest.approx(floor)
-    assert mechanisms.create("truncated_gumbel", small, floor * 1.000001).p.b > 0
+    assert mechanisms.create("truncated_gumbel", small, floor * 1.000001).gumbel.b > 0
 
 
 # ---- the exact oracle -------------------------------------------------------------------------
@@ -161,8 +167,8 @@ class SquaredNoise(TruncatedGumbel):
 
     def _perturb_from_table(self, ids, k, rng):
         width = int(k.max()) + 1
-        g = -self.p.b * np.log(self.truncated_exponential(rng, (len(ids), width)).astype(np.float64))
-        scores = self.index.neighbour_distances[ids, :width] + np.sign(g) * g ** 2 / self.p.b
+        g = -self.gumbel.b * np.log(self.truncated_exponential(rng, (len(ids), width)).astype(np.float64))
+        scores = self.index.neighbour_distances[ids, :width] + np.sign(g) * g ** 2 / self.gumbel.b
         scores[np.arange(width)[None, :] > k[:, None]] = np.inf
         return self._table_ids[ids, np.argmin(scores, axis=1)]
 
@@ -182,7 +188,7 @@ class ZeroK(TruncatedGumbel):
     """Broken: k ~ Poisson(ln n) not conditioned on k >= 1 (k = 0: the only candidate is w)."""
 
     def perturb(self, ids, rng):
-        k = np.minimum(rng.poisson(self.p.poisson_rate, len(ids)), self.index.n - 1)
+        k = np.minimum(rng.poisson(self.gumbel.poisson_rate, len(ids)), self.index.n - 1)
         return np.where(k == 0, ids, _perturb_with_k(self, ids, np.maximum(k, 1), rng))
 
 
@@ -190,7 +196,7 @@ class ClippedK(TruncatedGumbel):
     """Broken: k clipped into [1, n - 1] instead of drawn again (k = 0 becomes 1)."""
 
     def perturb(self, ids, rng):
-        k = np.clip(rng.poisson(self.p.poisson_rate, len(ids)), 1, self.index.n - 1)
+        k = np.clip(rng.poisson(self.gumbel.poisson_rate, len(ids)), 1, self.index.n - 1)
         return _perturb_with_k(self, ids, k, rng)
 
 
@@ -199,7 +205,7 @@ class SourceDropped(TruncatedGumbel):
 
     def _perturb_from_table(self, ids, k, rng):
         width = int(k.max()) + 1
-        weights = np.exp(-self.index.neighbour_distances[ids, :width] / self.p.b)
+        weights = np.exp(-self.index.neighbour_distances[ids, :width] / self.gumbel.b)
         scores = self.truncated_exponential(rng, (len(ids), width)) * weights
         scores[np.arange(width)[None, :] > k[:, None]] = 0
         scores[:, 0] = 0
@@ -266,18 +272,18 @@ def test_subset_audit(sixty):
         assert 0 < r["worst_metric_rate"] < math.inf
         assert all(0 <= x <= 1 for x in r["delta_profile"].values())
         assert set(r["worst_pair"]) < set(range(sixty.n))
-    assert audit_truncated_gumbel_subsets(sixty, eps) == rows          # cached, and a copy
+    assert audit_truncated_gumbel_subsets(sixty, eps) == rows          # reproducible, and a fresh list
     rows[0]["n"] = -1
     assert audit_truncated_gumbel_subsets(sixty, eps)[0]["n"] == 9
 
 
 def test_guarantee_prints_the_audited_figures_and_no_pure_bound(sixty):
     mech = mechanisms.create("truncated_gumbel", sixty, 1.5 * smallest_feasible_epsilon(sixty.n, sixty.dmin))
-    g = mech.guarantee()
+    g = mech.guarantee().as_dict()
     json.dumps(g, allow_nan=False)
     assert g["per_token_pure_epsilon"] is None
     assert g["kind"] == "local (audited); no vocabulary-wide DP bound"
-    assert g["claimed"]["epsilon"] == mech.epsilon and g["claimed"]["b"] == mech.p.b
+    assert g["claimed"]["epsilon"] == mech.epsilon and g["claimed"]["b"] == mech.gumbel.b
     audited = audit_truncated_gumbel_subsets(sixty, mech.epsilon)
     assert g["audited"] == json_safe(audited)
     worst = max(r["worst_log_ratio"] for r in audited)
@@ -288,7 +294,7 @@ def test_guarantee_prints_the_audited_figures_and_no_pure_bound(sixty):
         assert f"{figure:.3g}" in g["statement"]
     # The sentence on distant words rests on a figure that supports it (issue 12 #16): the whole
     # vocabulary's lower bound above eps x Dmax, or an audited hockey-stick delta of at least 0.5.
-    from dptext.transforms.audit import poisson_tail_log_ratio_bound
+    from dptext.transforms.mechanisms.candidates import poisson_tail_log_ratio_bound
 
     (distant,) = [item for item in g["not_protected"] if item.startswith("distant words")]
     if poisson_tail_log_ratio_bound(sixty.n) > mech.epsilon * sixty.dmax:
@@ -307,7 +313,7 @@ def test_sampler_matches_the_oracle_just_above_the_feasibility_floor(small, abov
 
     eps = smallest_feasible_epsilon(small.n, small.dmin) * (1 + above_floor)
     mech, P = _oracle(small, eps)
-    assert small.dmax / mech.p.b < 1e-3
+    assert small.dmax / mech.gumbel.b < 1e-3
     stat, threshold = _chi_square_matches(mech, 4, P[4], seed=9)
     assert stat < threshold
 
@@ -367,18 +373,18 @@ def _mechanism_at_scale(index, dmax_over_b: float, cls=TruncatedGumbel):
     """The mechanism at the epsilon whose Gumbel scale is b = Dmax / dmax_over_b."""
     eps = epsilon_of_scale(index.dmax / dmax_over_b, index.n, index.dmin, index.dmax)
     mech = cls(index, eps)
-    assert mech.p.dmax / mech.p.b == pytest.approx(dmax_over_b, rel=1e-9)
+    assert mech.gumbel.dmax / mech.gumbel.b == pytest.approx(dmax_over_b, rel=1e-9)
     return mech
 
 
 def _e_range(mech) -> tuple[float, float]:
     """[e_lo, e_hi] = [exp(-Dmax / b), exp(Dmax / b)]: the range of E = exp(-g / b)."""
-    return math.exp(-mech.p.dmax / mech.p.b), math.exp(mech.p.dmax / mech.p.b)
+    return math.exp(-mech.gumbel.dmax / mech.gumbel.b), math.exp(mech.gumbel.dmax / mech.gumbel.b)
 
 
 def _truncated_gumbel_cdf(mech, below_e: float = None):
     """CDF of g = -b ln E, E ~ Exponential(1) restricted to [e_lo, e_hi] (and to E > below_e when given)."""
-    b, (e_lo, e_hi) = mech.p.b, _e_range(mech)
+    b, (e_lo, e_hi) = mech.gumbel.b, _e_range(mech)
     e0 = e_lo if below_e is None else below_e
 
     def cdf(t):
@@ -390,8 +396,8 @@ def _truncated_gumbel_cdf(mech, below_e: float = None):
 @pytest.mark.parametrize("dmax_over_b", [0.3, 2.0, 6.0, 40.0])
 def test_noise_follows_the_truncated_gumbel(small, dmax_over_b):
     mech = _mechanism_at_scale(small, dmax_over_b)
-    g = -mech.p.b * np.log(mech.truncated_exponential(np.random.default_rng(1), TAIL_DRAWS).astype(np.float64))
-    assert g.min() >= -mech.p.dmax * (1 + 1e-6) and g.max() <= mech.p.dmax * (1 + 1e-6)
+    g = -mech.gumbel.b * np.log(mech.truncated_exponential(np.random.default_rng(1), TAIL_DRAWS).astype(np.float64))
+    assert g.min() >= -mech.gumbel.dmax * (1 + 1e-6) and g.max() <= mech.gumbel.dmax * (1 + 1e-6)
     assert _ks_distance(g, _truncated_gumbel_cdf(mech)) < _dkw_tolerance(TAIL_DRAWS)
 
 
@@ -405,14 +411,14 @@ def test_noise_lower_tail_matches_the_truncated_gumbel(small, cls, ok, dmax_over
     x0 = 12.0
     e_lo, e_hi = _e_range(mech)                   # X > x0 <=> u > 1 - e^-x0 <=> E > e0:
     e0 = e_lo - math.log(math.exp(-(e_hi - e_lo)) - math.expm1(-(e_hi - e_lo)) * math.exp(-x0))
-    g = -mech.p.b * np.log(mech.truncated_exponential(TailRng(5, x0), TAIL_DRAWS).astype(np.float64))
+    g = -mech.gumbel.b * np.log(mech.truncated_exponential(TailRng(5, x0), TAIL_DRAWS).astype(np.float64))
     cdf = _truncated_gumbel_cdf(mech, below_e=e0)
-    p_deep = float(cdf(-3.0 * mech.p.b))
+    p_deep = float(cdf(-3.0 * mech.gumbel.b))
     expected, sd = TAIL_DRAWS * p_deep, math.sqrt(TAIL_DRAWS * p_deep * (1 - p_deep))
     assert expected > 30
-    count = int((g < -3.0 * mech.p.b).sum())
+    count = int((g < -3.0 * mech.gumbel.b).sum())
     passed = (_ks_distance(g, cdf) < _dkw_tolerance(TAIL_DRAWS)) and abs(count - expected) <= 5 * sd + 1
-    assert passed == ok, (cls.__name__, count, expected, g.min() / mech.p.b)
+    assert passed == ok, (cls.__name__, count, expected, g.min() / mech.gumbel.b)
 
 
 def test_unbounded_exponential_keeps_the_exponential_law(monkeypatch):
@@ -437,12 +443,12 @@ def test_unbounded_exponential_keeps_the_exponential_law(monkeypatch):
 def test_guarantee_states_the_whole_vocabulary_lower_bound(small):
     """The Poisson k puts a word's last-ranked word among its candidates only when k = n - 1: the
     guarantee states the lower bound that follows, and the exact distribution meets it."""
-    from dptext.transforms.audit import poisson_tail_log_ratio_bound
+    from dptext.transforms.mechanisms.candidates import poisson_tail_log_ratio_bound
 
     mech, P = _oracle(small, 1.5 * smallest_feasible_epsilon(small.n, small.dmin))
     bound = poisson_tail_log_ratio_bound(small.n)
     assert 0 < bound <= audit_pairs(P, pairwise_distances(small.vectors))["worst_log_ratio"]
-    g = mech.guarantee()
+    g = mech.guarantee().as_dict()
     assert g["worst_case_log_ratio_at_least"] == pytest.approx(bound) and f"{bound:.4g}" in g["statement"]
     assert g["per_token_pure_epsilon"] is None and "metric-DP" not in g["kind"]
 

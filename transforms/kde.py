@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dptext.transforms.errors import ParameterError
 from dptext.transforms.index_build import CHUNK_BYTES, CHUNK_ROWS, Geometry
 from dptext.transforms.numerics import mean_and_covariance
 
@@ -64,7 +65,7 @@ def scott_kernel(vectors: np.ndarray, bandwidth_scale: float = 1.0, chunk: int =
     the rank r, and pi is a density on that span (constant factors cancel in the mechanism).
     """
     if not (math.isfinite(bandwidth_scale) and bandwidth_scale > 0):
-        raise ValueError(f"bandwidth_scale must be a finite number > 0, got {bandwidth_scale!r}")
+        raise ParameterError(f"bandwidth_scale must be a finite number > 0, got {bandwidth_scale!r}")
     n, d = vectors.shape
     if n < 2:
         raise ValueError("a kernel density estimate needs at least 2 words")
@@ -102,11 +103,11 @@ def kde_log_density(vectors: np.ndarray, bandwidth_scale: float = 1.0,
         z[s:s + 65536] = (vectors[s:s + 65536].astype(np.float64) - kernel.mean) @ kernel.transform
     reach = float(np.abs(z).max())            # at bandwidth_scale 1; z scales as 1 / bandwidth_scale
     if reach > WHITENED_LIMIT * bandwidth_scale:
-        raise ValueError(f"bandwidth_scale {bandwidth_scale:g} is too small for this embedding: the whitened vectors "
-                         f"would reach {reach:.3g} / {bandwidth_scale:g}, beyond {WHITENED_LIMIT:g} where float32 squared "
-                         "distances overflow in the pairwise screen; the smallest usable bandwidth_scale is "
-                         f"{reach / WHITENED_LIMIT:.3g} (far below 1, every kernel term between distinct words is 0 "
-                         "and pi is uniform but for duplicated vectors)")
+        raise ParameterError(f"bandwidth_scale {bandwidth_scale:g} is too small for this embedding: the whitened "
+                             f"vectors would reach {reach:.3g} / {bandwidth_scale:g}, beyond {WHITENED_LIMIT:g} where "
+                             "float32 squared distances overflow in the pairwise screen; the smallest usable "
+                             f"bandwidth_scale is {reach / WHITENED_LIMIT:.3g} (far below 1, every kernel term between "
+                             "distinct words is 0 and pi is uniform but for duplicated vectors)")
     z /= bandwidth_scale
     geom = Geometry(z.astype(np.float32))
     sq64 = np.einsum("ij,ij->i", z, z)

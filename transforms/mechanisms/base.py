@@ -1,29 +1,27 @@
-"""What every mechanism is: a protocol, the registry, and sampling helpers they share."""
+"""What every mechanism is: the base class, how a mechanism declares its parameters, the epsilon
+checks they share, and sampling helpers.
+
+A mechanism is a class with a `name`, a frozen `Params` dataclass (each field declared with
+`parameter(default, help, choices)`: the `dptext run` options and the Flex Template metadata are
+generated from these), `_perturb` and `compute_guarantee`. The base class validates epsilon and
+the ids once, and keeps the guarantee once computed.
+"""
 from __future__ import annotations
 
+import abc
+import dataclasses
 import math
 import sys
-from typing import Callable, Protocol
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
-from dptext.transforms.errors import DptextError
+
+from dptext.transforms.errors import ParameterError
+from dptext.transforms.mechanisms.guarantee import Guarantee
 
 
-class Mechanism(Protocol):
-    name: str
-    epsilon: float
-
-    def perturb(self, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """One output vocabulary id per input id (all ids >= 0), batched."""
-
-    def params(self) -> dict:
-        """Every parameter that determines the output distribution (for the report)."""
-
-    def guarantee(self) -> dict:
-        """The privacy statement the report prints: kind, rate, what is not protected."""
-
-
-class InfeasibleEpsilonError(DptextError, ValueError):
+class InfeasibleEpsilonError(ParameterError):
     """The requested epsilon cannot be met by this mechanism on this index."""
 
     def __init__(self, message: str, smallest_feasible: float):
@@ -39,6 +37,79 @@ class EpsilonOutOfRangeError(InfeasibleEpsilonError):
         self.largest_feasible = largest_feasible
 
 
+# ---- parameters ---------------------------------------------------------------------------
+def parameter(default: Any, help: str, choices: tuple | None = None) -> Any:
+    """A field of a mechanism's Params dataclass: its default, the help text of its `dptext run`
+    option (and template parameter), and its valid values when they are a fixed set."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One declared mechanism parameter, as the CLI and the template metadata see it."""
+    name: str
+    default: Any
+    help: str
+    choices: tuple | None = None
+
+
+def parameters_of(params_type: type) -> tuple[Parameter, ...]:
+    """The declared parameters of a Params dataclass, in field order."""
+    return tuple(Parameter(f.name, f.default, f.metadata["help"], f.metadata.get("choices"))
+                 for f in dataclasses.fields(params_type) if f.init)
+
+
+@dataclass(frozen=True)
+class NoParameters:
+    """The parameters of a mechanism that takes none besides epsilon."""
+
+
+# ---- the base class -----------------------------------------------------------------------
+class Mechanism(abc.ABC):
+    """A word-level mechanism over an index: one output vocabulary id per input id."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type] = NoParameters
+
+    def __init__(self, index, epsilon: float, *args, **kwargs):
+        """epsilon is checked (a finite number > 0) and the parameters validated (Params'
+        __post_init__) before a subclass looks at the index."""
+        self.index = index
+        self.epsilon = check_epsilon(epsilon)
+        self.p = self.Params(*args, **kwargs)
+        self._guarantee: Guarantee | None = None
+
+    @classmethod
+    def parameters(cls) -> tuple[Parameter, ...]:
+        return parameters_of(cls.Params)
+
+    def perturb(self, ids, rng: np.random.Generator) -> np.ndarray:
+        """One output vocabulary id per input id (all ids >= 0), batched."""
+        ids = as_ids(ids, self.index.n)
+        if not len(ids):
+            return np.empty(0, dtype=np.int32)
+        return self._perturb(ids, rng)
+
+    @abc.abstractmethod
+    def _perturb(self, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """perturb for a non-empty batch of validated int32 vocabulary ids."""
+
+    @abc.abstractmethod
+    def params(self) -> dict:
+        """Every parameter that determines the output distribution (for the report)."""
+
+    def guarantee(self) -> Guarantee:
+        """The privacy statement the report prints (computed once per mechanism: some audit)."""
+        if self._guarantee is None:
+            self._guarantee = self.compute_guarantee()
+        return self._guarantee
+
+    @abc.abstractmethod
+    def compute_guarantee(self) -> Guarantee:
+        """What this mechanism may claim on this index."""
+
+
+# ---- epsilon ------------------------------------------------------------------------------
 FLOAT_MAX = sys.float_info.max
 TOO_LARGE = ("above it epsilon x Dmax, the per-token bound the report composes, is not a finite float64; "
              "any epsilon near the largest already keeps every word (its outputs equal its inputs)")
@@ -60,28 +131,14 @@ def check_epsilon_range(name: str, epsilon: float, smallest: float, largest: flo
     return epsilon
 
 
-_REGISTRY: dict[str, Callable[..., Mechanism]] = {}
-
-
-def register(name: str):
-    def decorate(factory):
-        _REGISTRY[name] = factory
-        return factory
-    return decorate
-
-
-def registered() -> dict[str, Callable[..., Mechanism]]:
-    return _REGISTRY
-
-
 def check_epsilon(epsilon) -> float:
     """The one place epsilon is validated: a finite positive number."""
     try:
         value = float(epsilon)
     except (TypeError, ValueError):
-        raise ValueError(f"epsilon must be a number, got {epsilon!r}") from None
+        raise ParameterError(f"epsilon must be a number, got {epsilon!r}") from None
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"epsilon must be a finite number > 0, got {epsilon!r}")
+        raise ParameterError(f"epsilon must be a finite number > 0, got {epsilon!r}")
     return value
 
 
@@ -89,28 +146,14 @@ def as_ids(ids, n: int) -> np.ndarray:
     """Validate a batch of vocabulary ids (int32, 0 <= id < n)."""
     ids = np.asarray(ids)
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError("ids must be a 1-d integer array")
+        raise ParameterError("ids must be a 1-d integer array")
     if ids.size and (ids.min() < 0 or ids.max() >= n):
-        raise ValueError(f"ids must be vocabulary ids in [0, {n}); out-of-vocabulary tokens are "
-                         "handled by the OOV policy before the mechanism")
+        raise ParameterError(f"ids must be vocabulary ids in [0, {n}); out-of-vocabulary tokens are "
+                             "handled by the OOV policy before the mechanism")
     return ids.astype(np.int32, copy=False)
 
 
-def truncated_poisson(rng: np.random.Generator, lam: float, low: int, high: int, size: int) -> np.ndarray:
-    """Poisson(lam) conditioned on low <= k <= high: draw again for the draws outside.
-
-    Redraws are batched (one call per round for all rejected draws, not a loop per token).
-    """
-    if low > high:
-        raise ValueError(f"empty support [{low}, {high}]")
-    k = rng.poisson(lam, size)
-    bad = np.flatnonzero((k < low) | (k > high))
-    while bad.size:
-        k[bad] = rng.poisson(lam, bad.size)
-        bad = bad[(k[bad] < low) | (k[bad] > high)]
-    return k
-
-
+# ---- sampling -----------------------------------------------------------------------------
 def unit_directions(rng: np.random.Generator, m: int, d: int) -> np.ndarray:
     """m directions uniform on the unit sphere in R^d (normalised standard normals)."""
     u = rng.standard_normal((m, d))

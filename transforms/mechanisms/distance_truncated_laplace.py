@@ -17,16 +17,19 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import gammainc, gammaincinv, gammaln
 
-from dptext.transforms.mechanisms import multivariate_laplace
-from dptext.transforms.mechanisms.base import check_epsilon, register
-from dptext.transforms.mechanisms.multivariate_laplace import RESOLUTION, MultivariateLaplace
+from dptext.transforms.errors import ParameterError
+from dptext.transforms.mechanisms.base import parameter
+from dptext.transforms.mechanisms.guarantee import NOT_PROTECTED, Guarantee
+from dptext.transforms.mechanisms.multivariate_laplace import (
+    RESOLUTION,
+    MultivariateLaplace,
+    check_search,
+    search_k_parameter,
+    search_parameter,
+)
 
-NAME = "distance_truncated_laplace"
-PARAMETERS = {**multivariate_laplace.PARAMETERS,
-              "radius": "distance_truncated_laplace: largest noise radius R (0: the median distance from a word "
-                        "to its 10th nearest neighbour)"}
-CHOICES = multivariate_laplace.CHOICES
 DEFAULT_RANK = 10
+RADIUS_RULE = "radius must be a finite number > 0 (or 0 for the default), got {!r}"
 
 
 def log_gamma_cdf(d: int, x: np.ndarray) -> np.ndarray:
@@ -82,31 +85,35 @@ def default_radius(index) -> float:
 
 
 @dataclass(frozen=True)
-class DistanceTruncatedParams:
-    epsilon: float
-    radius: float
+class DistanceTruncatedLaplaceParams:
+    radius: float = parameter(0.0, "largest noise radius R (0: the median distance from a word to its 10th nearest "
+                                   "neighbour)")
+    search: str = search_parameter()
+    search_k: int = search_k_parameter()
 
     def __post_init__(self):
-        object.__setattr__(self, "epsilon", check_epsilon(self.epsilon))
-        if not (isinstance(self.radius, (int, float)) and math.isfinite(self.radius) and self.radius > 0):
-            raise ValueError(f"radius must be a finite number > 0 (or 0 for the default), got {self.radius!r}")
+        r = self.radius
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r < 0:
+            raise ParameterError(RADIUS_RULE.format(r))
+        check_search(self)
 
 
 class DistanceTruncatedLaplace(MultivariateLaplace):
-    name = NAME
+    name = "distance_truncated_laplace"
+    Params = DistanceTruncatedLaplaceParams
 
-    def __init__(self, index, epsilon: float, radius: float = 0.0, search: str = "auto", search_k: int = -1):
-        # R first: the epsilon range checked by the base class depends on it.
-        if isinstance(radius, bool) or not isinstance(radius, (int, float)):
-            raise ValueError(f"radius must be a finite number > 0 (or 0 for the default), got {radius!r}")
-        self.radius_rule = "given" if radius else f"median distance to the {min(DEFAULT_RANK, index.neighbours)}th neighbour"
-        self.t = DistanceTruncatedParams(check_epsilon(epsilon), float(radius) or default_radius(index))
-        self.R = self.t.radius
+    def prepare(self) -> None:
+        """R first: the epsilon range depends on it."""
+        index = self.index
+        self.radius_rule = ("given" if self.p.radius else
+                            f"median distance to the {min(DEFAULT_RANK, index.neighbours)}th neighbour")
+        self.R = float(self.p.radius) or default_radius(index)
+        if not (math.isfinite(self.R) and self.R > 0):
+            raise ParameterError(RADIUS_RULE.format(self.R))
         if self.R <= index.dmin:
-            raise ValueError(f"radius R = {self.R:.6g} ({self.radius_rule}) does not exceed Dmin = {index.dmin:.6g}: "
-                             "no two vocabulary words would be within R of each other, so no pair would be "
-                             f"protected; give --radius above {index.dmin:.6g}")
-        super().__init__(index, epsilon, search, search_k)
+            raise ParameterError(f"radius R = {self.R:.6g} ({self.radius_rule}) does not exceed Dmin = "
+                                 f"{index.dmin:.6g}: no two vocabulary words would be within R of each other, so no "
+                                 f"pair would be protected; give --radius above {index.dmin:.6g}")
 
     def epsilon_range(self) -> tuple[float, float, str]:
         """The noise radius never exceeds R: when float64 resolves a point R away, any epsilon; otherwise
@@ -135,32 +142,20 @@ class DistanceTruncatedLaplace(MultivariateLaplace):
             log_ratio = log_gamma_cdf(d, eps * (R - D)) - log_gamma_cdf(d, eps * R)[0]
         return np.clip(-np.expm1(log_ratio), 0.0, 1.0) + 0.0      # + 0.0: never print -0
 
-    def guarantee(self) -> dict:
+    def compute_guarantee(self) -> Guarantee:
         eps, R = self.epsilon, self.R
         distances = sorted({D for D in (self.index.dmin, R / 4, R / 2, 3 * R / 4) if D < R})
         table = {f"{D:.4g}": {"epsilon": eps * D, "delta": float(x)} for D, x in zip(distances, self.delta(distances))}
-        return {
-            "mechanism": NAME,
-            "kind": "(eps*D, delta(D))-DP for D < R",
-            "rate": eps,
-            "basis": "computed (delta(D) in closed form)",
-            "statement": (f"For two vocabulary words at distance D < R = {R:.4g}: (epsilon x D, delta(D))-DP with "
-                          "delta(D) = P(R - D < r <= R) / P(r <= R), r ~ Gamma(d, 1/epsilon) restricted to [0, R] "
-                          f"(e.g. D = {distances[1]:.3g}: epsilon {eps * distances[1]:.3g}, delta "
-                          f"{table[f'{distances[1]:.4g}']['delta']:.3g}). Words farther apart than R are NOT "
-                          "protected from each other: their noisy vectors can have disjoint supports."),
-            "delta_at_distance": table,
-            "per_token_pure_epsilon": None,
-            "confirmed_by": ("tests/test_continuous_mechanisms.py: the radius follows the restricted Gamma (KS), the "
-                             "direction is uniform, delta(D) agrees with direct integration"),
-            "not_protected": ["out-of-vocabulary tokens (handled by the OOV policy)",
-                              "document length, token positions and punctuation",
-                              "which tokens are in the vocabulary",
-                              f"words farther apart than R = {R:.4g}, and any pair only up to delta(D)"],
-        }
-
-
-@register(NAME)
-def create(index, epsilon: float, radius: float = 0.0, search: str = "auto",
-           search_k: int = -1) -> DistanceTruncatedLaplace:
-    return DistanceTruncatedLaplace(index, epsilon, radius, search, search_k)
+        return Guarantee(
+            mechanism=self.name, kind="(eps*D, delta(D))-DP for D < R", rate=eps,
+            basis="computed (delta(D) in closed form)",
+            statement=(f"For two vocabulary words at distance D < R = {R:.4g}: (epsilon x D, delta(D))-DP with "
+                       "delta(D) = P(R - D < r <= R) / P(r <= R), r ~ Gamma(d, 1/epsilon) restricted to [0, R] "
+                       f"(e.g. D = {distances[1]:.3g}: epsilon {eps * distances[1]:.3g}, delta "
+                       f"{table[f'{distances[1]:.4g}']['delta']:.3g}). Words farther apart than R are NOT "
+                       "protected from each other: their noisy vectors can have disjoint supports."),
+            delta_at_distance=table,
+            per_token_pure_epsilon=None,
+            confirmed_by=("tests/test_continuous_mechanisms.py: the radius follows the restricted Gamma (KS), the "
+                          "direction is uniform, delta(D) agrees with direct integration"),
+            not_protected=NOT_PROTECTED + (f"words farther apart than R = {R:.4g}, and any pair only up to delta(D)",))

@@ -9,21 +9,46 @@ once and stored in the index directory.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
-from dptext.transforms.mechanisms import multivariate_laplace
-from dptext.transforms.mechanisms.base import largest_epsilon, register, unit_directions
-from dptext.transforms.mechanisms.multivariate_laplace import MultivariateLaplace
+from dptext.transforms.errors import ParameterError
+from dptext.transforms.mechanisms.base import largest_epsilon, parameter, unit_directions
+from dptext.transforms.mechanisms.guarantee import Guarantee
+from dptext.transforms.mechanisms.multivariate_laplace import (
+    MultivariateLaplace,
+    check_search,
+    search_k_parameter,
+    search_parameter,
+)
 from dptext.transforms.numerics import mean_and_covariance
 
-NAME = "mahalanobis"
-PARAMETERS = {**multivariate_laplace.PARAMETERS,
-              "regularization": "mahalanobis: lambda in S = lambda Sigma + (1 - lambda) I (0: plain multivariate "
-                                "Laplace; 1: the covariance alone)"}
-CHOICES = multivariate_laplace.CHOICES
 TABLE = "mahalanobis_sqrt"
+
+
+def regularization_parameter() -> float:
+    return parameter(0.5, "lambda in S = lambda Sigma + (1 - lambda) I (0: plain multivariate Laplace; 1: the "
+                          "covariance alone)")
+
+
+def check_regularization(regularization) -> None:
+    if isinstance(regularization, bool) or not (isinstance(regularization, (int, float)) and 0 <= regularization <= 1):
+        raise ParameterError(f"regularization (lambda) must be in [0, 1], got {regularization!r}")
+
+
+@dataclass(frozen=True)
+class MahalanobisParams:
+    regularization: float = regularization_parameter()
+    search: str = search_parameter()
+    search_k: int = search_k_parameter()
+
+    def __post_init__(self):
+        check_regularization(self.regularization)
+        object.__setattr__(self, "regularization", float(self.regularization))
+        check_search(self)
 
 
 def covariance_trace_d(vectors: np.ndarray) -> np.ndarray:
@@ -42,24 +67,21 @@ def regularized_sqrt(vectors: np.ndarray, regularization: float) -> np.ndarray:
 
 
 class Mahalanobis(MultivariateLaplace):
-    name = NAME
+    name = "mahalanobis"
+    Params = MahalanobisParams
 
-    def __init__(self, index, epsilon: float, regularization: float = 0.5, search: str = "auto",
-                 search_k: int = -1):
-        # S first: the epsilon range checked by the base class depends on its eigenvalues.
-        if isinstance(regularization, bool) or not (isinstance(regularization, (int, float))
-                                                    and 0 <= regularization <= 1):
-            raise ValueError(f"regularization (lambda) must be in [0, 1], got {regularization!r}")
-        self.regularization = float(regularization)
-        table = index.table(TABLE, lambda idx: regularized_sqrt(idx.vectors, self.regularization),
-                            {"lambda": self.regularization})
+    def prepare(self) -> None:
+        """S first: the epsilon range depends on its eigenvalues."""
+        self.regularization = self.p.regularization
+        table = self.index.table(TABLE, lambda idx: regularized_sqrt(idx.vectors, self.regularization),
+                                 {"lambda": self.regularization})
         self.sqrt_S = np.asarray(table[:-1])
         self.min_eigenvalue = float(table[-1].min())
         self.max_eigenvalue = float(table[-1].max())
         if self.min_eigenvalue <= 0:
-            raise ValueError(f"S is singular at regularization {self.regularization:g} (the embedding's covariance "
-                             "is degenerate, e.g. fewer words than dimensions): choose regularization < 1")
-        super().__init__(index, epsilon, search, search_k)
+            raise ParameterError(f"S is singular at regularization {self.regularization:g} (the embedding's "
+                                 "covariance is degenerate, e.g. fewer words than dimensions): choose "
+                                 "regularization < 1")
 
     def noise_stretch(self) -> float:
         """|S^(1/2) x| <= sqrt(largest eigenvalue of S) for a unit x."""
@@ -76,29 +98,20 @@ class Mahalanobis(MultivariateLaplace):
         directions = unit_directions(rng, size, self.index.d) @ self.sqrt_S     # S^(1/2) symmetric
         return self.radii(rng, size)[:, None] * directions
 
-    def guarantee(self) -> dict:
+    def compute_guarantee(self) -> Guarantee:
         eps, dmax = self.epsilon, self.index.dmax
         euclidean_rate = eps / math.sqrt(self.min_eigenvalue)
-        g = super().guarantee()
-        g.update({
-            "mechanism": NAME,
-            "rate": eps,
-            "metric": "regularized Mahalanobis ||S^(-1/2) (phi(w) - phi(w'))||",
-            "euclidean_equivalent_rate": euclidean_rate,
-            "statement": (f"P[M(w)=y] <= exp({eps:g} * ||S^(-1/2)(phi(w) - phi(w'))||) * P[M(w')=y] for every pair "
-                          f"of vocabulary words and every output (S = {self.regularization:g} Sigma + "
-                          f"{1 - self.regularization:g} I); in Euclidean distance a rate of epsilon / sqrt(min "
-                          f"eigenvalue of S) = {euclidean_rate:.4g}."),
-            "per_token_pure_epsilon": euclidean_rate * dmax,
-            "per_token_pure_epsilon_note": (f"vocabulary-wide: the Mahalanobis distance is at most Dmax / sqrt(min "
-                                            f"eigenvalue of S) = {dmax / math.sqrt(self.min_eigenvalue):.6g}"),
-            "confirmed_by": ("tests/test_continuous_mechanisms.py: the noise is r S^(1/2) x with r ~ Gamma(d, 1/eps) "
-                             "(KS on the whitened radius) and covariance proportional to S"),
-        })
-        return g
-
-
-@register(NAME)
-def create(index, epsilon: float, regularization: float = 0.5, search: str = "auto",
-           search_k: int = -1) -> Mahalanobis:
-    return Mahalanobis(index, epsilon, regularization, search, search_k)
+        g = super().compute_guarantee()
+        return dataclasses.replace(
+            g, rate=eps,
+            statement=(f"P[M(w)=y] <= exp({eps:g} * ||S^(-1/2)(phi(w) - phi(w'))||) * P[M(w')=y] for every pair "
+                       f"of vocabulary words and every output (S = {self.regularization:g} Sigma + "
+                       f"{1 - self.regularization:g} I); in Euclidean distance a rate of epsilon / sqrt(min "
+                       f"eigenvalue of S) = {euclidean_rate:.4g}."),
+            per_token_pure_epsilon=euclidean_rate * dmax,
+            per_token_pure_epsilon_note=(f"vocabulary-wide: the Mahalanobis distance is at most Dmax / sqrt(min "
+                                         f"eigenvalue of S) = {dmax / math.sqrt(self.min_eigenvalue):.6g}"),
+            confirmed_by=("tests/test_continuous_mechanisms.py: the noise is r S^(1/2) x with r ~ Gamma(d, 1/eps) "
+                          "(KS on the whitened radius) and covariance proportional to S"),
+            extra={**g.extra, "metric": "regularized Mahalanobis ||S^(-1/2) (phi(w) - phi(w'))||",
+                   "euclidean_equivalent_rate": euclidean_rate})

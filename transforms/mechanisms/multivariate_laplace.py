@@ -9,19 +9,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
 from scipy.special import gammainccinv
 
-from dptext.transforms.mechanisms.base import (as_ids, check_epsilon, check_epsilon_range, largest_epsilon, register,
-                                        unit_directions)
+from dptext.transforms.errors import ParameterError
+from dptext.transforms.mechanisms.base import (
+    Mechanism,
+    check_epsilon_range,
+    largest_epsilon,
+    parameter,
+    unit_directions,
+)
+from dptext.transforms.mechanisms.guarantee import Guarantee
 
-NAME = "multivariate_laplace"
-PARAMETERS = {"search": "nearest-word search of multivariate_laplace, distance_truncated_laplace, mahalanobis and "
-                        "vickrey's noisy vectors: exact, annoy, or auto (exact up to n*d = 50M)",
-              "search_k": "Annoy's search_k with --search annoy (-1: Annoy's default)"}
 SEARCHES = ("auto", "annoy", "exact")
 SEARCH_K_MAX = 2 ** 31 - 1
-CHOICES = {"search": SEARCHES}
 # "auto" searches exactly up to this many vocabulary entries (n * d): on the default embedding
 # (10M) the exact search is faster than an Annoy search with comparable recall (README).
 AUTO_EXACT_LIMIT = 50_000_000
@@ -44,32 +45,49 @@ def smallest_resolved_epsilon(d: int, dmin: float, stretch: float = 1.0) -> floa
     return largest_radius_factor(d) * stretch * 2.0 ** -52 / (RESOLUTION * dmin)
 
 
+def search_parameter() -> str:
+    """The nearest-word search of the noisy vector (every mechanism built on this noise has it)."""
+    return parameter("auto", "nearest-word search of the noisy vector: exact, annoy, or auto (exact up to n*d = 50M)",
+                     SEARCHES)
+
+
+def search_k_parameter() -> int:
+    return parameter(-1, "Annoy's search_k with --search annoy (-1: Annoy's default)")
+
+
+def check_search(params) -> None:
+    """Validate (and type) the search and search_k fields of a Params dataclass."""
+    if params.search not in SEARCHES:
+        raise ParameterError(f"unknown nearest-word search {params.search!r}; valid: {', '.join(SEARCHES)}")
+    object.__setattr__(params, "search_k", int(params.search_k))
+    if params.search_k != -1 and not 1 <= params.search_k <= SEARCH_K_MAX:
+        raise ParameterError(f"search_k must be -1 (Annoy's default) or in [1, {SEARCH_K_MAX}] (Annoy takes a C int), "
+                             f"got {params.search_k}")
+
+
 @dataclass(frozen=True)
 class MultivariateLaplaceParams:
-    epsilon: float
-    search: str = "auto"
-    search_k: int = -1   # Annoy's search_k; -1 means n_trees * n
+    search: str = search_parameter()
+    search_k: int = search_k_parameter()      # Annoy's search_k; -1 means n_trees * n
 
     def __post_init__(self):
-        object.__setattr__(self, "epsilon", check_epsilon(self.epsilon))
-        if self.search not in SEARCHES:
-            raise ValueError(f"unknown nearest-word search {self.search!r}; valid: {', '.join(SEARCHES)}")
-        if self.search_k != -1 and not 1 <= self.search_k <= SEARCH_K_MAX:
-            raise ValueError(f"search_k must be -1 (Annoy's default) or in [1, {SEARCH_K_MAX}] (Annoy takes a C int), "
-                             f"got {self.search_k}")
+        check_search(self)
 
 
-class MultivariateLaplace:
-    name = NAME
+class MultivariateLaplace(Mechanism):
+    name = "multivariate_laplace"
+    Params = MultivariateLaplaceParams
 
-    def __init__(self, index, epsilon: float, search: str = "auto", search_k: int = -1):
-        self.index = index
-        self.p = MultivariateLaplaceParams(epsilon, search, int(search_k))
-        self.epsilon = self.p.epsilon
+    def __init__(self, index, epsilon: float, *args, **kwargs):
+        super().__init__(index, epsilon, *args, **kwargs)
+        self.prepare()
         self.search = self.p.search
         if self.search == "auto":
             self.search = "exact" if index.n * index.d <= AUTO_EXACT_LIMIT else "annoy"
         check_epsilon_range(self.name, self.epsilon, *self.epsilon_range())
+
+    def prepare(self) -> None:
+        """What the epsilon range depends on, besides the index (the radius R, the matrix S in subclasses)."""
 
     def noise_stretch(self) -> float:
         """How far the noise reaches per unit radius (1: r x, x on the unit sphere)."""
@@ -83,7 +101,8 @@ class MultivariateLaplace:
             f"below it the noise radius (r ~ Gamma(d = {self.index.d}, 1/epsilon), up to {radius:.4g} / epsilon at "
             f"its 1 - {RADIUS_QUANTILE:g} quantile) is so large that float64 rounds the noisy point by more than "
             f"{RESOLUTION:g} x Dmin (Dmin = {self.index.dmin:.4g}): rounding, not the mechanism, would pick the "
-            f"output; at the smallest epsilon the per-token bound epsilon x Dmax is already {low * self.index.dmax:.3g}")
+            "output; at the smallest epsilon the per-token bound epsilon x Dmax is already "
+            f"{low * self.index.dmax:.3g}")
 
     def largest_epsilon(self) -> float:
         return largest_epsilon(self.index.dmax)
@@ -107,33 +126,20 @@ class MultivariateLaplace:
         """The m nearest words to each point (the post-processing step), by the configured search."""
         return self.index.nearest_words(points, m, self.search, self.p.search_k, sources=ids)
 
-    def perturb(self, ids, rng: np.random.Generator) -> np.ndarray:
-        ids = as_ids(ids, self.index.n)
-        if not len(ids):
-            return ids
+    def _perturb(self, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return self.nearest(ids, self.noisy_vectors(ids, rng))[:, 0]
 
-    def guarantee(self) -> dict:
+    def nearest_search(self) -> str:
+        return "annoy (approximate; post-processing, guarantee unchanged)" if self.search == "annoy" else "exact"
+
+    def compute_guarantee(self) -> Guarantee:
         dmax = self.index.dmax
-        return {
-            "mechanism": NAME,
-            "kind": "metric-DP",
-            "rate": self.epsilon,
-            "basis": "proved",
-            "statement": (f"P[M(w)=y] <= exp({self.epsilon:g} * d(w, w')) * P[M(w')=y] for every pair of "
-                          "vocabulary words w, w' and every output y (Euclidean distance in the embedding)."),
-            "per_token_pure_epsilon": self.epsilon * dmax,
-            "per_token_pure_epsilon_note": (f"vocabulary-wide: epsilon * Dmax = {self.epsilon:g} * {dmax:.6g}; "
-                                            "any two words are protected at least this well"),
-            "nearest_search": ("annoy (approximate; post-processing, guarantee unchanged)"
-                               if self.search == "annoy" else "exact"),
-            "confirmed_by": "noise-distribution tests (radius Gamma(d, 1/eps), uniform direction)",
-            "not_protected": ["out-of-vocabulary tokens (handled by the OOV policy)",
-                              "document length, token positions and punctuation",
-                              "which tokens are in the vocabulary"],
-        }
-
-
-@register(NAME)
-def create(index, epsilon: float, search: str = "auto", search_k: int = -1) -> MultivariateLaplace:
-    return MultivariateLaplace(index, epsilon, search, search_k)
+        return Guarantee(
+            mechanism=self.name, kind="metric-DP", rate=self.epsilon, basis="proved",
+            statement=(f"P[M(w)=y] <= exp({self.epsilon:g} * d(w, w')) * P[M(w')=y] for every pair of "
+                       "vocabulary words w, w' and every output y (Euclidean distance in the embedding)."),
+            per_token_pure_epsilon=self.epsilon * dmax,
+            per_token_pure_epsilon_note=(f"vocabulary-wide: epsilon * Dmax = {self.epsilon:g} * {dmax:.6g}; "
+                                         "any two words are protected at least this well"),
+            confirmed_by="noise-distribution tests (radius Gamma(d, 1/eps), uniform direction)",
+            extra={"nearest_search": self.nearest_search()})

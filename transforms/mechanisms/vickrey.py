@@ -8,17 +8,34 @@ implementations drop it, which gives it probability 0 and an infinite privacy lo
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import numpy as np
 
-from dptext.transforms.mechanisms import mahalanobis, multivariate_laplace
-from dptext.transforms.mechanisms.base import EpsilonOutOfRangeError, as_ids, register
+from dptext.transforms.errors import ParameterError
+from dptext.transforms.mechanisms.base import EpsilonOutOfRangeError, Mechanism, parameter
+from dptext.transforms.mechanisms.guarantee import Guarantee
+from dptext.transforms.mechanisms.mahalanobis import Mahalanobis, regularization_parameter
+from dptext.transforms.mechanisms.multivariate_laplace import MultivariateLaplace, search_k_parameter, search_parameter
 
-NAME = "vickrey"
-PARAMETERS = {**multivariate_laplace.PARAMETERS,
-              "threshold": "vickrey: t in [0, 1]; the nearest word wins with probability (1-t) d2 / (t d1 + (1-t) d2)",
-              "base": "vickrey: the noise: laplace (multivariate Laplace) or mahalanobis",
-              "regularization": mahalanobis.PARAMETERS["regularization"]}
-CHOICES = {**multivariate_laplace.CHOICES, "base": ("laplace", "mahalanobis")}
+BASES = {"laplace": MultivariateLaplace, "mahalanobis": Mahalanobis}
+
+
+@dataclass(frozen=True)
+class VickreyParams:
+    threshold: float = parameter(0.75, "t in [0, 1]; the nearest word wins with probability (1-t) d2 / (t d1 + "
+                                       "(1-t) d2)")
+    base: str = parameter("laplace", "the noise: laplace (multivariate Laplace) or mahalanobis", tuple(BASES))
+    regularization: float = regularization_parameter()       # checked by the mahalanobis base
+    search: str = search_parameter()                         # checked by the base mechanism
+    search_k: int = search_k_parameter()
+
+    def __post_init__(self):
+        if not (isinstance(self.threshold, (int, float)) and 0 <= self.threshold <= 1):
+            raise ParameterError(f"threshold t must be in [0, 1], got {self.threshold!r}")
+        if self.base not in BASES:
+            raise ParameterError(f"unknown base {self.base!r}; valid: {', '.join(BASES)}")
 
 
 def first_of_two(d1: np.ndarray, d2: np.ndarray, t: float) -> np.ndarray:
@@ -27,22 +44,19 @@ def first_of_two(d1: np.ndarray, d2: np.ndarray, t: float) -> np.ndarray:
     return np.divide((1 - t) * d2, den, out=np.ones_like(d1, dtype=np.float64), where=den > 0)
 
 
-class Vickrey:
-    name = NAME
+class Vickrey(Mechanism):
+    name = "vickrey"
+    Params = VickreyParams
 
-    def __init__(self, index, epsilon: float, threshold: float = 0.75, base: str = "laplace",
-                 regularization: float = 0.5, search: str = "auto", search_k: int = -1):
-        if not (isinstance(threshold, (int, float)) and 0 <= threshold <= 1):
-            raise ValueError(f"threshold t must be in [0, 1], got {threshold!r}")
-        if base not in CHOICES["base"]:
-            raise ValueError(f"unknown base {base!r}; valid: laplace, mahalanobis")
-        self.index, self.t, self.base_name = index, float(threshold), base
+    def __init__(self, index, epsilon: float, *args, **kwargs):
+        super().__init__(index, epsilon, *args, **kwargs)
+        self.t, self.base_name = float(self.p.threshold), self.p.base
+        p = self.p
         try:
-            self.base = (mahalanobis.Mahalanobis(index, epsilon, regularization, search, search_k)
-                         if base == "mahalanobis" else
-                         multivariate_laplace.MultivariateLaplace(index, epsilon, search, search_k))
+            self.base = (Mahalanobis(index, epsilon, p.regularization, p.search, p.search_k)
+                         if p.base == "mahalanobis" else MultivariateLaplace(index, epsilon, p.search, p.search_k))
         except EpsilonOutOfRangeError as err:      # the noise is the base mechanism's: so is the range
-            raise EpsilonOutOfRangeError(f"vickrey (noise of {base}): {err}", err.smallest_feasible,
+            raise EpsilonOutOfRangeError(f"vickrey (noise of {p.base}): {err}", err.smallest_feasible,
                                          err.largest_feasible) from None
         self.epsilon = self.base.epsilon
 
@@ -56,23 +70,14 @@ class Vickrey:
         d2 = np.linalg.norm(vectors[pair[:, 1]].astype(np.float64) - points, axis=1)
         return np.where(rng.random(len(pair)) < first_of_two(d1, d2, self.t), pair[:, 0], pair[:, 1])
 
-    def perturb(self, ids, rng: np.random.Generator) -> np.ndarray:
-        ids = as_ids(ids, self.index.n)
-        if not len(ids):
-            return ids
+    def _perturb(self, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         points = self.base.noisy_vectors(ids, rng)
         return self.choose(self.base.nearest(ids, points, m=2), points, rng).astype(np.int32)
 
-    def guarantee(self) -> dict:
+    def compute_guarantee(self) -> Guarantee:
         g = self.base.guarantee()
-        g.update({"mechanism": NAME, "post_processing": (
-            f"the choice between the two words nearest to the noisy vector (t = {self.t:g}) uses only the noisy "
-            f"vector: post-processing of {self.base.name}, same guarantee")})
-        g["statement"] = g["statement"] + " The Vickrey choice is post-processing and keeps it."
-        return g
-
-
-@register(NAME)
-def create(index, epsilon: float, threshold: float = 0.75, base: str = "laplace", regularization: float = 0.5,
-           search: str = "auto", search_k: int = -1) -> Vickrey:
-    return Vickrey(index, epsilon, threshold, base, regularization, search, search_k)
+        return dataclasses.replace(
+            g, mechanism=self.name, statement=g.statement + " The Vickrey choice is post-processing and keeps it.",
+            extra={**g.extra, "post_processing": (
+                f"the choice between the two words nearest to the noisy vector (t = {self.t:g}) uses only the noisy "
+                f"vector: post-processing of {self.base.name}, same guarantee")})

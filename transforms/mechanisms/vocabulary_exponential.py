@@ -25,7 +25,8 @@ import math
 
 import numpy as np
 
-from dptext.transforms.mechanisms.base import as_ids
+from dptext.transforms.audit import exponential_distribution
+from dptext.transforms.errors import ParameterError
 from dptext.transforms.numerics import U32, gamma32
 
 # The table stores float32 distances: shrinking dK by this relative margin keeps it below the
@@ -53,8 +54,9 @@ def _log_base(n: int, log_base) -> np.ndarray | None:
 
 def sample_capped_exponential(index, ids, rng: np.random.Generator, epsilon: float, log_base=None,
                               cap: float = math.inf) -> np.ndarray:
-    """One exact draw of y ~ exp(log_base[y] - (eps / 2) min(d(w, y), cap)) for every id w."""
-    ids = as_ids(ids, index.n)
+    """One exact draw of y ~ exp(log_base[y] - (eps / 2) min(d(w, y), cap)) for every id w (vocabulary ids,
+    validated by the mechanism's perturb)."""
+    ids = np.asarray(ids)
     out = np.empty(len(ids), dtype=np.int32)
     if not len(ids):
         return out
@@ -187,6 +189,14 @@ def _exact_draw(index, word: int, rng, half_eps: float, base, cap: float) -> int
     """One draw from P[M(word) = .] by Gumbel-max over every word (O(n d))."""
     logw = exact_log_weights(index, word, half_eps, base, cap)
     if not np.isfinite(logw).any():
-        raise ValueError(f"every word has weight 0 for word id {word}: the base measure and epsilon "
-                         "leave nothing to sample")
+        raise ParameterError(f"every word has weight 0 for word id {word}: the base measure and epsilon "
+                             "leave nothing to sample")
     return int(np.argmax(logw + rng.gumbel(size=logw.shape)))
+
+
+# ---- the exact output distribution (the test oracle of tem and of kde_prior's exact sampler) ---------
+def capped_exponential_distribution(dist: np.ndarray, epsilon: float, log_base=None, cap: float = math.inf):
+    """Exact P[w, y] proportional to exp(log_base[y] - (eps / 2) min(d(w, y), cap)) (tem: no base,
+    cap gamma; kde_prior: base alpha ln pi, no cap)."""
+    base = np.zeros(len(dist)) if log_base is None else log_base
+    return exponential_distribution(np.minimum(dist, cap), epsilon, base)
