@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import apache_beam as beam
 
 from dptext.transforms.accounting import CorpusAccount, basic_bound, composed_bound
+from dptext.transforms.audit import format_audit
 from dptext.transforms.mechanisms.guarantee import Guarantee
 
 OOV_STATEMENT = {
@@ -173,8 +174,6 @@ def _guarantee_markdown(g: Guarantee) -> list[str]:
     out.append("")
     audited = g.audited
     if isinstance(audited, list) and audited:
-        from dptext.transforms.audit import format_audit
-
         out += ["Exact audit on vocabularies drawn from this embedding: local figures, not a bound over the whole "
                 "vocabulary (worst log-ratio over all pairs; worst per unit distance; within K nearest neighbours; "
                 "max hockey-stick delta at epsilon x distance; delta profile d(eps')):", "", "```",
