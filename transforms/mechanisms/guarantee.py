@@ -57,10 +57,6 @@ class Guarantee:
             raise ValueError(f"basis {self.basis!r} must start with one of {', '.join(BASES)}")
         object.__setattr__(self, "not_protected", tuple(self.not_protected))
 
-    @property
-    def states_per_token_bound(self) -> bool:
-        return self.per_token_pure_epsilon is not None
-
     def as_dict(self) -> dict:
         """The JSON report's "guarantee" object (JSON-safe: infinities as "inf"). rate and
         per_token_pure_epsilon are always present (null when not stated); other fields only when set."""
