@@ -3,7 +3,8 @@ VENV   := .venv
 PYTHON ?= python3
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench utility peers
+.PHONY: demo test bench utility peers format
+
 
 $(STAMP): setup.py constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -15,6 +16,8 @@ demo: $(STAMP)
 	$(VENV)/bin/dptext demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/python -m pytest
 
 bench: $(STAMP)
@@ -31,3 +34,8 @@ utility: $(VENV)/.installed-bench
 
 peers: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.peers
+
+# ruff, configured in ruff.toml: `make format` rewrites, `make test` checks.
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .

@@ -29,7 +29,8 @@ setup(
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "python-hcl2==8.1.4",
                  "gcp-storage-emulator==2026.7.19",
-                 "scikit-learn>=1.3"],                  # so CI runs the utility benchmark's tests too
+                 "scikit-learn>=1.3",                   # so CI runs the utility benchmark's tests too
+                 "ruff==0.17.6"],                       # make test checks lint and format first
         "gcp": ["apache-beam[gcp]==2.77.0"],   # gs:// paths and the DataflowRunner
         "bench": ["scikit-learn>=1.3"],         # benchmarks.utility: the classifiers trained on privatized text
     },

@@ -22,7 +22,7 @@ commands:
 
 
 def _run(argv: list[str]) -> int:
-    from dptext.pipeline.options import DPTextOptions, OptionsError
+    from dptext.pipeline.options import DPTextOptions
 
     if "--help" in argv or "-h" in argv:
         parser = argparse.ArgumentParser(prog="dptext run", description=(
@@ -32,19 +32,19 @@ def _run(argv: list[str]) -> int:
         parser.print_help()
         return 0
     from dptext.pipeline.run import run
-    from dptext.transforms.index import IndexLoadError
 
     try:
         result = run(argv)
-    except (OptionsError, ValueError, FileNotFoundError, IndexLoadError) as err:
-        print(f"dptext run: error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:           # the job removed its partial outputs on the way out
         print(f"dptext run: interrupted; no partial outputs left under {_output_prefix(argv)}", file=sys.stderr)
         return 128 + signal.SIGINT
     from dptext.pipeline.report import format_counters, job_counters
 
-    print("dptext counters (also in the privacy report):\n" + format_counters(job_counters(result)))
+    counters = job_counters(result)
+    print("dptext counters (also in the privacy report):\n" + format_counters(counters))
+    if counters.get("damaged_files"):
+        print(f"dptext run: warning: {counters['damaged_files']} input file(s) are truncated or corrupt; the dead "
+              "letter names each one and the offset from which its records were lost", file=sys.stderr)
     return 0
 
 
@@ -132,7 +132,7 @@ def _stop_job(child) -> None:
 
 
 def _build_index(argv: list[str]) -> int:
-    from dptext.transforms.embedding_io import EmbeddingFormatError, read_embedding
+    from dptext.transforms.embedding_io import read_embedding
     from dptext.transforms.index import DEFAULT_ANNOY_TREES, DEFAULT_NEIGHBOURS, EmbeddingIndex, sha256_file
 
     parser = argparse.ArgumentParser(prog="dptext build-index", description=(
@@ -163,24 +163,20 @@ def _build_index(argv: list[str]) -> int:
         print(f"dptext build-index: error: --out {args.out} {where} not a directory; choose a new directory",
               file=sys.stderr)
         return 2
-    try:
-        words, vectors, stats = read_embedding(args.embedding, fmt=args.format)
-        source = {"file": args.embedding, "sha256": sha256_file(args.embedding), "format": stats.format,
-                  "duplicates_skipped": stats.duplicates_skipped}
-        tables = None
-        if args.beam:
-            from dptext.pipeline.build_index import beam_tables
+    words, vectors, stats = read_embedding(args.embedding, fmt=args.format)
+    source = {"file": args.embedding, "sha256": sha256_file(args.embedding), "format": stats.format,
+              "duplicates_skipped": stats.duplicates_skipped}
+    tables = None
+    if args.beam:
+        from dptext.pipeline.build_index import beam_tables
 
-            tables = beam_tables(vectors, args.neighbours, beam_args, args.staging, args.rows_per_block)
-        index = EmbeddingIndex.build(words, vectors, args.out, neighbours=args.neighbours,
-                                     annoy_trees=args.annoy_trees, source=source, tables=tables)
-        if not args.no_tables:
-            from dptext.pipeline.build_index import store_default_tables
+        tables = beam_tables(vectors, args.neighbours, beam_args, args.staging, args.rows_per_block)
+    index = EmbeddingIndex.build(words, vectors, args.out, neighbours=args.neighbours,
+                                 annoy_trees=args.annoy_trees, source=source, tables=tables)
+    if not args.no_tables:
+        from dptext.pipeline.build_index import store_default_tables
 
-            store_default_tables(index)
-    except (EmbeddingFormatError, ValueError, FileNotFoundError) as err:
-        print(f"dptext build-index: error: {err}", file=sys.stderr)
-        return 2
+        store_default_tables(index)
     m = index.manifest
     print(f"index {args.out}: n={m['n']} d={m['d']} K={m['neighbours']} Dmin={m['dmin']:.6g} "
           f"Dmax={m['dmax']:.6g} ({stats.duplicates_skipped} duplicate words skipped) "
@@ -242,7 +238,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     if argv[0] == "run" and from_command_line and not _is_job_process() and not {"-h", "--help"} & set(argv):
         return _supervise_run(argv[1:])
-    return COMMANDS[argv[0]](argv[1:])
+    from dptext.transforms.errors import DptextError
+
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except DptextError as err:       # a user's mistake: one line; anything else is a bug and keeps its traceback
+        print(f"dptext {argv[0]}: error: {one_line(str(err))}", file=sys.stderr)
+        return 2
+
+
+def one_line(message: str) -> str:
+    """An error message on one line even when it quotes a path holding a line break."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _is_job_process() -> bool:

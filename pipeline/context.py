@@ -1,29 +1,60 @@
-"""The report's corpus-independent context, fixed on the driver."""
+"""The report's corpus-independent context, fixed on the driver from a JobConfig."""
 from __future__ import annotations
+
+import dataclasses
 
 import apache_beam as beam
 import numpy as np
 
-from dptext.pipeline.options import DPTextOptions
 from dptext.pipeline.report import ReportContext
 from dptext.transforms.audit import json_safe
+from dptext.transforms.config import InvalidParameter, JobConfig
 
 
-def report_context(opts: DPTextOptions, index, mechanism) -> ReportContext:
+def describe_job(config: JobConfig, runner=None, input: str | None = None, output: str | None = None,
+                 index=None) -> ReportContext:
+    """Load the index (unless given), build the mechanism (which validates its parameters and the
+    epsilon against the index) and fix what the report will say. The returned context's config
+    carries the index's embedding id, which every worker checks against the index it loads."""
     from dptext.pipeline import __version__
-    from apache_beam.options.pipeline_options import StandardOptions
+    from dptext.transforms import mechanisms
+    from dptext.transforms.index import EmbeddingIndex
 
+    if index is None:
+        index = EmbeddingIndex.load(config.index_path)
+    check_placeholder(config, index)
+    mechanism = mechanisms.create(config.mechanism, index, config.epsilon, **dict(config.mechanism_params))
+    index.ensure_tables_stored()      # the mechanism's derived tables, beside the index: workers only read them
     manifest = index.manifest
-    runner = opts.view_as(StandardOptions).runner or "DirectRunner"
+    config = dataclasses.replace(config, embedding_id=manifest["embedding_id"])
     return ReportContext(
-        mechanism=mechanism.name,
+        config=config,
         parameters=json_safe(mechanism.params()),
         guarantee=mechanism.guarantee(),
-        index={"path": str(opts.index), "embedding_id": manifest["embedding_id"],
+        index={"path": config.index_path, "embedding_id": manifest["embedding_id"],
                "vectors_sha256": manifest["files"]["vectors.f32"]["sha256"],
                "n": manifest["n"], "d": manifest["d"], "dmin": manifest["dmin"], "dmax": manifest["dmax"],
                "neighbours": manifest["neighbours"], "source": manifest.get("source", {})},
-        oov_policy=opts.oov, placeholder=opts.oov_placeholder, delta=opts.delta, case_policy=opts.case,
-        test_seed_used=opts.test_seed is not None,
         versions={"dptext": __version__, "apache_beam": beam.__version__, "numpy": np.__version__},
-        runner=str(runner), input=opts.input, output=opts.output)
+        runner=runner_name(runner), input=input, output=output)
+
+
+def check_placeholder(config: JobConfig, index) -> None:
+    """A placeholder made of vocabulary words would be indistinguishable from a perturbed word,
+    so the report's "the output shows where they were" would be false: refuse it."""
+    from dptext.transforms.tokenize import split_tokens
+
+    if config.oov != "placeholder":
+        return
+    words = split_tokens(config.placeholder).words
+    found = [w for w in words if index.id(w) >= 0 or index.id(w.lower()) >= 0]
+    if found:
+        raise InvalidParameter("oov_placeholder", (
+            f"{config.placeholder!r} holds the vocabulary word {found[0]!r}, so replaced tokens could not be told "
+            "from perturbed words; choose a token outside the vocabulary such as <unk>"))
+
+
+def runner_name(runner) -> str:
+    if runner is None:
+        return "DirectRunner"
+    return runner if isinstance(runner, str) else type(runner).__name__

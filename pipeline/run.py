@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import signal
 import sys
@@ -13,55 +14,56 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.runners.runner import PipelineState
 
 from dptext.pipeline.io import ParseRecordFn, ReadRecords, WriteDeadLetter, WriteDocuments, check_inputs, parquet_schema
-from dptext.pipeline.options import DPTextOptions, check_runner, check_unknown_options, mechanism_params, rebalance, validate
-from dptext.pipeline.outputs import check_prefix, claim, remove_outputs
+from dptext.pipeline.options import DPTextOptions, check_runner, check_unknown_options, option_error, rebalance, validate
+from dptext.pipeline.outputs import check_input_is_not_output, check_prefix, claim, remove_outputs
+from dptext.pipeline.privatize import Privatize
 from dptext.pipeline.report import ReportContext, WriteReport, add_metrics_to_report, job_counters
-from dptext.transforms.beam import ACCOUNTING, DEAD_LETTER, DOCUMENTS, PerturbConfig, PerturbDocuments
+from dptext.transforms.beam import DEAD_LETTER, DOCUMENTS
+from dptext.transforms.config import InvalidParameter, JobConfig
 
 
 @dataclass(frozen=True)
 class Prepared:
     """What the driver fixed before the job starts."""
     fmt: str
-    config: PerturbConfig
-    context: ReportContext
+    context: ReportContext            # holds the JobConfig every worker receives
     parquet_schema: object = None     # pyarrow.Schema of Parquet input
+
+    @property
+    def config(self) -> JobConfig:
+        return self.context.config
+
+    def with_config(self, config: JobConfig) -> "Prepared":
+        return dataclasses.replace(self, context=dataclasses.replace(self.context, config=config))
 
 
 def build_pipeline(p: beam.Pipeline, opts: DPTextOptions, job: Prepared) -> None:
     records = p | "ReadCorpus" >> ReadRecords(opts.input, job.fmt)
     parsed = records | "ParseRecords" >> beam.ParDo(ParseRecordFn(job.fmt, opts.text_field)).with_outputs(
         DEAD_LETTER, main=DOCUMENTS)
-    perturbed = parsed[DOCUMENTS] | "PerturbDocuments" >> PerturbDocuments(job.config, opts.batch_chars,
-                                                                           rebalance(p.options))
-    perturbed[DOCUMENTS] | "WriteDocuments" >> WriteDocuments(opts.output, job.fmt, opts.text_field,
-                                                              job.parquet_schema)
-    perturbed[ACCOUNTING] | "PrivacyReport" >> WriteReport(opts.output, job.context)
-    ((parsed[DEAD_LETTER], perturbed[DEAD_LETTER])
+    private = parsed[DOCUMENTS] | "Privatize" >> Privatize.prepared(job.context, rebalance(p.options))
+    private.documents | "WriteDocuments" >> WriteDocuments(opts.output, job.fmt, opts.text_field, job.parquet_schema)
+    private.report | "WriteReport" >> WriteReport(opts.output)
+    ((parsed[DEAD_LETTER], private.dead_letter)
      | "MergeDeadLetter" >> beam.Flatten()
      | "WriteDeadLetter" >> WriteDeadLetter(opts.output))
 
 
 def prepare(opts: DPTextOptions) -> Prepared:
     """Everything checked and fixed on the driver before the job starts (fails fast, clearly)."""
-    from dptext.pipeline.context import report_context
-    from dptext.transforms import mechanisms
-    from dptext.transforms.index import EmbeddingIndex
+    from dptext.pipeline.context import describe_job
 
-    validate(opts)
+    config = validate(opts)
     check_prefix(opts.output)
     fmt = check_inputs(opts.input, opts.input_format)
+    check_input_is_not_output(opts.input, opts.output)
     schema = parquet_schema(opts.input, opts.text_field) if fmt == "parquet" else None
-    index = EmbeddingIndex.load(opts.index)
-    params = mechanism_params(opts)
-    mechanism = mechanisms.create(opts.mechanism, index, opts.epsilon, **params)
-    index.ensure_tables_stored()      # the mechanism's derived tables, beside the index: workers only read them
-    config = PerturbConfig(index_path=str(opts.index), mechanism=opts.mechanism, epsilon=opts.epsilon,
-                           mechanism_params=tuple(sorted(params.items())), oov=opts.oov,
-                           placeholder=opts.oov_placeholder, max_doc_chars=opts.max_doc_chars,
-                           long_docs=opts.long_docs, case=opts.case,
-                           test_seed=opts.test_seed)
-    return Prepared(fmt, config, report_context(opts, index, mechanism), schema)
+    try:
+        context = describe_job(config, runner=opts.view_as(StandardOptions).runner, input=opts.input,
+                               output=opts.output)
+    except InvalidParameter as err:
+        raise option_error(err) from None
+    return Prepared(fmt, context, schema)
 
 
 def run(argv=None, wait: bool = True) -> beam.runners.runner.PipelineResult:

@@ -13,6 +13,9 @@ import json
 import sys
 from pathlib import Path
 
+from dptext.pipeline.errors import OptionsError
+from dptext.transforms.errors import DptextError
+
 STATISTICS = (("unchanged", "N_w: P[M(w) = w]"), ("distinct", "S_w: distinct outputs in S draws"))
 
 
@@ -34,7 +37,7 @@ def mechanism_params(mechanism: str, pairs: list[str]) -> dict:
         name = name.strip().replace("-", "_")
         if not sep or name not in specs or mechanism not in specs[name].mechanisms:
             valid = sorted(n for n, s in specs.items() if mechanism in s.mechanisms)
-            raise ValueError(f"--param {pair!r}: {mechanism} takes {', '.join(valid) or 'no parameters'} (NAME=VALUE)")
+            raise OptionsError(f"--param {pair!r}: {mechanism} takes {', '.join(valid) or 'no parameters'} (NAME=VALUE)")
         params[name] = specs[name].parse(value)
     return params
 
@@ -98,7 +101,7 @@ def stats_main(argv=None) -> int:
         index = EmbeddingIndex.load(args.index, verify=False)
         results = privacy_statistics(index, args.mechanism, sorted(args.epsilon), params, args.sample or None,
                                      args.draws, args.seed)
-    except ValueError as err:
+    except DptextError as err:
         print(f"dptext stats: error: {err}", file=sys.stderr)
         return 2
     rows = [r.summary() for r in results]
@@ -133,7 +136,7 @@ def calibrate_main(argv=None) -> int:
         index = EmbeddingIndex.load(args.index, verify=False)
         result = calibrate(index, args.mechanism, args.target_unchanged, params, args.low, args.high,
                            args.sample, args.draws, args.seed)
-    except ValueError as err:
+    except DptextError as err:
         print(f"dptext calibrate: error: {err}", file=sys.stderr)
         return 2
     if args.out:

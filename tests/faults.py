@@ -1,4 +1,4 @@
-"""A fault injector for the fault tests: a PerturbConfig whose mechanism fails once, on the first
+"""A fault injector for the fault tests: a JobConfig whose mechanism fails once, on the first
 attempt of the batch that holds a chosen word. Importable by every worker process (the portable
 worker pool and the multi-process DirectRunner import it by name when they unpickle the DoFn)."""
 from __future__ import annotations
@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from dptext.transforms.beam import LoadedMechanism, PerturbConfig
+from dptext.transforms.config import JobConfig, LoadedMechanism
 
 
 @dataclass(frozen=True)
-class FlakyConfig(PerturbConfig):
+class FlakyConfig(JobConfig):
     flag_file: str = ""          # created at the first failure: later attempts and workers see it
     trigger_id: int = 0          # the vocabulary id whose batch fails
     error: str = "OSError"       # OSError: transient (the DoFn retries); RuntimeError: not

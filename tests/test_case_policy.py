@@ -14,7 +14,8 @@ import pytest
 
 from dptext.pipeline.run import run
 from tests.conftest import build_random_index, shard_lines
-from dptext.transforms.beam import LoadedMechanism, PerturbConfig, perturb_texts
+from dptext.transforms.beam import perturb_texts
+from dptext.transforms.config import JobConfig
 from dptext.transforms import mechanisms
 
 
@@ -26,7 +27,7 @@ def index_dir(tmp_path_factory):
 
 
 def _outputs(index_dir, text: str, case: str, draws: int = 400) -> Counter:
-    config = PerturbConfig(index_path=str(index_dir), mechanism="tem", epsilon=1.0, case=case)
+    config = JobConfig(index_path=str(index_dir), mechanism="tem", epsilon=1.0, case=case)
     loaded = config.load()
     texts, _ = perturb_texts([text] * draws, loaded, config, np.random.default_rng(11))
     return Counter(texts)
@@ -45,8 +46,8 @@ def test_lower_gives_one_output_distribution_for_both_spellings(index_dir):
 
 
 def test_unknown_case_policy_is_refused():
-    with pytest.raises(ValueError, match="case policy"):
-        PerturbConfig(index_path="x", mechanism="tem", epsilon=1.0, case="upper")
+    with pytest.raises(ValueError, match="case .upper. is unknown"):
+        JobConfig(index_path="x", mechanism="tem", epsilon=1.0, case="upper")
 
 
 def _job(index_dir, tmp_path, *extra):

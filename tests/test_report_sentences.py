@@ -17,6 +17,7 @@ from dptext.pipeline.report import ReportContext, build_report, render_markdown
 from dptext.transforms import mechanisms
 from dptext.transforms.accounting import CorpusAccount, DocumentAccount
 from dptext.transforms.audit import json_safe
+from dptext.transforms.config import JobConfig
 from dptext.transforms.mechanisms.truncated_gumbel import smallest_feasible_epsilon
 
 
@@ -40,9 +41,9 @@ CASES = [(name, "small_table", {}) for name in mechanisms.NAMES] + [
 def _report(index, name, params) -> dict:
     eps = 1.5 * smallest_feasible_epsilon(index.n, index.dmin) if name == "truncated_gumbel" else 2.0
     mech = mechanisms.create(name, index, eps, **params)
-    ctx = ReportContext(mechanism=name, parameters=json_safe(mech.params()), guarantee=mech.guarantee(),
+    config = JobConfig(index_path=str(index.path), mechanism=name, epsilon=eps, mechanism_params=params)
+    ctx = ReportContext(config=config, parameters=json_safe(mech.params()), guarantee=mech.guarantee(),
                         index={"n": index.n, "d": index.d, "dmin": index.dmin, "dmax": index.dmax},
-                        oov_policy="placeholder", placeholder="<unk>", delta=1e-6, test_seed_used=False,
                         versions={}, runner="DirectRunner", input="in.txt", output="out")
     account = CorpusAccount()
     for doc in (DocumentAccount(12, 10, 4, 2), DocumentAccount(5, 5, 1, 0), DocumentAccount(0, 0, 0, 0)):

@@ -17,7 +17,7 @@ from dptext.pipeline.errors import OptionsError
 from dptext.pipeline.outputs import existing_outputs, lock_path
 from dptext.pipeline.run import run
 from tests.conftest import build_random_index, shard_lines
-from dptext.transforms.beam import LoadedMechanism, PerturbConfig
+from dptext.transforms.config import JobConfig, LoadedMechanism
 
 TEMP = "beam-temp-c-0123456789abcdef0123456789abcdef"
 
@@ -128,13 +128,13 @@ def test_a_failed_overwrite_run_leaves_no_old_report_and_no_partial_output(index
     flaky = FlakyConfig(**{f: getattr(job.config, f) for f in job.config.__dataclass_fields__},
                         flag_file=str(tmp_path / "fault"), trigger_id=0, error="RuntimeError")
     with pytest.raises(Exception, match="injected fault"):
-        execute(options, type(job)(job.fmt, flaky, job.context, job.parquet_schema))
+        execute(options, job.with_config(flaky))
     assert (tmp_path / "fault").exists()
     assert _outputs(o) == []
 
 
 @dataclass(frozen=True)
-class _CtrlCConfig(PerturbConfig):
+class _CtrlCConfig(JobConfig):
     """The mechanism raises KeyboardInterrupt mid-job, as Ctrl-C does in a Python session."""
 
     def load(self) -> LoadedMechanism:
@@ -159,7 +159,7 @@ def test_ctrl_c_in_a_python_session_removes_the_partial_outputs(index_dir, tmp_p
     def prepare(opts):
         job = real_prepare(opts)
         config = _CtrlCConfig(**{f: getattr(job.config, f) for f in job.config.__dataclass_fields__})
-        return type(job)(job.fmt, config, job.context, job.parquet_schema)
+        return job.with_config(config)
     monkeypatch.setattr(run_module, "prepare", prepare)
     corpus = _corpus(tmp_path / "c.txt", 30)
     with pytest.raises(RuntimeError, match="KeyboardInterrupt"):

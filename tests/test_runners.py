@@ -141,7 +141,7 @@ def _run_with_fault(corpus: Path, name: str, runner_args: list[str], error: str)
     flag = corpus / f"{name}.fault"
     flaky = FlakyConfig(**{f: getattr(job.config, f) for f in job.config.__dataclass_fields__},
                         flag_file=str(flag), trigger_id=WORDS.index("cat"), error=error)
-    result = execute(options, type(job)(job.fmt, flaky, job.context, job.parquet_schema))
+    result = execute(options, job.with_config(flaky))
     assert flag.exists(), "the fault was never injected"
     report = json.loads(Path(output + ".privacy_report.json").read_text("utf-8"))
     counters = dptext_counters(result)

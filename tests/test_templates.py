@@ -142,8 +142,8 @@ def test_dataflow_dry_run_builds_the_job_offline(small_job):
     assert p.run().state == "DONE"
     proto = p.runner.proto_pipeline
     steps = {t.unique_name for t in proto.components.transforms.values()}
-    assert {"ReadCorpus", "ParseRecords", "PerturbDocuments", "WriteDocuments", "PrivacyReport",
-            "WriteDeadLetter"} <= steps
+    assert {"ReadCorpus", "ParseRecords", "Privatize", "Privatize/PerturbDocuments", "Privatize/PrivacyReport",
+            "WriteDocuments", "WriteReport", "WriteDeadLetter"} <= steps
     images = {beam_runner_api_pb2.DockerPayload.FromString(e.payload).container_image
               for e in proto.components.environments.values() if e.urn == "beam:env:docker:v1"}
     assert images == {image}

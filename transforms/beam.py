@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
 import apache_beam as beam
@@ -18,17 +17,12 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
 from dptext.transforms.accounting import DocumentAccount
+from dptext.transforms.config import JobConfig, LoadedMechanism
 from dptext.transforms.tokenize import WORD, apply_case, case_pattern, rejoin, split_tokens
 
 # Outputs of PerturbDocuments: Documents; tuples of DocumentAccount (one per document of a batch);
 # dead-letter records.
 DOCUMENTS, ACCOUNTING, DEAD_LETTER = "documents", "accounting", "dead_letter"
-OOV_POLICIES = ("placeholder", "random", "keep")
-LONG_DOCUMENT_POLICIES = ("split", "dead-letter")
-# keep: a word found only lower-cased gets the input's case pattern back (Title, UPPER): readable
-# output, but the case pattern is copied from the input, so it is not protected (the report says so).
-# lower: every word the mechanism outputs is lower-cased, so "W3" and "w3" give one distribution.
-CASE_POLICIES = ("keep", "lower")
 METRICS_NAMESPACE = "dptext"
 # Errors worth retrying a batch for (an index page or a remote file that could not be read, a
 # timeout); anything else is a bug or bad data and fails the bundle at once.
@@ -37,10 +31,12 @@ TRANSIENT_ATTEMPTS = 3
 
 
 class Document(NamedTuple):
-    source: str                 # the input file
-    offset: int                 # byte offset of the record in that file
+    source: Optional[str]       # the input file (None for an element of a user's PCollection)
+    offset: Optional[int]       # byte offset of the record in that file, or Parquet row number
     text: str
-    record: object = None   # the rest of the record: the JSONL line around the text, or the Parquet row
+    record: object = None       # the rest of the record: the JSONL line around the text, the Parquet
+                                # row, or the dict a user's element was
+    element: str = "document"   # what Privatize gives back: "document", "str" or "dict"
 
 
 def dead_letter(source: str, offset: int, reason: str) -> dict:
@@ -48,46 +44,8 @@ def dead_letter(source: str, offset: int, reason: str) -> dict:
     return {"source": source, "offset": offset, "reason": reason}
 
 
-@dataclass(frozen=True)
-class PerturbConfig:
-    index_path: str
-    mechanism: str
-    epsilon: float
-    mechanism_params: tuple = ()          # sorted (name, value) pairs
-    oov: str = "placeholder"
-    placeholder: str = "<unk>"
-    max_doc_chars: int = 1_000_000
-    long_docs: str = "split"              # longer documents: processed in chunks, or dead-lettered
-    test_seed: Optional[int] = None
-    case: str = "keep"                    # CASE_POLICIES
-
-    def __post_init__(self):
-        if self.oov not in OOV_POLICIES:
-            raise ValueError(f"unknown OOV policy {self.oov!r}; valid: {', '.join(OOV_POLICIES)}")
-        if self.case not in CASE_POLICIES:
-            raise ValueError(f"unknown case policy {self.case!r}; valid: {', '.join(CASE_POLICIES)}")
-        if self.long_docs not in LONG_DOCUMENT_POLICIES:
-            raise ValueError(f"unknown long-document policy {self.long_docs!r}; "
-                             f"valid: {', '.join(LONG_DOCUMENT_POLICIES)}")
-
-    def load(self) -> "LoadedMechanism":
-        from dptext.transforms import mechanisms
-        from dptext.transforms.index import EmbeddingIndex
-
-        index = EmbeddingIndex.load(self.index_path, read_only=True)   # tables: stored by the launcher
-        return LoadedMechanism(index, mechanisms.create(self.mechanism, index, self.epsilon,
-                                                        **dict(self.mechanism_params)))
-
-
-class LoadedMechanism:
-    """The index and its mechanism; a plain class because Shared keeps only a weak reference."""
-
-    def __init__(self, index, mechanism):
-        self.index, self.mechanism = index, mechanism
-
-
 class PerturbBatchFn(beam.DoFn):
-    def __init__(self, config: PerturbConfig):
+    def __init__(self, config: JobConfig):
         self.config = config
         self._shared_handle = shared.Shared()
         self._documents = Metrics.counter(METRICS_NAMESPACE, "documents")
@@ -107,7 +65,10 @@ class PerturbBatchFn(beam.DoFn):
         if self.config.test_seed is None:
             return self._os_rng
         # Test-only: a seed per batch from its first record, so reruns with the same batching
-        # reproduce, and parallel workers never share a noise stream.
+        # reproduce, and parallel workers never share a noise stream. An element of a user's
+        # PCollection has no file position: its text stands in for it.
+        if first.source is None:
+            return np.random.default_rng([self.config.test_seed, zlib.crc32(first.text.encode("utf-8", "replace"))])
         return np.random.default_rng([self.config.test_seed, zlib.crc32(first.source.encode()), first.offset])
 
     def process(self, batch):
@@ -195,7 +156,7 @@ def split_long_text(text: str, limit: int) -> list[str] | None:
     return chunks
 
 
-def perturb_texts(texts: list[str], loaded: LoadedMechanism, config: PerturbConfig,
+def perturb_texts(texts: list[str], loaded: LoadedMechanism, config: JobConfig,
                   rng: np.random.Generator) -> tuple[list[str], list[DocumentAccount]]:
     """Tokenize, look up, perturb every in-vocabulary token in one call, apply OOV policy, rejoin."""
     index, mechanism = loaded.index, loaded.mechanism
@@ -253,13 +214,14 @@ def _output_words(words, out_ids, in_vocab, lowered, index, config) -> list[str]
 class PerturbDocuments(beam.PTransform):
     """Documents -> perturbed documents, with accounting and dead-letter side outputs."""
 
-    def __init__(self, config: PerturbConfig, batch_chars: int = 65536, rebalance: bool = True):
+    def __init__(self, config: JobConfig, rebalance: bool = True):
         super().__init__()
-        self.config, self.batch_chars, self.rebalance = config, batch_chars, rebalance
+        self.config, self.rebalance = config, rebalance
 
     def expand(self, documents):
+        batch_chars = self.config.batch_chars
         batches = documents | "BatchDocuments" >> beam.BatchElements(
-            min_batch_size=max(1, self.batch_chars // 8), max_batch_size=self.batch_chars,
+            min_batch_size=max(1, batch_chars // 8), max_batch_size=batch_chars,
             element_size_fn=lambda doc: max(1, len(doc.text)))
         if self.rebalance:
             # A fusion break: without it each batch is perturbed by the worker that read it, so a

@@ -57,7 +57,7 @@ import zlib
 from typing import BinaryIO, Iterator
 
 import numpy as np
-from dptext.transforms.errors import DptextError
+from dptext.transforms.errors import DptextError, MissingFile, ParameterError
 
 FORMATS = ("auto", "word2vec", "glove", "word2vec-binary")
 
@@ -147,8 +147,10 @@ def read_embedding(
     EmbeddingFormatError for a malformed one.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"fmt {fmt!r} is not supported; use one of {', '.join(FORMATS)}")
+        raise ParameterError(f"fmt {fmt!r} is not supported; use one of {', '.join(FORMATS)}")
     name = os.fsdecode(path)
+    if not os.path.exists(name):
+        raise MissingFile(f"{name}: no such embedding file")
     if os.path.isdir(name):
         raise EmbeddingFormatError(name, "this is a directory; expected an embedding file (word2vec text "
                                          "or binary, or GloVe text, optionally gzipped) inside it")

@@ -10,3 +10,7 @@ class DptextError(Exception):
 
 class ParameterError(DptextError, ValueError):
     """A mechanism or job parameter outside its valid range."""
+
+
+class MissingFile(DptextError, FileNotFoundError):
+    """A file or directory the user named does not exist."""

@@ -20,7 +20,7 @@ import numpy as np
 
 from dptext.transforms.index_build import Tables, build_tables, candidate_order
 from dptext.transforms.numerics import U32, gamma32
-from dptext.transforms.errors import DptextError
+from dptext.transforms.errors import DptextError, ParameterError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -162,7 +162,7 @@ class EmbeddingIndex:
                 return self._nearest_all(points, m)[0]
             return self.nearest_to_noisy(sources, points, m)[0]
         if method != "annoy":
-            raise ValueError(f"unknown nearest-word search {method!r}; valid: annoy, exact")
+            raise ParameterError(f"unknown nearest-word search {method!r}; valid: annoy, exact")
         forest = self._annoy.get()
         found = [forest.get_nns_by_vector(p, m, search_k) for p in points.astype(np.float32)]
         short = np.array([len(f) < m for f in found], dtype=bool)
@@ -766,18 +766,18 @@ def _store_failed(location: str, what: str, err: BaseException) -> TableError:
 def _check_build_inputs(words: list[str], vectors: np.ndarray, neighbours: int) -> None:
     n = len(words)
     if vectors.ndim != 2 or vectors.shape[0] != n:
-        raise ValueError(f"{n} words but vectors of shape {vectors.shape}")
+        raise ParameterError(f"{n} words but vectors of shape {vectors.shape}")
     if n < 2:
-        raise ValueError("an index needs at least 2 words")
+        raise ParameterError("an index needs at least 2 words")
     if not 1 <= neighbours <= n - 1:
-        raise ValueError(f"neighbours must be between 1 and n - 1 = {n - 1}, got {neighbours}")
+        raise ParameterError(f"neighbours must be between 1 and n - 1 = {n - 1}, got {neighbours}")
     if len(set(words)) != n:
-        raise ValueError("duplicate words: read_embedding keeps the first of each")
+        raise ParameterError("duplicate words: read_embedding keeps the first of each")
     bad = next((w for w in words if not w or "\n" in w or "\r" in w), None)
     if bad is not None:
-        raise ValueError("a word is empty or contains a line break; the vocabulary file is one word per line")
+        raise ParameterError("a word is empty or contains a line break; the vocabulary file is one word per line")
     if not np.isfinite(vectors).all():
-        raise ValueError("vectors contain NaN or infinity")
+        raise ParameterError("vectors contain NaN or infinity")
 
 
 def _build_annoy(vectors: np.ndarray, path: Path, trees: int) -> None:

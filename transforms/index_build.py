@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dptext.transforms.errors import ParameterError
+
 from dptext.transforms.numerics import U32, gamma32
 
 CHUNK_ROWS = 1024        # at most this many rows of the n x n distance matrix at once ...
@@ -174,7 +176,7 @@ def assemble(geom: Geometry, blocks: list[RowBlock]) -> Tables:
     min_pos = np.concatenate([b.min_pos for b in blocks])
     dmin_row = int(np.argmin(min_pos))
     if not np.isfinite(min_pos[dmin_row]):
-        raise ValueError("all vectors are identical: there is no non-zero distance")
+        raise ParameterError("all vectors are identical: there is no non-zero distance")
     min_arg = np.concatenate([b.min_arg for b in blocks])
     dmax, dmax_pair = _exact_dmax(geom, np.concatenate([b.max_approx for b in blocks]))
     return Tables(

@@ -17,7 +17,7 @@ import numpy as np
 
 from dptext.transforms import mechanisms
 from dptext.transforms.mechanisms.base import InfeasibleEpsilonError
-from dptext.transforms.errors import DptextError
+from dptext.transforms.errors import DptextError, ParameterError
 
 PERCENTILES = (5, 25, 50, 75, 95)
 TOKENS_PER_CALL = 65536
@@ -58,7 +58,7 @@ def sample_words(n: int, sample: int | None, seed: int = 0) -> np.ndarray:
 def word_statistics(mech, words: np.ndarray, draws: int, rng: np.random.Generator) -> WordStatistics:
     """N_w and S_w of each word from `draws` outputs of the mechanism, in batches of many words."""
     if draws < 1:
-        raise ValueError(f"draws must be >= 1, got {draws}")
+        raise ParameterError(f"draws must be >= 1, got {draws}")
     words = np.asarray(words, dtype=np.int32)
     unchanged = np.empty(len(words))
     distinct = np.empty(len(words), dtype=np.int64)
@@ -100,7 +100,7 @@ def calibrate(index, mechanism: str, target: float, params: dict | None = None, 
     epsilon (truncated_gumbel) the bracket starts at the smallest feasible one.
     """
     if not 0 < target < 1:
-        raise ValueError(f"target median N_w must be in (0, 1), got {target}")
+        raise ParameterError(f"target median N_w must be in (0, 1), got {target}")
     words = sample_words(index.n, sample, seed)
     evaluations = []
 
