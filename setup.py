@@ -1,4 +1,5 @@
 """dptext: word-level differential privacy for text corpora, as an Apache Beam pipeline."""
+
 import re
 
 from setuptools import setup
@@ -24,15 +25,20 @@ setup(
         "scipy>=1.11",
         "dp-accounting==0.6.0",
         "tqdm>=4.60",
-        "matplotlib>=3.8",      # dptext stats: plots of N_w and S_w against epsilon
+        "matplotlib>=3.8",  # dptext stats: plots of N_w and S_w against epsilon
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "python-hcl2==8.1.4",
-                 "gcp-storage-emulator==2026.7.19",
-                 "scikit-learn>=1.3",                   # so CI runs the utility benchmark's tests too
-                 "ruff==0.17.6"],                       # make test checks lint and format first
-        "gcp": ["apache-beam[gcp]==2.77.0"],   # gs:// paths and the DataflowRunner
-        "bench": ["scikit-learn>=1.3"],         # benchmarks.utility: the classifiers trained on privatized text
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "hypothesis>=6.100",
+            "python-hcl2==8.1.4",
+            "gcp-storage-emulator==2026.7.19",
+            "scikit-learn>=1.3",  # so CI runs the utility benchmark's tests too
+            "ruff==0.17.6",
+        ],  # make test checks lint and format first
+        "gcp": ["apache-beam[gcp]==2.77.0"],  # gs:// paths and the DataflowRunner
+        "bench": ["scikit-learn>=1.3"],  # benchmarks.utility: the classifiers trained on privatized text
     },
     entry_points={"console_scripts": ["dptext = dptext.pipeline.cli:main"]},
 )

@@ -16,6 +16,7 @@ blocks is checked against brute force while that costs under a quarter of the ti
 a build does not do it), and the full build's time is projected from the blocks' rate: for
 vocabularies whose full build takes hours on this machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,15 +38,20 @@ for s in range(0, {words}, 100_000):       # generated in slices: no float64 cop
     vectors[s:e] += 0.2 * rng.standard_normal((e - s, {dim}), dtype=np.float32)
 """
 
-FULL = VECTORS + """
+FULL = (
+    VECTORS
+    + """
 import json, time
 from dptext.transforms.index import EmbeddingIndex
 t = time.perf_counter()
 index = EmbeddingIndex.build([f"w{{i}}" for i in range({words})], vectors, {out!r}, neighbours={neighbours})
 print(json.dumps({{"build_s": time.perf_counter() - t, "rows_done": {words}, "dmin": index.dmin, "dmax": index.dmax}}))
 """
+)
 
-BUDGET = VECTORS + """
+BUDGET = (
+    VECTORS
+    + """
 import json, time
 from tqdm import tqdm
 from dptext.transforms.index_build import Geometry, row_block, candidate_order
@@ -81,6 +87,7 @@ print(json.dumps({{"budget_s": {budget}, "rows_done": rows, "blocks_checked": ch
                   "rows_checked_vs_brute_force": checked,
                   "projected_build_s": setup + computing * {words} / max(rows, 1)}}))
 """
+)
 
 
 def main(argv=None) -> int:
@@ -91,25 +98,39 @@ def main(argv=None) -> int:
     parser.add_argument("--budget-seconds", type=float, help="compute row blocks this long and project the rest")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        fields = dict(words=args.words, dim=args.dim, out=tmp + "/index", neighbours=args.neighbours,
-                      budget=args.budget_seconds)
+        fields = dict(
+            words=args.words, dim=args.dim, out=tmp + "/index", neighbours=args.neighbours, budget=args.budget_seconds
+        )
         code = "import sys\n" + (BUDGET if args.budget_seconds else FULL).format(**fields)
         wall, rss, _, out = _measure(code)
-    result = {"words": args.words, "dim": args.dim, "neighbours": args.neighbours, **json.loads(out),
-              "wall_s": round(wall, 1), "peak_rss_mib": round(rss)}
+    result = {
+        "words": args.words,
+        "dim": args.dim,
+        "neighbours": args.neighbours,
+        **json.loads(out),
+        "wall_s": round(wall, 1),
+        "peak_rss_mib": round(rss),
+    }
     total_s = result.get("projected_build_s", result.get("build_s"))
-    per_pair_ns = total_s / args.words ** 2 * 1e9
+    per_pair_ns = total_s / args.words**2 * 1e9
     kind = "projected from a budgeted run" if args.budget_seconds else "measured"
     print(f"| words | d | K | rows computed | build time ({kind}) | ns per pair | peak RSS |")
     print("|---|---|---|---|---|---|---|")
-    print(f"| {args.words:,} | {args.dim} | {args.neighbours} | {result['rows_done']:,} | "
-          f"{total_s / 3600:.2f} h ({total_s:,.0f} s) | {per_pair_ns:.2f} | {rss:,.0f} MiB |")
+    print(
+        f"| {args.words:,} | {args.dim} | {args.neighbours} | {result['rows_done']:,} | "
+        f"{total_s / 3600:.2f} h ({total_s:,.0f} s) | {per_pair_ns:.2f} | {rss:,.0f} MiB |"
+    )
     if args.budget_seconds:
-        print(f"{result['rows_done']:,} rows in {result['elapsed_s']:.0f} s of row blocks, {result['blocks_checked']} blocks "
-              f"checked against brute force on one row (another {result['checking_s']:.0f} s, not counted)")
+        print(
+            f"{result['rows_done']:,} rows in {result['elapsed_s']:.0f} s of row blocks, "
+            f"{result['blocks_checked']} blocks "
+            f"checked against brute force on one row (another {result['checking_s']:.0f} s, not counted)"
+        )
     for n in (1_000_000, 2_200_000):
-        print(f"  at this rate {n:,} words x {args.dim} d: {per_pair_ns * n * n / 1e9 / 3600:.1f} h on this machine "
-              f"(a Beam build on W such machines: about 1/W of it)")
+        print(
+            f"  at this rate {n:,} words x {args.dim} d: {per_pair_ns * n * n / 1e9 / 3600:.1f} h on this machine "
+            f"(a Beam build on W such machines: about 1/W of it)"
+        )
     RESULTS.mkdir(exist_ok=True)
     name = f"build-{args.words}" + ("-budgeted" if args.budget_seconds else "")
     (RESULTS / f"{name}.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), **result}, indent=2) + "\n")

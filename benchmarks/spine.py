@@ -5,6 +5,7 @@
 Every phase runs in its own process so its wall time and peak memory (max RSS, from wait4)
 are its own. Prints a table and writes benchmarks/results/spine.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -104,7 +105,7 @@ def make_corpus(directory: Path, min_tokens: int) -> tuple[str, int, int]:
     from dptext.pipeline.demo import tweets_jsonl
     from dptext.transforms.tokenize import split_tokens
 
-    lines = tweets_jsonl().read_text(encoding="utf-8").split("\n")[:-1]   # not splitlines: U+2028 is text
+    lines = tweets_jsonl().read_text(encoding="utf-8").split("\n")[:-1]  # not splitlines: U+2028 is text
     per_pass = sum(len(split_tokens(json.loads(line)["text"]).words) for line in lines)
     passes = -(-min_tokens // per_pass)
     shards = [open(directory / f"corpus-{i}.jsonl", "w", encoding="utf-8") for i in range(4)]
@@ -132,40 +133,106 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         wall, rss, _, out = _measure(BUILD.format(embedding=embedding, out=str(tmp / "index")))
         build = json.loads(out)
-        rows.append({"phase": "index build (read + exact tables + Annoy)", "seconds": round(wall, 1),
-                     "detail": f"read {build['read_s']:.1f} s, build {build['build_s']:.1f} s",
-                     "peak_rss_mib": round(rss)})
-        for name, epsilon, params in (("truncated_gumbel", DEMO_EPSILON, {}),
-                                      ("multivariate_laplace", 10.0, {"search": "exact"}),
-                                      ("multivariate_laplace", 10.0, {"search": "annoy"})):
-            _, rss, _, out = _measure(MECHANISM.format(index=index, name=name, epsilon=epsilon, params=params,
-                                                    seconds=args.seconds), ONE_CORE)
+        rows.append(
+            {
+                "phase": "index build (read + exact tables + Annoy)",
+                "seconds": round(wall, 1),
+                "detail": f"read {build['read_s']:.1f} s, build {build['build_s']:.1f} s",
+                "peak_rss_mib": round(rss),
+            }
+        )
+        for name, epsilon, params in (
+            ("truncated_gumbel", DEMO_EPSILON, {}),
+            ("multivariate_laplace", 10.0, {"search": "exact"}),
+            ("multivariate_laplace", 10.0, {"search": "annoy"}),
+        ):
+            _, rss, _, out = _measure(
+                MECHANISM.format(index=index, name=name, epsilon=epsilon, params=params, seconds=args.seconds), ONE_CORE
+            )
             result = json.loads(out)
             label = name + (f" ({params['search']})" if params else "")
-            rows.append({"phase": f"mechanism only, 1 core, batch 4096: {label}",
-                         "tokens_per_s": round(result["tokens_per_s"]), "peak_rss_mib": round(rss)})
+            rows.append(
+                {
+                    "phase": f"mechanism only, 1 core, batch 4096: {label}",
+                    "tokens_per_s": round(result["tokens_per_s"]),
+                    "peak_rss_mib": round(rss),
+                }
+            )
         pattern, tokens, documents = make_corpus(tmp, args.tokens)
         (tmp / "one.txt").write_text("the cat sat on the mat\n", encoding="utf-8")
-        wall, rss, _, _ = _measure([sys.executable, "-m", "dptext.pipeline.cli", "run", "--input", str(tmp / "one.txt"),
-                                    "--output", str(tmp / "one" / "out"), "--index", index,
-                                    "--epsilon", str(DEMO_EPSILON), "--runner", "DirectRunner"])
-        rows.append({"phase": "fixed cost: end to end on a one-line corpus (imports, checks, audit)",
-                     "seconds": round(wall, 1), "peak_rss_mib": round(rss)})
+        wall, rss, _, _ = _measure(
+            [
+                sys.executable,
+                "-m",
+                "dptext.pipeline.cli",
+                "run",
+                "--input",
+                str(tmp / "one.txt"),
+                "--output",
+                str(tmp / "one" / "out"),
+                "--index",
+                index,
+                "--epsilon",
+                str(DEMO_EPSILON),
+                "--runner",
+                "DirectRunner",
+            ]
+        )
+        rows.append(
+            {
+                "phase": "fixed cost: end to end on a one-line corpus (imports, checks, audit)",
+                "seconds": round(wall, 1),
+                "peak_rss_mib": round(rss),
+            }
+        )
         for mode in args.runs.split(","):
             extra = ["--direct_running_mode", mode] + (["--direct_num_workers", "2"] if mode != "in_memory" else [])
-            wall, rss, tree, _ = _measure([sys.executable, "-m", "dptext.pipeline.cli", "run", "--input", pattern,
-                                     "--output", str(tmp / mode / "out"), "--index", index,
-                                     "--epsilon", str(DEMO_EPSILON), "--runner", "DirectRunner", *extra])
-            rows.append({"phase": f"end to end, DirectRunner {mode}, truncated_gumbel, {tokens:,} tokens "
-                                  f"({documents:,} documents)", "seconds": round(wall, 1),
-                         "tokens_per_s": round(tokens / wall), "peak_rss_mib": round(rss),
-                         "detail": f"all processes together: peak {tree:.0f} MiB"})
+            wall, rss, tree, _ = _measure(
+                [
+                    sys.executable,
+                    "-m",
+                    "dptext.pipeline.cli",
+                    "run",
+                    "--input",
+                    pattern,
+                    "--output",
+                    str(tmp / mode / "out"),
+                    "--index",
+                    index,
+                    "--epsilon",
+                    str(DEMO_EPSILON),
+                    "--runner",
+                    "DirectRunner",
+                    *extra,
+                ]
+            )
+            rows.append(
+                {
+                    "phase": f"end to end, DirectRunner {mode}, truncated_gumbel, {tokens:,} tokens "
+                    f"({documents:,} documents)",
+                    "seconds": round(wall, 1),
+                    "tokens_per_s": round(tokens / wall),
+                    "peak_rss_mib": round(rss),
+                    "detail": f"all processes together: peak {tree:.0f} MiB",
+                }
+            )
     print_table(rows)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "spine.json").write_text(json.dumps({
-        "date": time.strftime("%Y-%m-%d"), "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
-                                                       "platform": platform.platform()},
-        "rows": rows}, indent=2) + "\n")
+    (RESULTS / "spine.json").write_text(
+        json.dumps(
+            {
+                "date": time.strftime("%Y-%m-%d"),
+                "machine": {
+                    "cores": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "platform": platform.platform(),
+                },
+                "rows": rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return 0
 
 

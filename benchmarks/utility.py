@@ -27,6 +27,7 @@ privatized training set and scored on the clean and on the privatized test subse
 the privatization's randomness only. Prints a table and writes PREFIX.csv, .md, .json and .png
 (PREFIX: benchmarks/results/utility, or utility-quick with --quick). No corpus text is printed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,12 +45,18 @@ import numpy as np
 
 from benchmarks.spine import RESULTS
 
-SPLIT_SEED = 20240607          # the split and the subsets (fixed, so every row sees the same tweets)
-STATS_SEED = 0                 # which vocabulary words N_w is measured on, and their draws
+SPLIT_SEED = 20240607  # the split and the subsets (fixed, so every row sees the same tweets)
+STATS_SEED = 0  # which vocabulary words N_w is measured on, and their draws
 BASELINE = "truncated_gumbel"
 OTHERS = ("multivariate_laplace", "tem", "mahalanobis", "knn_exponential", "kde_prior")
-DEFAULTS = {"grid": (36.0, 1000.0, 100000.0), "runs": 5, "train_size": 5000, "test_size": 1500,
-            "nw_sample": 300, "nw_draws": 50}
+DEFAULTS = {
+    "grid": (36.0, 1000.0, 100000.0),
+    "runs": 5,
+    "train_size": 5000,
+    "test_size": 1500,
+    "nw_sample": 300,
+    "nw_draws": 50,
+}
 QUICK = {"grid": (36.0, 1000.0), "runs": 3, "train_size": 2000, "test_size": 600, "nw_sample": 100, "nw_draws": 40}
 # A reference row: the pipeline with noise too small to move any word (|z| ~ d / eps = 3e-4 against
 # Dmin 0.74), so only the out-of-vocabulary placeholder changes the text.
@@ -60,13 +67,14 @@ COLUMNS = (("test_clean", "train private, test clean"), ("test_private", "train 
 
 # ---------------------------------------------------------------- data
 
+
 @dataclass(frozen=True)
 class Split:
     texts: list[str]
     labels: np.ndarray
-    train: np.ndarray          # indices into texts/labels: the training subset
-    test: np.ndarray           # the test subset
-    train_all: np.ndarray      # the whole 80% split (for the full-data ceiling row)
+    train: np.ndarray  # indices into texts/labels: the training subset
+    test: np.ndarray  # the test subset
+    train_all: np.ndarray  # the whole 80% split (for the full-data ceiling row)
     duplicates_dropped: int
 
 
@@ -99,17 +107,26 @@ def stratified_subset(ids: np.ndarray, labels: np.ndarray, size: int, seed: int 
     return np.sort(kept)
 
 
-def make_split(texts: list[str], labels: np.ndarray, duplicates: int, train_size: int, test_size: int,
-               test_fraction: float = 0.2) -> Split:
+def make_split(
+    texts: list[str], labels: np.ndarray, duplicates: int, train_size: int, test_size: int, test_fraction: float = 0.2
+) -> Split:
     from sklearn.model_selection import train_test_split
 
-    train, test = train_test_split(np.arange(len(texts)), test_size=test_fraction, stratify=labels,
-                                   random_state=SPLIT_SEED)
-    return Split(texts, labels, stratified_subset(train, labels, train_size),
-                 stratified_subset(test, labels, test_size), np.sort(train), duplicates)
+    train, test = train_test_split(
+        np.arange(len(texts)), test_size=test_fraction, stratify=labels, random_state=SPLIT_SEED
+    )
+    return Split(
+        texts,
+        labels,
+        stratified_subset(train, labels, train_size),
+        stratified_subset(test, labels, test_size),
+        np.sort(train),
+        duplicates,
+    )
 
 
 # ---------------------------------------------------------------- models
+
 
 def mean_embeddings(texts: list[str], index) -> np.ndarray:
     """Each text's mean index vector over its in-vocabulary words (tokenised and looked up as the
@@ -125,8 +142,9 @@ def mean_embeddings(texts: list[str], index) -> np.ndarray:
     ids[missing] = index.ids([words[i].lower() for i in missing.tolist()])
     doc = np.repeat(np.arange(len(texts)), [len(ws) for ws in per_text])
     known = ids >= 0
-    counts = csr_matrix((np.ones(int(known.sum()), dtype=np.float32), (doc[known], ids[known])),
-                        shape=(len(texts), index.n))
+    counts = csr_matrix(
+        (np.ones(int(known.sum()), dtype=np.float32), (doc[known], ids[known])), shape=(len(texts), index.n)
+    )
     sums = counts @ np.asarray(index.vectors)
     totals = np.asarray(counts.sum(axis=1)).ravel()
     return (sums / np.maximum(totals, 1)[:, None]).astype(np.float32)
@@ -140,8 +158,9 @@ def make_model(name: str):
     from sklearn.preprocessing import StandardScaler
 
     if name == "tfidf":
-        return make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True),
-                             LogisticRegression(max_iter=3000))
+        return make_pipeline(
+            TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True), LogisticRegression(max_iter=3000)
+        )
     if name == "embeddings":
         return make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
     raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
@@ -178,6 +197,7 @@ def floor_scores(train_labels, test_labels) -> dict:
 
 # ---------------------------------------------------------------- intervals
 
+
 def t_interval(values, confidence: float = 0.95) -> dict:
     """Mean and the Student-t interval mean +- t_{(1+c)/2, R-1} s / sqrt(R) over R runs (s: sample
     standard deviation); no interval from one run."""
@@ -204,12 +224,13 @@ def welch_interval(a, b, confidence: float = 0.95) -> dict:
     se = math.sqrt(va + vb)
     if se == 0:
         return {"difference": diff, "low": diff, "high": diff}
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     half = float(t.ppf((1 + confidence) / 2, df) * se)
     return {"difference": diff, "low": diff - half, "high": diff + half}
 
 
 # ---------------------------------------------------------------- matched privacy (cached)
+
 
 class Cache:
     """Median N_w measurements and calibrations from earlier runs, keyed by everything they depend on."""
@@ -239,10 +260,15 @@ def median_nw(index, mechanism: str, epsilon: float, sample: int, draws: int) ->
     from dptext.transforms.stats import sample_words, word_statistics
 
     words = sample_words(index.n, sample, STATS_SEED)
-    summary = word_statistics(mechanisms.create(mechanism, index, epsilon), words, draws,
-                              np.random.default_rng(STATS_SEED)).summary()
-    return {"median": summary["unchanged"]["p50"], "standard_error": summary["unchanged_median_standard_error"],
-            "p5": summary["unchanged"]["p5"], "p95": summary["unchanged"]["p95"]}
+    summary = word_statistics(
+        mechanisms.create(mechanism, index, epsilon), words, draws, np.random.default_rng(STATS_SEED)
+    ).summary()
+    return {
+        "median": summary["unchanged"]["p50"],
+        "standard_error": summary["unchanged_median_standard_error"],
+        "p5": summary["unchanged"]["p5"],
+        "p95": summary["unchanged"]["p95"],
+    }
 
 
 def matched_points(index, grid, others, sample: int, draws: int, cache: Cache, save, log) -> list[dict]:
@@ -250,8 +276,13 @@ def matched_points(index, grid, others, sample: int, draws: int, cache: Cache, s
     the same median N_w (or why none exists)."""
     from dptext.transforms.stats import TargetUnreachable, calibrate
 
-    base = {"embedding_id": index.manifest.get("embedding_id"), "n": index.n, "sample": sample, "draws": draws,
-            "seed": STATS_SEED}
+    base = {
+        "embedding_id": index.manifest.get("embedding_id"),
+        "n": index.n,
+        "sample": sample,
+        "draws": draws,
+        "seed": STATS_SEED,
+    }
     points = []
     for eps in grid:
         key = {**base, "what": "median_nw", "mechanism": BASELINE, "epsilon": eps}
@@ -268,24 +299,43 @@ def matched_points(index, grid, others, sample: int, draws: int, cache: Cache, s
                 started = time.time()
                 try:
                     result = calibrate(index, mech, nw["median"], sample=sample, draws=draws, seed=STATS_SEED)
-                    found = {"epsilon": result["epsilon"], "median_nw": result["median_unchanged"],
-                             "standard_error": result["median_standard_error"],
-                             "evaluations": len(result["evaluations"]), "seconds": round(time.time() - started, 1)}
+                    found = {
+                        "epsilon": result["epsilon"],
+                        "median_nw": result["median_unchanged"],
+                        "standard_error": result["median_standard_error"],
+                        "evaluations": len(result["evaluations"]),
+                        "seconds": round(time.time() - started, 1),
+                    }
                 except TargetUnreachable as err:
                     found = {"unreachable": str(err)}
                 cache.put(key, found)
                 save()
             point["matched"][mech] = found
-            log(f"  {mech}: " + (f"epsilon {found['epsilon']:.4g} gives median N_w {found['median_nw']:.3f}"
-                                 if "epsilon" in found else found["unreachable"]))
+            log(
+                f"  {mech}: "
+                + (
+                    f"epsilon {found['epsilon']:.4g} gives median N_w {found['median_nw']:.3f}"
+                    if "epsilon" in found
+                    else found["unreachable"]
+                )
+            )
         points.append(point)
     return points
 
 
 # ---------------------------------------------------------------- privatization through dptext run
 
-def privatize(texts: list[str], mechanism: str, epsilon: float, runs: int, index_dir: str, work: Path,
-              test_seed: int | None, runner_args: list[str]) -> tuple[list[list[str]], dict]:
+
+def privatize(
+    texts: list[str],
+    mechanism: str,
+    epsilon: float,
+    runs: int,
+    index_dir: str,
+    work: Path,
+    test_seed: int | None,
+    runner_args: list[str],
+) -> tuple[list[list[str]], dict]:
     """`runs` independent privatizations of every text by the dptext pipeline: one job over `runs`
     copies, each record carrying its id (outputs are sharded and unordered). Returns the texts by
     run, in input order, and the job's report figures."""
@@ -299,8 +349,19 @@ def privatize(texts: list[str], mechanism: str, epsilon: float, runs: int, index
             for i, text in enumerate(texts):
                 handle.write(json.dumps({"id": r * len(texts) + i, "text": text}, ensure_ascii=False) + "\n")
     prefix = str(work / "out" / "private")
-    argv = ["--input", str(corpus), "--output", prefix, "--index", index_dir, "--mechanism", mechanism,
-            "--epsilon", repr(float(epsilon)), *runner_args]
+    argv = [
+        "--input",
+        str(corpus),
+        "--output",
+        prefix,
+        "--index",
+        index_dir,
+        "--mechanism",
+        mechanism,
+        "--epsilon",
+        repr(float(epsilon)),
+        *runner_args,
+    ]
     if test_seed is not None:
         argv += ["--test_seed", str(test_seed)]
     started = time.time()
@@ -314,31 +375,50 @@ def privatize(texts: list[str], mechanism: str, epsilon: float, runs: int, index
                 out[record["id"]] = record["text"]
     lost = sum(t is None for t in out)
     if lost:
-        raise RuntimeError(f"{mechanism} at epsilon {epsilon:g}: {lost} of {len(out)} documents missing from the "
-                           f"output (dead letter: {work / 'out'})")
+        raise RuntimeError(
+            f"{mechanism} at epsilon {epsilon:g}: {lost} of {len(out)} documents missing from the "
+            f"output (dead letter: {work / 'out'})"
+        )
     report = json.loads(Path(report_paths(prefix)[0]).read_text(encoding="utf-8"))
-    figures = {"seconds": round(seconds, 1), "tokens": report["counts"]["tokens"], "oov": report["counts"]["oov"],
-               "fraction_changed": report["quality_figures"]["fraction_of_perturbed_tokens_changed"],
-               "randomness": report["randomness"]}
-    return [out[r * len(texts):(r + 1) * len(texts)] for r in range(runs)], figures
+    figures = {
+        "seconds": round(seconds, 1),
+        "tokens": report["counts"]["tokens"],
+        "oov": report["counts"]["oov"],
+        "fraction_changed": report["quality_figures"]["fraction_of_perturbed_tokens_changed"],
+        "randomness": report["randomness"],
+    }
+    return [out[r * len(texts) : (r + 1) * len(texts)] for r in range(runs)], figures
 
 
-def measure_point(split: Split, index, index_dir: str, mechanism: str, epsilon: float, runs: int, work: Path,
-                  test_seed, runner_args, log) -> dict:
+def measure_point(
+    split: Split,
+    index,
+    index_dir: str,
+    mechanism: str,
+    epsilon: float,
+    runs: int,
+    work: Path,
+    test_seed,
+    runner_args,
+    log,
+) -> dict:
     """Privatize, train and score: per-run scores of both models on both test columns."""
     train_texts = [split.texts[i] for i in split.train]
     test_texts = [split.texts[i] for i in split.test]
     y_train, y_test = split.labels[split.train], split.labels[split.test]
-    private, figures = privatize(train_texts + test_texts, mechanism, epsilon, runs, index_dir, work,
-                                 test_seed, runner_args)
-    log(f"    privatized {runs} x {len(private[0]):,} tweets ({figures['tokens']:,} tokens) in {figures['seconds']} s; "
-        f"fraction of tokens changed {figures['fraction_changed']:.3f}")
+    private, figures = privatize(
+        train_texts + test_texts, mechanism, epsilon, runs, index_dir, work, test_seed, runner_args
+    )
+    log(
+        f"    privatized {runs} x {len(private[0]):,} tweets ({figures['tokens']:,} tokens) in {figures['seconds']} s; "
+        f"fraction of tokens changed {figures['fraction_changed']:.3f}"
+    )
     per_run = {m: {c: [] for c, _ in COLUMNS} for m in MODELS}
     started = time.time()
     for texts in private:
-        tests = {"test_clean": (test_texts, y_test), "test_private": (texts[len(train_texts):], y_test)}
+        tests = {"test_clean": (test_texts, y_test), "test_private": (texts[len(train_texts) :], y_test)}
         for model in MODELS:
-            for column, score in evaluate(model, texts[:len(train_texts)], y_train, tests, index).items():
+            for column, score in evaluate(model, texts[: len(train_texts)], y_train, tests, index).items():
                 per_run[model][column].append(score)
     figures["fit_seconds"] = round(time.time() - started, 1)
     return {"privatization": figures, "per_run": per_run}
@@ -346,10 +426,16 @@ def measure_point(split: Split, index, index_dir: str, mechanism: str, epsilon: 
 
 # ---------------------------------------------------------------- rows, tables, plot
 
+
 def summarise(per_run: dict) -> dict:
     """Mean and interval of each metric of each model and column."""
-    return {model: {column: {metric: t_interval([s[metric] for s in runs]) for metric in ("accuracy", "macro_f1")}
-                    for column, runs in cols.items()} for model, cols in per_run.items()}
+    return {
+        model: {
+            column: {metric: t_interval([s[metric] for s in runs]) for metric in ("accuracy", "macro_f1")}
+            for column, runs in cols.items()
+        }
+        for model, cols in per_run.items()
+    }
 
 
 def fmt(stat: dict | None, scale: float = 100.0) -> str:
@@ -366,11 +452,22 @@ def table_rows(results: dict) -> list[dict]:
     for row in results["rows"]:
         for model in MODELS:
             s = row["summary"][model]
-            flat.append({"kind": row["kind"], "mechanism": row["mechanism"], "epsilon": row["epsilon"],
-                         "grid_epsilon": row.get("grid_epsilon"), "median_nw": row["median_nw"],
-                         "changed": row.get("privatization", {}).get("fraction_changed"), "model": model,
-                         **{f"{c}_{m}": s.get(c, {}).get(m) for c in ("test_clean", "test_private")
-                            for m in ("accuracy", "macro_f1")}})
+            flat.append(
+                {
+                    "kind": row["kind"],
+                    "mechanism": row["mechanism"],
+                    "epsilon": row["epsilon"],
+                    "grid_epsilon": row.get("grid_epsilon"),
+                    "median_nw": row["median_nw"],
+                    "changed": row.get("privatization", {}).get("fraction_changed"),
+                    "model": model,
+                    **{
+                        f"{c}_{m}": s.get(c, {}).get(m)
+                        for c in ("test_clean", "test_private")
+                        for m in ("accuracy", "macro_f1")
+                    },
+                }
+            )
     return flat
 
 
@@ -392,35 +489,53 @@ def write_csv(path: Path, flat: list[dict]) -> None:
 
 def markdown(results: dict, flat: list[dict]) -> str:
     cfg = results["config"]
-    lines = [f"# Utility at matched privacy ({results['date']})", "",
-             f"{cfg['train_tweets']:,} training and {cfg['test_tweets']:,} test tweets (stratified subsets of a fixed "
-             f"80/20 split of {cfg['tweets']:,} distinct tweets; {cfg['duplicates_dropped']} duplicate texts dropped), "
-             f"{cfg['runs']} privatization runs per point, randomness: {cfg['randomness']}. "
-             f"Accuracy and macro-F1 in %, mean [95% Student-t interval over the runs: mean +- t(0.975, R-1) s/sqrt(R)]; "
-             f"the split and the fits are fixed, so the interval covers the privatization only. "
-             f"median N_w: truncated_gumbel's at the grid epsilon, measured on {cfg['nw_sample']} vocabulary words x "
-             f"{cfg['nw_draws']} draws; the other mechanisms calibrated to it on the same words.", "",
-             "changed: fraction of the corpus's in-vocabulary tokens the privatization changed (a data-dependent "
-             "quality figure from the privacy report).", "",
-             "| kind | mechanism | epsilon | median N_w | changed | model | acc, test clean | macro-F1, test clean | "
-             "acc, test private | macro-F1, test private |", "|---|---|---:|---:|---:|---|---|---|---|---|"]
+    lines = [
+        f"# Utility at matched privacy ({results['date']})",
+        "",
+        f"{cfg['train_tweets']:,} training and {cfg['test_tweets']:,} test tweets (stratified subsets of a fixed "
+        f"80/20 split of {cfg['tweets']:,} distinct tweets; {cfg['duplicates_dropped']} duplicate texts dropped), "
+        f"{cfg['runs']} privatization runs per point, randomness: {cfg['randomness']}. "
+        f"Accuracy and macro-F1 in %, mean [95% Student-t interval over the runs: mean +- t(0.975, R-1) s/sqrt(R)]; "
+        f"the split and the fits are fixed, so the interval covers the privatization only. "
+        f"median N_w: truncated_gumbel's at the grid epsilon, measured on {cfg['nw_sample']} vocabulary words x "
+        f"{cfg['nw_draws']} draws; the other mechanisms calibrated to it on the same words.",
+        "",
+        "changed: fraction of the corpus's in-vocabulary tokens the privatization changed (a data-dependent "
+        "quality figure from the privacy report).",
+        "",
+        "| kind | mechanism | epsilon | median N_w | changed | model | acc, test clean | macro-F1, test clean | "
+        "acc, test private | macro-F1, test private |",
+        "|---|---|---:|---:|---:|---|---|---|---|---|",
+    ]
     for r in flat:
         eps = f"{r['epsilon']:.4g}" if r["epsilon"] is not None else "-"
         nw = f"{r['median_nw']:.3f}" if r["median_nw"] is not None else "-"
         changed = f"{r['changed']:.3f}" if r["changed"] is not None else "-"
-        lines.append(f"| {r['kind']} | {r['mechanism']} | {eps} | {nw} | {changed} | {r['model']} "
-                     f"| {fmt(r['test_clean_accuracy'])} "
-                     f"| {fmt(r['test_clean_macro_f1'])} | {fmt(r['test_private_accuracy'])} "
-                     f"| {fmt(r['test_private_macro_f1'])} |")
+        lines.append(
+            f"| {r['kind']} | {r['mechanism']} | {eps} | {nw} | {changed} | {r['model']} "
+            f"| {fmt(r['test_clean_accuracy'])} "
+            f"| {fmt(r['test_clean_macro_f1'])} | {fmt(r['test_private_accuracy'])} "
+            f"| {fmt(r['test_private_macro_f1'])} |"
+        )
     if results["gaps"]:
-        lines += ["", f"## {BASELINE} minus each other mechanism at matched median N_w (percentage points, "
-                      "Welch 95% interval)", "",
-                  "| grid epsilon | median N_w | other | model | column | accuracy | macro-F1 |", "|---:|---:|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## {BASELINE} minus each other mechanism at matched median N_w (percentage points, Welch 95% interval)",
+            "",
+            "| grid epsilon | median N_w | other | model | column | accuracy | macro-F1 |",
+            "|---:|---:|---|---|---|---|---|",
+        ]
         for g in results["gaps"]:
-            lines.append(f"| {g['grid_epsilon']:g} | {g['median_nw']:.3f} | {g['other']} | {g['model']} | {g['column']} "
-                         f"| {fmt_gap(g['accuracy'])} | {fmt_gap(g['macro_f1'])} |")
-    unreachable = [(p["epsilon"], m, v["unreachable"]) for p in results["points"] for m, v in p["matched"].items()
-                   if "unreachable" in v]
+            lines.append(
+                f"| {g['grid_epsilon']:g} | {g['median_nw']:.3f} | {g['other']} | {g['model']} | {g['column']} "
+                f"| {fmt_gap(g['accuracy'])} | {fmt_gap(g['macro_f1'])} |"
+            )
+    unreachable = [
+        (p["epsilon"], m, v["unreachable"])
+        for p in results["points"]
+        for m, v in p["matched"].items()
+        if "unreachable" in v
+    ]
     if unreachable:
         lines += ["", "Not calibrated (no epsilon reaches the target):", ""]
         lines += [f"- grid epsilon {e:g}, {m}: {why}" for e, m, why in unreachable]
@@ -437,15 +552,28 @@ def gaps(rows: list[dict]) -> list[dict]:
     """truncated_gumbel minus every other mechanism at the same grid point, per model and column."""
     out = []
     for base in (r for r in rows if r["kind"] == "matched" and r["mechanism"] == BASELINE):
-        for other in (r for r in rows if r["kind"] == "matched" and r["mechanism"] != BASELINE
-                      and r["grid_epsilon"] == base["grid_epsilon"]):
+        for other in (
+            r
+            for r in rows
+            if r["kind"] == "matched" and r["mechanism"] != BASELINE and r["grid_epsilon"] == base["grid_epsilon"]
+        ):
             for model in MODELS:
                 for column, _ in COLUMNS:
                     a, b = base["per_run"][model][column], other["per_run"][model][column]
-                    out.append({"grid_epsilon": base["grid_epsilon"], "median_nw": base["median_nw"],
-                                "other": other["mechanism"], "other_epsilon": other["epsilon"], "model": model,
-                                "column": column, **{m: welch_interval([s[m] for s in a], [s[m] for s in b])
-                                                     for m in ("accuracy", "macro_f1")}})
+                    out.append(
+                        {
+                            "grid_epsilon": base["grid_epsilon"],
+                            "median_nw": base["median_nw"],
+                            "other": other["mechanism"],
+                            "other_epsilon": other["epsilon"],
+                            "model": model,
+                            "column": column,
+                            **{
+                                m: welch_interval([s[m] for s in a], [s[m] for s in b])
+                                for m in ("accuracy", "macro_f1")
+                            },
+                        }
+                    )
     return out
 
 
@@ -463,24 +591,31 @@ def plot(results: dict, path: Path) -> None:
         for j, (column, title) in enumerate(COLUMNS):
             ax = axes[i, j]
             for mech in mechs:
-                pts = sorted((r for r in rows if r["kind"] == "matched" and r["mechanism"] == mech),
-                             key=lambda r: r["median_nw"])
+                pts = sorted(
+                    (r for r in rows if r["kind"] == "matched" and r["mechanism"] == mech), key=lambda r: r["median_nw"]
+                )
                 stats = [r["summary"][model][column]["accuracy"] for r in pts]
                 x = [r["median_nw"] for r in pts]
                 y = [100 * s["mean"] for s in stats]
-                err = [[100 * (s["mean"] - s["low"]) if s["low"] is not None else 0 for s in stats],
-                       [100 * (s["high"] - s["mean"]) if s["high"] is not None else 0 for s in stats]]
+                err = [
+                    [100 * (s["mean"] - s["low"]) if s["low"] is not None else 0 for s in stats],
+                    [100 * (s["high"] - s["mean"]) if s["high"] is not None else 0 for s in stats],
+                ]
                 ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=colours[mech], label=mech)
             for r in rows:
                 if r["kind"] == "reference" and column in r["summary"][model]:
                     s = r["summary"][model][column]["accuracy"]
-                    ax.plot([r["median_nw"]], [100 * s["mean"]], "k*", markersize=11,
-                            label="no effective noise (OOV placeholder only)")
+                    ax.plot(
+                        [r["median_nw"]],
+                        [100 * s["mean"]],
+                        "k*",
+                        markersize=11,
+                        label="no effective noise (OOV placeholder only)",
+                    )
                 elif r["kind"] in ("ceiling", "floor"):
                     s = r["summary"][model]["test_clean"]["accuracy"]
                     style = {"floor": ":", "ceiling": "--" if r["mechanism"] == "non-private" else "-."}[r["kind"]]
-                    ax.axhline(100 * s["mean"], color="grey", linestyle=style,
-                               label=f"{r['kind']}: {r['mechanism']}")
+                    ax.axhline(100 * s["mean"], color="grey", linestyle=style, label=f"{r['kind']}: {r['mechanism']}")
             ax.set_title(f"{model}: {title}", fontsize=10)
             ax.set_ylabel("accuracy (%)")
             ax.grid(True, alpha=0.3)
@@ -490,52 +625,75 @@ def plot(results: dict, path: Path) -> None:
     unique = dict(zip(labels, handles))
     fig.legend(unique.values(), unique.keys(), loc="lower center", ncol=4, fontsize=8)
     cfg = results["config"]
-    fig.suptitle(f"Tweet sentiment (3 classes): accuracy against median N_w at matched privacy; "
-                 f"{cfg['train_tweets']:,} train / {cfg['test_tweets']:,} test tweets, {cfg['runs']} runs per point, "
-                 f"95% t-intervals", fontsize=10)
+    fig.suptitle(
+        f"Tweet sentiment (3 classes): accuracy against median N_w at matched privacy; "
+        f"{cfg['train_tweets']:,} train / {cfg['test_tweets']:,} test tweets, {cfg['runs']} runs per point, "
+        f"95% t-intervals",
+        fontsize=10,
+    )
     fig.tight_layout(rect=(0, 0.07, 1, 0.97))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def print_table(flat: list[dict], gap_rows: list[dict]) -> None:
-    print(f"\n{'kind':<9} {'mechanism':<24} {'epsilon':>9} {'N_w':>6} {'changed':>7} {'model':<10} "
-          f"{'acc test clean':>20} {'F1 test clean':>20} {'acc test private':>20} {'F1 test private':>20}")
+    print(
+        f"\n{'kind':<9} {'mechanism':<24} {'epsilon':>9} {'N_w':>6} {'changed':>7} {'model':<10} "
+        f"{'acc test clean':>20} {'F1 test clean':>20} {'acc test private':>20} {'F1 test private':>20}"
+    )
     for r in flat:
         eps = f"{r['epsilon']:.4g}" if r["epsilon"] is not None else "-"
         nw = f"{r['median_nw']:.3f}" if r["median_nw"] is not None else "-"
         changed = f"{r['changed']:.3f}" if r["changed"] is not None else "-"
-        print(f"{r['kind']:<9} {r['mechanism']:<24} {eps:>9} {nw:>6} {changed:>7} {r['model']:<10} "
-              f"{fmt(r['test_clean_accuracy']):>20} {fmt(r['test_clean_macro_f1']):>20} "
-              f"{fmt(r['test_private_accuracy']):>20} {fmt(r['test_private_macro_f1']):>20}")
+        print(
+            f"{r['kind']:<9} {r['mechanism']:<24} {eps:>9} {nw:>6} {changed:>7} {r['model']:<10} "
+            f"{fmt(r['test_clean_accuracy']):>20} {fmt(r['test_clean_macro_f1']):>20} "
+            f"{fmt(r['test_private_accuracy']):>20} {fmt(r['test_private_macro_f1']):>20}"
+        )
     if gap_rows:
         print(f"\n{BASELINE} minus other at matched median N_w (accuracy, percentage points, Welch 95% interval):")
         for g in gap_rows:
-            print(f"  eps {g['grid_epsilon']:>8g} N_w {g['median_nw']:.3f}  vs {g['other']:<21} {g['model']:<10} "
-                  f"{g['column']:<12} {fmt_gap(g['accuracy']):>22}")
+            print(
+                f"  eps {g['grid_epsilon']:>8g} N_w {g['median_nw']:.3f}  vs {g['other']:<21} {g['model']:<10} "
+                f"{g['column']:<12} {fmt_gap(g['accuracy']):>22}"
+            )
 
 
 # ---------------------------------------------------------------- main
 
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.utility", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help=f"a small check: {', '.join(f'{k}={v}' for k, v in QUICK.items())}")
-    parser.add_argument("--grid", help=f"truncated_gumbel epsilons, comma-separated (default "
-                                       f"{','.join(f'{e:g}' for e in DEFAULTS['grid'])})")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"a small check: {', '.join(f'{k}={v}' for k, v in QUICK.items())}"
+    )
+    parser.add_argument(
+        "--grid",
+        help=f"truncated_gumbel epsilons, comma-separated (default {','.join(f'{e:g}' for e in DEFAULTS['grid'])})",
+    )
     parser.add_argument("--runs", type=int, help=f"privatization runs per point (default {DEFAULTS['runs']})")
-    parser.add_argument("--mechanisms", help=f"comma-separated; default {BASELINE} and those of {', '.join(OTHERS)} "
-                                             "that are registered")
+    parser.add_argument(
+        "--mechanisms", help=f"comma-separated; default {BASELINE} and those of {', '.join(OTHERS)} that are registered"
+    )
     parser.add_argument("--train-size", type=int, help=f"training tweets (default {DEFAULTS['train_size']}; 0: all)")
     parser.add_argument("--test-size", type=int, help=f"test tweets (default {DEFAULTS['test_size']}; 0: all)")
     parser.add_argument("--nw-sample", type=int, help=f"vocabulary words for N_w (default {DEFAULTS['nw_sample']})")
     parser.add_argument("--nw-draws", type=int, help=f"draws per word for N_w (default {DEFAULTS['nw_draws']})")
     parser.add_argument("--no-reference", action="store_true", help="skip the no-effective-noise reference row")
-    parser.add_argument("--test-seed", type=int, help="pass --test_seed to dptext run: reproducible, NOT private "
-                                                      "(default: OS randomness)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="DirectRunner worker processes (>1: multi_processing; default 1, in_memory)")
-    parser.add_argument("--out", help="output prefix (default benchmarks/results/utility, or utility-quick with --quick)")
+    parser.add_argument(
+        "--test-seed",
+        type=int,
+        help="pass --test_seed to dptext run: reproducible, NOT private (default: OS randomness)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="DirectRunner worker processes (>1: multi_processing; default 1, in_memory)",
+    )
+    parser.add_argument(
+        "--out", help="output prefix (default benchmarks/results/utility, or utility-quick with --quick)"
+    )
     args = parser.parse_args(argv)
     preset = QUICK if args.quick else DEFAULTS
     args.grid = tuple(float(e) for e in args.grid.split(",")) if args.grid else preset["grid"]
@@ -550,8 +708,8 @@ def main(argv=None) -> int:
     import apache_beam
     import sklearn
 
-    from dptext import pipeline
     from benchmarks.peers import machine
+    from dptext import pipeline
     from dptext.pipeline.demo import default_index_dir
     from dptext.transforms import mechanisms
     from dptext.transforms.index import EmbeddingIndex
@@ -561,49 +719,77 @@ def main(argv=None) -> int:
         chosen = [m.strip() for m in args.mechanisms.split(",") if m.strip()]
         unknown = [m for m in chosen if m not in mechanisms.NAMES]
         if unknown or BASELINE not in chosen:
-            print(f"--mechanisms must include {BASELINE} and name registered mechanisms "
-                  f"({', '.join(mechanisms.NAMES)}); got {', '.join(chosen)}", file=sys.stderr)
+            print(
+                f"--mechanisms must include {BASELINE} and name registered mechanisms "
+                f"({', '.join(mechanisms.NAMES)}); got {', '.join(chosen)}",
+                file=sys.stderr,
+            )
             return 2
     else:
         chosen = [BASELINE, *(m for m in OTHERS if m in mechanisms.NAMES)]
     others = [m for m in chosen if m != BASELINE]
     started, load_start = time.time(), os.getloadavg()
-    log = lambda text: print(f"[{time.time() - started:7.0f} s] {text}", flush=True)   # noqa: E731
+    log = lambda text: print(f"[{time.time() - started:7.0f} s] {text}", flush=True)  # noqa: E731
 
     index_dir = str(default_index_dir())
     index = EmbeddingIndex.load(index_dir, verify=False)
     texts, labels, duplicates = load_tweets()
     split = make_split(texts, labels, duplicates, args.train_size, args.test_size)
-    log(f"{len(texts):,} distinct tweets ({duplicates} duplicates dropped); training on {len(split.train):,}, "
-        f"testing on {len(split.test):,}; mechanisms {', '.join(chosen)}; grid {', '.join(f'{e:g}' for e in args.grid)}; "
-        f"{args.runs} runs per point")
+    log(
+        f"{len(texts):,} distinct tweets ({duplicates} duplicates dropped); training on {len(split.train):,}, "
+        f"testing on {len(split.test):,}; mechanisms {', '.join(chosen)}; "
+        f"grid {', '.join(f'{e:g}' for e in args.grid)}; "
+        f"{args.runs} runs per point"
+    )
 
     json_path = args.out.with_suffix(".json")
     cache = Cache(json_path)
-    points = matched_points(index, args.grid, others, args.nw_sample, args.nw_draws, cache,
-                            lambda: cache.save(json_path), log)
+    points = matched_points(
+        index, args.grid, others, args.nw_sample, args.nw_draws, cache, lambda: cache.save(json_path), log
+    )
 
     runner_args = ["--runner", "DirectRunner"] + (
         ["--direct_running_mode", "multi_processing", "--direct_num_workers", str(args.workers)]
-        if args.workers > 1 else ["--direct_running_mode", "in_memory"])
+        if args.workers > 1
+        else ["--direct_running_mode", "in_memory"]
+    )
     y_train, y_test = labels[split.train], labels[split.test]
     train_texts, test_texts = [texts[i] for i in split.train], [texts[i] for i in split.test]
     rows = []
 
     def fixed_row(kind, name, train, y_tr, tests):
-        summary = {m: {c: {k: {"mean": v, "low": None, "high": None, "runs": 1} for k, v in s.items()}
-                       for c, s in evaluate(m, train, y_tr, tests, index).items()} for m in MODELS}
+        summary = {
+            m: {
+                c: {k: {"mean": v, "low": None, "high": None, "runs": 1} for k, v in s.items()}
+                for c, s in evaluate(m, train, y_tr, tests, index).items()
+            }
+            for m in MODELS
+        }
         rows.append({"kind": kind, "mechanism": name, "epsilon": None, "median_nw": None, "summary": summary})
 
     log("non-private ceiling and majority-class floor ...")
     fixed_row("ceiling", "non-private", train_texts, y_train, {"test_clean": (test_texts, y_test)})
     if len(split.train) < len(split.train_all):
-        fixed_row("ceiling", f"non-private, all {len(split.train_all):,}",
-                  [texts[i] for i in split.train_all], labels[split.train_all], {"test_clean": (test_texts, y_test)})
+        fixed_row(
+            "ceiling",
+            f"non-private, all {len(split.train_all):,}",
+            [texts[i] for i in split.train_all],
+            labels[split.train_all],
+            {"test_clean": (test_texts, y_test)},
+        )
     floor = floor_scores(y_train, y_test)
-    rows.append({"kind": "floor", "mechanism": "majority class", "epsilon": None, "median_nw": None,
-                 "summary": {m: {"test_clean": {k: {"mean": v, "low": None, "high": None, "runs": 1}
-                                                for k, v in floor.items()}} for m in MODELS}})
+    rows.append(
+        {
+            "kind": "floor",
+            "mechanism": "majority class",
+            "epsilon": None,
+            "median_nw": None,
+            "summary": {
+                m: {"test_clean": {k: {"mean": v, "low": None, "high": None, "runs": 1} for k, v in floor.items()}}
+                for m in MODELS
+            },
+        }
+    )
 
     with tempfile.TemporaryDirectory(prefix="dptext-utility-") as tmp:
         jobs = []
@@ -615,37 +801,73 @@ def main(argv=None) -> int:
                 if "epsilon" in found:
                     jobs.append(("matched", mech, found["epsilon"], point["epsilon"], found["median_nw"]))
         for n, (kind, mech, eps, grid_eps, nw) in enumerate(jobs):
-            log(f"[{n + 1}/{len(jobs)}] {kind} {mech} epsilon {eps:.5g}" + (f" (grid {grid_eps:g})" if grid_eps else ""))
+            log(
+                f"[{n + 1}/{len(jobs)}] {kind} {mech} epsilon {eps:.5g}" + (f" (grid {grid_eps:g})" if grid_eps else "")
+            )
             if kind == "reference":
                 nw = median_nw(index, mech, eps, args.nw_sample, args.nw_draws)["median"]
-            measured = measure_point(split, index, index_dir, mech, eps, args.runs, Path(tmp) / f"job{n}",
-                                     args.test_seed, runner_args, log)
-            rows.append({"kind": kind, "mechanism": mech, "epsilon": eps, "grid_epsilon": grid_eps, "median_nw": nw,
-                         **measured, "summary": summarise(measured["per_run"])})
-            log(f"    fits {measured['privatization']['fit_seconds']} s; tfidf accuracy (test clean) "
-                f"{fmt(rows[-1]['summary']['tfidf']['test_clean']['accuracy'])}")
+            measured = measure_point(
+                split, index, index_dir, mech, eps, args.runs, Path(tmp) / f"job{n}", args.test_seed, runner_args, log
+            )
+            rows.append(
+                {
+                    "kind": kind,
+                    "mechanism": mech,
+                    "epsilon": eps,
+                    "grid_epsilon": grid_eps,
+                    "median_nw": nw,
+                    **measured,
+                    "summary": summarise(measured["per_run"]),
+                }
+            )
+            log(
+                f"    fits {measured['privatization']['fit_seconds']} s; tfidf accuracy (test clean) "
+                f"{fmt(rows[-1]['summary']['tfidf']['test_clean']['accuracy'])}"
+            )
 
     results = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "command": "python -m benchmarks.utility " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "config": {"quick": args.quick, "grid": list(args.grid), "runs": args.runs, "mechanisms": chosen,
-                   "tweets": len(texts), "duplicates_dropped": duplicates, "train_tweets": len(split.train),
-                   "test_tweets": len(split.test), "split_seed": SPLIT_SEED, "nw_sample": args.nw_sample,
-                   "nw_draws": args.nw_draws, "nw_seed": STATS_SEED,
-                   "randomness": (f"--test_seed {args.test_seed} (reproducible, NOT private)"
-                                  if args.test_seed is not None else "OS entropy"),
-                   "runner": " ".join(runner_args),
-                   "models": {"tfidf": "TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True) + "
-                                       "LogisticRegression(max_iter=3000)",
-                              "embeddings": "mean of the index's vectors (as is, then lower-cased lookup) + "
-                                            "StandardScaler + LogisticRegression(max_iter=3000)"},
-                   "interval": "95% Student-t over runs: mean +- t(0.975, R-1) s / sqrt(R); gaps: Welch"},
+        "config": {
+            "quick": args.quick,
+            "grid": list(args.grid),
+            "runs": args.runs,
+            "mechanisms": chosen,
+            "tweets": len(texts),
+            "duplicates_dropped": duplicates,
+            "train_tweets": len(split.train),
+            "test_tweets": len(split.test),
+            "split_seed": SPLIT_SEED,
+            "nw_sample": args.nw_sample,
+            "nw_draws": args.nw_draws,
+            "nw_seed": STATS_SEED,
+            "randomness": (
+                f"--test_seed {args.test_seed} (reproducible, NOT private)"
+                if args.test_seed is not None
+                else "OS entropy"
+            ),
+            "runner": " ".join(runner_args),
+            "models": {
+                "tfidf": "TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True) + "
+                "LogisticRegression(max_iter=3000)",
+                "embeddings": "mean of the index's vectors (as is, then lower-cased lookup) + "
+                "StandardScaler + LogisticRegression(max_iter=3000)",
+            },
+            "interval": "95% Student-t over runs: mean +- t(0.975, R-1) s / sqrt(R); gaps: Welch",
+        },
         "machine": machine(load_start),
-        "versions": {"dptext": pipeline.__version__, "scikit-learn": sklearn.__version__, "numpy": np.__version__,
-                     "apache-beam": apache_beam.__version__},
+        "versions": {
+            "dptext": pipeline.__version__,
+            "scikit-learn": sklearn.__version__,
+            "numpy": np.__version__,
+            "apache-beam": apache_beam.__version__,
+        },
         "index": {k: index.manifest.get(k) for k in ("embedding_id", "n", "d", "dmin", "dmax")},
         "seconds": round(time.time() - started, 1),
-        "points": points, "rows": rows, "gaps": gaps(rows), "cache": cache.entries,
+        "points": points,
+        "rows": rows,
+        "gaps": gaps(rows),
+        "cache": cache.entries,
     }
     flat = table_rows(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -654,8 +876,10 @@ def main(argv=None) -> int:
     args.out.with_suffix(".md").write_text(markdown(results, flat))
     plot(results, args.out.with_suffix(".png"))
     print_table(flat, results["gaps"])
-    print(f"\n{results['config']['randomness']}; {results['seconds']:.0f} s; load average at the end "
-          f"{results['machine']['loadavg_at_end'][0]:.2f}")
+    print(
+        f"\n{results['config']['randomness']}; {results['seconds']:.0f} s; load average at the end "
+        f"{results['machine']['loadavg_at_end'][0]:.2f}"
+    )
     print("wrote " + ", ".join(str(args.out.with_suffix(s)) for s in (".csv", ".md", ".json", ".png")))
     return 0
 

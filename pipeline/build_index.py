@@ -7,6 +7,7 @@ the blocks run on any Beam runner's workers, each holding the memory-mapped vect
 driver assembles the exact tables and extremes and writes the index as usual. A retried block
 rewrites the same file, so a worker failure never corrupts or duplicates anything.
 """
+
 from __future__ import annotations
 
 import io
@@ -76,8 +77,13 @@ def _read_block(staging: str, start: int) -> RowBlock:
         return RowBlock(start=start, **{name: arrays[name] for name in arrays.files})
 
 
-def beam_tables(vectors: np.ndarray, neighbours: int, beam_args: list[str], staging: str | None = None,
-                rows_per_block: int | None = None):
+def beam_tables(
+    vectors: np.ndarray,
+    neighbours: int,
+    beam_args: list[str],
+    staging: str | None = None,
+    rows_per_block: int | None = None,
+):
     """The exact tables of `vectors`, with the row blocks computed by a Beam job.
 
     staging: a directory every worker can read and write (a gs:// prefix on a cluster; a local
@@ -87,16 +93,19 @@ def beam_tables(vectors: np.ndarray, neighbours: int, beam_args: list[str], stag
     n, d = vectors.shape
     own_staging = staging is None
     staging = staging or tempfile.mkdtemp(prefix="dptext-build-")
-    staging = FileSystems.join(staging, uuid.uuid4().hex[:12])    # one build's files, never mixed
+    staging = FileSystems.join(staging, uuid.uuid4().hex[:12])  # one build's files, never mixed
     with FileSystems.create(FileSystems.join(staging, VECTORS_FILE)) as out:
         out.write(vectors.astype("<f4", copy=False).tobytes())
     geometry = Geometry(vectors)
     step = rows_per_block or geometry.chunk_rows()
     spans = [(s, min(s + step, n)) for s in range(0, n, step)]
     with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
-        _ = (p | "RowBlocks" >> beam.Create(spans)
-               | "Spread" >> beam.Reshuffle()
-               | "ExactNeighbours" >> beam.ParDo(RowBlockFn(staging, n, d, neighbours)))
+        _ = (
+            p
+            | "RowBlocks" >> beam.Create(spans)
+            | "Spread" >> beam.Reshuffle()
+            | "ExactNeighbours" >> beam.ParDo(RowBlockFn(staging, n, d, neighbours))
+        )
     tables = assemble(geometry, [_read_block(staging, start) for start, _ in spans])
     FileSystems.delete([m.path for m in FileSystems.match([FileSystems.join(staging, "*")])[0].metadata_list])
     if own_staging:
@@ -112,6 +121,8 @@ def store_default_tables(index) -> None:
     for name, params in DEFAULT_TABLES:
         try:
             mechanisms.create(name, index, 1.0, **params)
-        except ValueError as err:          # not a TableError: a failure to store stops the build
-            print(f"dptext build-index: note: {name} cannot run on this index at its default parameters ({err})",
-                  file=sys.stderr)
+        except ValueError as err:  # not a TableError: a failure to store stops the build
+            print(
+                f"dptext build-index: note: {name} cannot run on this index at its default parameters ({err})",
+                file=sys.stderr,
+            )

@@ -1,4 +1,5 @@
 """`dptext` command line: run, build-index, audit, demo."""
+
 from __future__ import annotations
 
 import argparse
@@ -25,9 +26,13 @@ def _run(argv: list[str]) -> int:
     from dptext.pipeline.options import DPTextOptions
 
     if "--help" in argv or "-h" in argv:
-        parser = argparse.ArgumentParser(prog="dptext run", description=(
-            "Privatize a corpus. Every Apache Beam pipeline option (--runner, --direct_num_workers, "
-            "--temp_location, ...) is accepted as well."))
+        parser = argparse.ArgumentParser(
+            prog="dptext run",
+            description=(
+                "Privatize a corpus. Every Apache Beam pipeline option (--runner, --direct_num_workers, "
+                "--temp_location, ...) is accepted as well."
+            ),
+        )
         DPTextOptions._add_argparse_args(parser)
         parser.print_help()
         return 0
@@ -35,7 +40,7 @@ def _run(argv: list[str]) -> int:
 
     try:
         result = run(argv)
-    except KeyboardInterrupt:           # the job removed its partial outputs on the way out
+    except KeyboardInterrupt:  # the job removed its partial outputs on the way out
         print(f"dptext run: interrupted; no partial outputs left under {_output_prefix(argv)}", file=sys.stderr)
         return 128 + signal.SIGINT
     from dptext.pipeline.report import format_counters, job_counters
@@ -43,8 +48,11 @@ def _run(argv: list[str]) -> int:
     counters = job_counters(result)
     print("dptext counters (also in the privacy report):\n" + format_counters(counters))
     if counters.get("damaged_files"):
-        print(f"dptext run: warning: {counters['damaged_files']} input file(s) are truncated or corrupt; the dead "
-              "letter names each one and the offset from which its records were lost", file=sys.stderr)
+        print(
+            f"dptext run: warning: {counters['damaged_files']} input file(s) are truncated or corrupt; the dead "
+            "letter names each one and the offset from which its records were lost",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -61,7 +69,7 @@ class _Stop(BaseException):
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-CANCEL_GRACE_SECONDS = 30     # a job on a remote runner is cancelled by the job process before it ends
+CANCEL_GRACE_SECONDS = 30  # a job on a remote runner is cancelled by the job process before it ends
 
 
 def _supervise_run(argv: list[str]) -> int:
@@ -77,14 +85,16 @@ def _supervise_run(argv: list[str]) -> int:
     env = {**os.environ, RUN_TOKEN_ENV: token}
 
     def stop(signum, frame):
-        for s in STOP_SIGNALS:        # a second Ctrl-C must not interrupt the clean-up
+        for s in STOP_SIGNALS:  # a second Ctrl-C must not interrupt the clean-up
             signal.signal(s, signal.SIG_IGN)
         raise _Stop(signum)
+
     previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
     child = None
     try:
-        child = subprocess.Popen([sys.executable, "-m", "dptext.pipeline.cli", "run", *argv], env=env,
-                                 start_new_session=True)
+        child = subprocess.Popen(
+            [sys.executable, "-m", "dptext.pipeline.cli", "run", *argv], env=env, start_new_session=True
+        )
         code = child.wait()
         if code >= 0:
             return code
@@ -119,6 +129,7 @@ def _stop_job(child) -> None:
             os.killpg(child.pid, signum)
         except (ProcessLookupError, PermissionError):
             pass
+
     group(signal.SIGSTOP)
     if child.poll() is None:
         child.terminate()
@@ -135,23 +146,40 @@ def _build_index(argv: list[str]) -> int:
     from dptext.transforms.embedding_io import read_embedding
     from dptext.transforms.index import DEFAULT_ANNOY_TREES, DEFAULT_NEIGHBOURS, EmbeddingIndex, sha256_file
 
-    parser = argparse.ArgumentParser(prog="dptext build-index", description=(
-        "Read an embedding and write an index directory: vocabulary, vectors, exact K nearest "
-        "neighbours, exact Dmin/Dmax, an Annoy forest and a manifest with sha256 per file."))
+    parser = argparse.ArgumentParser(
+        prog="dptext build-index",
+        description=(
+            "Read an embedding and write an index directory: vocabulary, vectors, exact K nearest "
+            "neighbours, exact Dmin/Dmax, an Annoy forest and a manifest with sha256 per file."
+        ),
+    )
     parser.add_argument("--embedding", required=True, help="word2vec text/binary or GloVe text file (.gz ok)")
     parser.add_argument("--out", required=True, help="index directory to write")
     parser.add_argument("--format", default="auto", choices=("auto", "word2vec", "glove", "word2vec-binary"))
     parser.add_argument("--neighbours", type=int, default=DEFAULT_NEIGHBOURS, help="K (default 64)")
     parser.add_argument("--annoy-trees", type=int, default=DEFAULT_ANNOY_TREES)
-    parser.add_argument("--beam", action="store_true", help=(
-        "run the exact all-pairs pass as a Beam job over row blocks; every other option is a Beam "
-        "pipeline option (--runner, --direct_num_workers, --job_endpoint, ...)"))
-    parser.add_argument("--staging", help="with --beam: a directory all workers can reach (gs://... on a "
-                                          "cluster; default a local temporary directory)")
+    parser.add_argument(
+        "--beam",
+        action="store_true",
+        help=(
+            "run the exact all-pairs pass as a Beam job over row blocks; every other option is a Beam "
+            "pipeline option (--runner, --direct_num_workers, --job_endpoint, ...)"
+        ),
+    )
+    parser.add_argument(
+        "--staging",
+        help="with --beam: a directory all workers can reach (gs://... on a "
+        "cluster; default a local temporary directory)",
+    )
     parser.add_argument("--rows-per-block", type=int, help="with --beam: rows per work item")
-    parser.add_argument("--no-tables", action="store_true", help=(
-        "do not store the mechanisms' derived tables for their default parameters (the KDE prior is "
-        "O(n^2 d) on this machine, even with --beam); the launcher of a job then computes the ones it needs"))
+    parser.add_argument(
+        "--no-tables",
+        action="store_true",
+        help=(
+            "do not store the mechanisms' derived tables for their default parameters (the KDE prior is "
+            "O(n^2 d) on this machine, even with --beam); the launcher of a job then computes the ones it needs"
+        ),
+    )
     args, beam_args = parser.parse_known_args(argv)
     if beam_args and not args.beam:
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
@@ -160,27 +188,36 @@ def _build_index(argv: list[str]) -> int:
         out = os.path.dirname(out)
     if not os.path.isdir(out):
         where = "is an existing file" if out == os.path.abspath(args.out) else f"is under {out}, a file,"
-        print(f"dptext build-index: error: --out {args.out} {where} not a directory; choose a new directory",
-              file=sys.stderr)
+        print(
+            f"dptext build-index: error: --out {args.out} {where} not a directory; choose a new directory",
+            file=sys.stderr,
+        )
         return 2
     words, vectors, stats = read_embedding(args.embedding, fmt=args.format)
-    source = {"file": args.embedding, "sha256": sha256_file(args.embedding), "format": stats.format,
-              "duplicates_skipped": stats.duplicates_skipped}
+    source = {
+        "file": args.embedding,
+        "sha256": sha256_file(args.embedding),
+        "format": stats.format,
+        "duplicates_skipped": stats.duplicates_skipped,
+    }
     tables = None
     if args.beam:
         from dptext.pipeline.build_index import beam_tables
 
         tables = beam_tables(vectors, args.neighbours, beam_args, args.staging, args.rows_per_block)
-    index = EmbeddingIndex.build(words, vectors, args.out, neighbours=args.neighbours,
-                                 annoy_trees=args.annoy_trees, source=source, tables=tables)
+    index = EmbeddingIndex.build(
+        words, vectors, args.out, neighbours=args.neighbours, annoy_trees=args.annoy_trees, source=source, tables=tables
+    )
     if not args.no_tables:
         from dptext.pipeline.build_index import store_default_tables
 
         store_default_tables(index)
     m = index.manifest
-    print(f"index {args.out}: n={m['n']} d={m['d']} K={m['neighbours']} Dmin={m['dmin']:.6g} "
-          f"Dmax={m['dmax']:.6g} ({stats.duplicates_skipped} duplicate words skipped) "
-          f"in {m['build_seconds']:.1f} s")
+    print(
+        f"index {args.out}: n={m['n']} d={m['d']} K={m['neighbours']} Dmin={m['dmin']:.6g} "
+        f"Dmax={m['dmax']:.6g} ({stats.duplicates_skipped} duplicate words skipped) "
+        f"in {m['build_seconds']:.1f} s"
+    )
     for entry in m.get("tables", {}).values():
         print(f"  table {entry['file']} ({entry['name']}) in {entry['build_seconds']:.1f} s")
     return 0
@@ -216,9 +253,15 @@ def _template_metadata(argv: list[str]) -> int:
     return main(argv)
 
 
-COMMANDS = {"run": _run, "build-index": _build_index, "audit": _audit, "stats": _stats, "calibrate": _calibrate,
-            "demo": _demo,
-            "template-metadata": _template_metadata}
+COMMANDS = {
+    "run": _run,
+    "build-index": _build_index,
+    "audit": _audit,
+    "stats": _stats,
+    "calibrate": _calibrate,
+    "demo": _demo,
+    "template-metadata": _template_metadata,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,8 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--version"]:
-        from dptext.pipeline import __version__
         import apache_beam
+
+        from dptext.pipeline import __version__
 
         print(f"dptext {__version__} (apache-beam {apache_beam.__version__})")
         return 0
@@ -242,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return COMMANDS[argv[0]](argv[1:])
-    except DptextError as err:       # a user's mistake: one line; anything else is a bug and keeps its traceback
+    except DptextError as err:  # a user's mistake: one line; anything else is a bug and keeps its traceback
         print(f"dptext {argv[0]}: error: {one_line(str(err))}", file=sys.stderr)
         return 2
 

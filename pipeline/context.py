@@ -1,4 +1,5 @@
 """The report's corpus-independent context, fixed on the driver from a JobConfig."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,8 +12,9 @@ from dptext.transforms.audit import json_safe
 from dptext.transforms.config import InvalidParameter, JobConfig
 
 
-def describe_job(config: JobConfig, runner=None, input: str | None = None, output: str | None = None,
-                 index=None) -> ReportContext:
+def describe_job(
+    config: JobConfig, runner=None, input: str | None = None, output: str | None = None, index=None
+) -> ReportContext:
     """Load the index (unless given), build the mechanism (which validates its parameters and the
     epsilon against the index) and fix what the report will say. The returned context's config
     carries the index's embedding id, which every worker checks against the index it loads."""
@@ -24,19 +26,29 @@ def describe_job(config: JobConfig, runner=None, input: str | None = None, outpu
         index = EmbeddingIndex.load(config.index_path)
     check_placeholder(config, index)
     mechanism = mechanisms.create(config.mechanism, index, config.epsilon, **dict(config.mechanism_params))
-    index.ensure_tables_stored()      # the mechanism's derived tables, beside the index: workers only read them
+    index.ensure_tables_stored()  # the mechanism's derived tables, beside the index: workers only read them
     manifest = index.manifest
     config = dataclasses.replace(config, embedding_id=manifest["embedding_id"])
     return ReportContext(
         config=config,
         parameters=json_safe(mechanism.params()),
         guarantee=mechanism.guarantee(),
-        index={"path": config.index_path, "embedding_id": manifest["embedding_id"],
-               "vectors_sha256": manifest["files"]["vectors.f32"]["sha256"],
-               "n": manifest["n"], "d": manifest["d"], "dmin": manifest["dmin"], "dmax": manifest["dmax"],
-               "neighbours": manifest["neighbours"], "source": manifest.get("source", {})},
+        index={
+            "path": config.index_path,
+            "embedding_id": manifest["embedding_id"],
+            "vectors_sha256": manifest["files"]["vectors.f32"]["sha256"],
+            "n": manifest["n"],
+            "d": manifest["d"],
+            "dmin": manifest["dmin"],
+            "dmax": manifest["dmax"],
+            "neighbours": manifest["neighbours"],
+            "source": manifest.get("source", {}),
+        },
         versions={"dptext": __version__, "apache_beam": beam.__version__, "numpy": np.__version__},
-        runner=runner_name(runner), input=input, output=output)
+        runner=runner_name(runner),
+        input=input,
+        output=output,
+    )
 
 
 def check_placeholder(config: JobConfig, index) -> None:
@@ -49,9 +61,13 @@ def check_placeholder(config: JobConfig, index) -> None:
     words = split_tokens(config.placeholder).words
     found = [w for w in words if index.id(w) >= 0 or index.id(w.lower()) >= 0]
     if found:
-        raise InvalidParameter("oov_placeholder", (
-            f"{config.placeholder!r} holds the vocabulary word {found[0]!r}, so replaced tokens could not be told "
-            "from perturbed words; choose a token outside the vocabulary such as <unk>"))
+        raise InvalidParameter(
+            "oov_placeholder",
+            (
+                f"{config.placeholder!r} holds the vocabulary word {found[0]!r}, so replaced tokens could not be told "
+                "from perturbed words; choose a token outside the vocabulary such as <unk>"
+            ),
+        )
 
 
 def runner_name(runner) -> str:

@@ -17,6 +17,7 @@ value replaced, so every other field comes out byte for byte as it came in (numb
 without its pair, as in truncated tweets) cannot be UTF-8: in the text field each becomes
 U+FFFD (counted in `bad_surrogates`); elsewhere the escape is carried through as written.
 """
+
 from __future__ import annotations
 
 import bz2
@@ -44,15 +45,24 @@ from dptext.transforms.errors import DptextError
 FORMATS = ("text", "jsonl", "parquet")
 SUFFIX = {"text": ".txt", "jsonl": ".jsonl", "parquet": ".parquet"}
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
-COMPRESSION_NAMES = {CompressionTypes.GZIP: "gzip", CompressionTypes.BZIP2: "bzip2", CompressionTypes.ZSTD: "zstd",
-                     CompressionTypes.LZMA: "xz/lzma", CompressionTypes.DEFLATE: "deflate (zlib)"}
+COMPRESSION_NAMES = {
+    CompressionTypes.GZIP: "gzip",
+    CompressionTypes.BZIP2: "bzip2",
+    CompressionTypes.ZSTD: "zstd",
+    CompressionTypes.LZMA: "xz/lzma",
+    CompressionTypes.DEFLATE: "deflate (zlib)",
+}
 # (leading bytes, suffix) of the compressions with a magic number: the compression is read from
 # the name (as Beam's splitting does), so a compressed file whose name does not say so would be
 # read as raw bytes, or split in the middle of a stream.
-MAGIC = {CompressionTypes.GZIP: (b"\x1f\x8b", ".gz"), CompressionTypes.BZIP2: (b"BZh", ".bz2"),
-         CompressionTypes.ZSTD: (b"\x28\xb5\x2f\xfd", ".zst"), CompressionTypes.LZMA: (b"\xfd7zXZ\x00", ".xz")}
-SNIFF_BYTES = 1 << 16     # read of each file on the driver: its format, and the first line for a JSONL check
-HEADER_BYTES = 64         # compressed bytes that show whether a file is in its compression format at all
+MAGIC = {
+    CompressionTypes.GZIP: (b"\x1f\x8b", ".gz"),
+    CompressionTypes.BZIP2: (b"BZh", ".bz2"),
+    CompressionTypes.ZSTD: (b"\x28\xb5\x2f\xfd", ".zst"),
+    CompressionTypes.LZMA: (b"\xfd7zXZ\x00", ".xz"),
+}
+SNIFF_BYTES = 1 << 16  # read of each file on the driver: its format, and the first line for a JSONL check
+HEADER_BYTES = 64  # compressed bytes that show whether a file is in its compression format at all
 UTF8_BOM = b"\xef\xbb\xbf"
 
 
@@ -90,36 +100,47 @@ def check_inputs(pattern: str, requested: str = "auto") -> str:
     files = input_files(pattern)
     for path in files:
         if detect_format(path) == "parquet" and compression_of(path) != CompressionTypes.UNCOMPRESSED:
-            raise InputError(f"{path}: a compressed Parquet file is not supported (Parquet compresses its "
-                             "own pages); decompress it")
+            raise InputError(
+                f"{path}: a compressed Parquet file is not supported (Parquet compresses its own pages); decompress it"
+            )
     if len(files) == 1:
         heads = [_head(files[0])]
-    else:     # one small read per file; threads, since on a remote filesystem each is a round trip
+    else:  # one small read per file; threads, since on a remote filesystem each is a round trip
         with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
             heads = list(pool.map(_head, files))
     formats: dict[str, str] = {}
     for path, head in zip(files, heads):
         fmt = detect_format(path)
         if head.startswith((b"\xff\xfe", b"\xfe\xff")):
-            raise InputError(f"{path}: starts with a UTF-16 byte order mark; dptext reads UTF-8 (convert it, "
-                             "e.g. iconv -f UTF-16 -t UTF-8)")
+            raise InputError(
+                f"{path}: starts with a UTF-16 byte order mark; dptext reads UTF-8 (convert it, "
+                "e.g. iconv -f UTF-16 -t UTF-8)"
+            )
         if (fmt if requested == "auto" else requested) == "jsonl" and _first_line(head) in (b"[", b"{"):
-            raise InputError(f"{path}: is one JSON document over many lines (its first line opens it); dptext "
-                             "reads JSON lines, one object a line: convert it (e.g. jq -c '.[]')")
+            raise InputError(
+                f"{path}: is one JSON document over many lines (its first line opens it); dptext "
+                "reads JSON lines, one object a line: convert it (e.g. jq -c '.[]')"
+            )
         if requested != "auto":
             continue
         if fmt != "parquet" and head.startswith(b"PAR1"):
-            raise InputError(f"{path}: is a Parquet file (it starts with PAR1) but its name does not end in "
-                             ".parquet; rename it or pass --format parquet")
+            raise InputError(
+                f"{path}: is a Parquet file (it starts with PAR1) but its name does not end in "
+                ".parquet; rename it or pass --format parquet"
+            )
         if fmt == "text" and _first_line_is_json_object(head):
-            raise InputError(f"{path}: its name says text (no .jsonl/.json/.ndjson) but its first line is a JSON "
-                             "object; pass --format jsonl to read JSON lines, or --format text to perturb every "
-                             "line as text, keys and all")
+            raise InputError(
+                f"{path}: its name says text (no .jsonl/.json/.ndjson) but its first line is a JSON "
+                "object; pass --format jsonl to read JSON lines, or --format text to perturb every "
+                "line as text, keys and all"
+            )
         formats.setdefault(fmt, path)
     if len(formats) > 1:
         (fmt_a, path_a), (fmt_b, path_b) = list(formats.items())[:2]
-        raise InputError(f"--input {pattern}: the files disagree on the format: {path_a} is {fmt_a} and "
-                         f"{path_b} is {fmt_b} (from their names); narrow --input or choose one with --format")
+        raise InputError(
+            f"--input {pattern}: the files disagree on the format: {path_a} is {fmt_a} and "
+            f"{path_b} is {fmt_b} (from their names); narrow --input or choose one with --format"
+        )
     return requested if requested != "auto" else next(iter(formats), "text")
 
 
@@ -132,16 +153,20 @@ def _head(path: str) -> bytes:
     if kind == CompressionTypes.UNCOMPRESSED:
         for other, (magic, _) in MAGIC.items():
             if raw.startswith(magic) and (other != CompressionTypes.BZIP2 or raw[4:10] == b"1AY&SY"):
-                raise InputError(f"{path}: is {COMPRESSION_NAMES[other]}-compressed but its name does not say so; "
-                                 f"add the suffix of its compression ({os.path.basename(path)}{MAGIC[other][1]})")
+                raise InputError(
+                    f"{path}: is {COMPRESSION_NAMES[other]}-compressed but its name does not say so; "
+                    f"add the suffix of its compression ({os.path.basename(path)}{MAGIC[other][1]})"
+                )
         return raw
     stream = _decompressor(kind)
-    try:     # each library has its own error type (zlib.error, OSError, LZMAError, ZstdError)
+    try:  # each library has its own error type (zlib.error, OSError, LZMAError, ZstdError)
         head = stream.decompress(raw[:HEADER_BYTES])
     except Exception as err:
-        raise InputError(f"{path}: not {COMPRESSION_NAMES[kind]} data, though its name says so (decompressing its "
-                         f"first bytes fails: {_one_line(str(err))}); rename or recompress it") from None
-    try:     # damage further on is the job's to find and report (it reads every byte)
+        raise InputError(
+            f"{path}: not {COMPRESSION_NAMES[kind]} data, though its name says so (decompressing its "
+            f"first bytes fails: {_one_line(str(err))}); rename or recompress it"
+        ) from None
+    try:  # damage further on is the job's to find and report (it reads every byte)
         return head + stream.decompress(raw[HEADER_BYTES:])
     except Exception:
         return head
@@ -195,14 +220,17 @@ def parquet_schema(pattern: str, text_field: str):
         try:
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
                 this = pq.read_schema(handle)
-        except (OSError, ValueError) as err:     # pyarrow's ArrowInvalid is a ValueError, ArrowIOError an OSError
-            raise InputError(f"{path}: not a readable Parquet file ({type(err).__name__}: "
-                             f"{_one_line(str(err))})") from None
+        except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError, ArrowIOError an OSError
+            raise InputError(
+                f"{path}: not a readable Parquet file ({type(err).__name__}: {_one_line(str(err))})"
+            ) from None
         if text_field not in this.names:
             raise InputError(f"{path}: no column {text_field!r} (--text-field); columns: {', '.join(this.names)}")
         if schema is not None and not this.equals(schema):
-            raise InputError(f"{path}: its columns differ from the first input file's; dptext writes one "
-                             "schema per output, so every input file must share it")
+            raise InputError(
+                f"{path}: its columns differ from the first input file's; dptext writes one "
+                "schema per output, so every input file must share it"
+            )
         schema = schema or this
     return schema
 
@@ -218,8 +246,9 @@ def _one_line(message: str, limit: int = 200) -> str:
 
 class Unreadable(NamedTuple):
     """In place of a raw record: why the reader could not read it (never any of its content)."""
+
     reason: str
-    damaged_file: bool = False      # the file is damaged from here on (not just this record)
+    damaged_file: bool = False  # the file is damaged from here on (not just this record)
 
 
 class DamagedFile(Exception):
@@ -238,7 +267,7 @@ def _decompressor(kind: str):
     if kind == CompressionTypes.ZSTD:
         import zstandard
 
-        return zstandard.ZstdDecompressor(max_window_size=2 ** 31).decompressobj()
+        return zstandard.ZstdDecompressor(max_window_size=2**31).decompressobj()
     raise ValueError(f"no decompressor for {kind!r}")
 
 
@@ -256,8 +285,8 @@ class _DecompressedReader(io.RawIOBase):
     def __init__(self, raw, kind: str):
         super().__init__()
         self._raw, self._kind, self._name = raw, kind, COMPRESSION_NAMES[kind]
-        self._stream = None           # the current stream's decompressor, None before the first byte
-        self._input = b""             # compressed bytes not yet given to a decompressor
+        self._stream = None  # the current stream's decompressor, None before the first byte
+        self._input = b""  # compressed bytes not yet given to a decompressor
         self._output, self._taken = b"", 0
         self._at_end = False
 
@@ -268,7 +297,7 @@ class _DecompressedReader(io.RawIOBase):
         while self._taken == len(self._output) and not self._at_end:
             self._decompress_more()
         n = min(len(buffer), len(self._output) - self._taken)
-        buffer[:n] = self._output[self._taken:self._taken + n]
+        buffer[:n] = self._output[self._taken : self._taken + n]
         self._taken += n
         return n
 
@@ -281,13 +310,13 @@ class _DecompressedReader(io.RawIOBase):
                 self._at_end = True
                 return
         if self._stream is None or self._stream.eof:
-            if self._stream is not None and not self._input.strip(b"\0"):   # zero padding after a stream
+            if self._stream is not None and not self._input.strip(b"\0"):  # zero padding after a stream
                 self._input = b""
                 return
             self._stream = _decompressor(self._kind)
         try:
             self._output, self._taken = self._stream.decompress(self._input), 0
-        except Exception as err:    # zlib.error, OSError (bz2), LZMAError, ZstdError: the data is corrupt
+        except Exception as err:  # zlib.error, OSError (bz2), LZMAError, ZstdError: the data is corrupt
             raise DamagedFile(f"{self._name} data is corrupt ({_one_line(str(err))})") from None
         self._input = self._stream.unused_data if self._stream.eof else b""
 
@@ -309,15 +338,15 @@ class _EvenSplits:
         if not desired_bundle_size or start_position is not None or stop_position is not None:
             yield from super().split(desired_bundle_size, start_position, stop_position)
             return
-        for whole in super().split(float("inf")):        # one bundle per file
+        for whole in super().split(float("inf")):  # one bundle per file
             size = whole.stop_position - whole.start_position
-            if size == float("inf"):                       # unsplittable (compressed): whole
+            if size == float("inf"):  # unsplittable (compressed): whole
                 yield whole
                 continue
             pieces = max(1, -(-size // desired_bundle_size))
             cuts = [whole.start_position + size * i // pieces for i in range(pieces + 1)]
             for start, stop in zip(cuts, cuts[1:]):
-                yield from whole.source.split(float("inf"), start, stop)      # exactly [start, stop)
+                yield from whole.source.split(float("inf"), start, stop)  # exactly [start, stop)
 
 
 class _ParquetRowSource(_EvenSplits, parquetio._ParquetSource):
@@ -334,16 +363,16 @@ class _ParquetRowSource(_EvenSplits, parquetio._ParquetSource):
         with self.open_file(file_name) as handle:
             pf = pq.ParquetFile(handle)
             groups = utils.get_number_of_row_groups(pf)
-            first_rows = np.concatenate(([0], np.cumsum([pf.metadata.row_group(i).num_rows
-                                                         for i in range(groups)])))
+            first_rows = np.concatenate(([0], np.cumsum([pf.metadata.row_group(i).num_rows for i in range(groups)])))
             index = utils.find_first_row_group_index(pf, range_tracker.start_position() or 0)
             next_start = utils.get_offset(pf, index) if index != -1 else range_tracker.stop_position()
             while range_tracker.try_claim(next_start):
                 try:
                     table = pf.read_row_group(index, self._columns)
                 except (OSError, ValueError) as err:
-                    raise InputError(f"{file_name}: row group {index} cannot be read ({type(err).__name__}: "
-                                     f"{_one_line(str(err))})") from None
+                    raise InputError(
+                        f"{file_name}: row group {index} cannot be read ({type(err).__name__}: {_one_line(str(err))})"
+                    ) from None
                 for j, row in enumerate(_rows(table)):
                     yield file_name, int(first_rows[index]) + j, row
                 index += 1
@@ -404,10 +433,13 @@ class _LineSource(_EvenSplits, filebasedsource.FileBasedSource):
                 try:
                     line = handle.readline()
                 except DamagedFile as err:
-                    yield file_name, position, Unreadable(f"{err}; the records from this offset on are lost",
-                                                          damaged_file=True)
+                    yield (
+                        file_name,
+                        position,
+                        Unreadable(f"{err}; the records from this offset on are lost", damaged_file=True),
+                    )
                     break
-                if not line or (position == 0 and line == UTF8_BOM):     # a BOM alone: an empty file
+                if not line or (position == 0 and line == UTF8_BOM):  # a BOM alone: an empty file
                     break
                 yield file_name, position, line[:-1] if line.endswith(b"\n") else line
                 position += len(line)
@@ -435,6 +467,7 @@ class RejectedRecord(ValueError):
 
 class JsonLine(NamedTuple):
     """A JSONL record without its text field's value: the line before and after it, verbatim."""
+
     prefix: str
     suffix: str
 
@@ -445,8 +478,9 @@ def _reject_constant(name: str):
 
 # The scanner validates every value but keeps numbers as their text (no int digit limit, no
 # float overflow to inf) and builds no nested objects: only the text field's value is used.
-_SCAN = json.JSONDecoder(parse_int=str, parse_float=str, parse_constant=_reject_constant,
-                         object_pairs_hook=lambda pairs: None).scan_once
+_SCAN = json.JSONDecoder(
+    parse_int=str, parse_float=str, parse_constant=_reject_constant, object_pairs_hook=lambda pairs: None
+).scan_once
 _WS = re.compile(r"[ \t\n\r]*")
 _COLON = re.compile(r"[ \t\n\r]*:[ \t\n\r]*")
 _SEPARATOR = re.compile(r"[ \t\n\r]*(?:(,)[ \t\n\r]*|\})")
@@ -491,20 +525,20 @@ def _parse_json_line(line: str, text_field: str) -> tuple[str, JsonLine]:
             start = colon.end()
             value, pos = _value(line, start)
             if key == text_field:
-                if found is not None:   # the copy left unperturbed would carry the raw text out
+                if found is not None:  # the copy left unperturbed would carry the raw text out
                     raise RejectedRecord(f"text field {text_field!r} appears more than once in the object")
                 found = (value, start, pos)
             separator = _SEPARATOR.match(line, pos)
             if separator is None:
                 raise json.JSONDecodeError("Expecting ',' delimiter", line, _skip(line, pos))
             pos = separator.end()
-            if separator.group(1) is None:      # the closing brace
+            if separator.group(1) is None:  # the closing brace
                 break
     _expect_end(line, _skip(line, pos))
     if found is None:
         raise RejectedRecord(f"missing text field {text_field!r}")
     value, start, end = found
-    if line[start] != '"':     # named as Python (and the Parquet path) names it
+    if line[start] != '"':  # named as Python (and the Parquet path) names it
         kind = _PYTHON_KIND.get(line[start]) or ("int" if _INT.fullmatch(line, start, end) else "float")
         raise RejectedRecord(f"text field {text_field!r} is a {kind}, not a string")
     return value, JsonLine(line[:start], line[end:])
@@ -546,15 +580,16 @@ class ParseRecordFn(beam.DoFn):
         if isinstance(raw, Unreadable):
             if raw.damaged_file:
                 self._damaged.inc()
-                logging.warning("dptext: input file %s is damaged at decompressed byte %d: %s", source, offset,
-                                raw.reason)
+                logging.warning(
+                    "dptext: input file %s is damaged at decompressed byte %d: %s", source, offset, raw.reason
+                )
             yield self._reject(source, offset, raw.reason)
             return
         if self.fmt == "parquet":
             yield self._document(source, offset, raw)
             return
         if raw.startswith(UTF8_BOM) and (offset == 0 or self.fmt == "jsonl"):
-            raw = raw[len(UTF8_BOM):]
+            raw = raw[len(UTF8_BOM) :]
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as err:
@@ -591,7 +626,7 @@ class ParseRecordFn(beam.DoFn):
 # Writing.
 
 
-_ENCODE = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode     # built once: json.dumps builds one a call
+_ENCODE = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode  # built once: json.dumps builds one a call
 
 
 def json_text(value) -> str:
@@ -623,9 +658,10 @@ class WriteDocuments(beam.PTransform):
 
     def expand(self, documents):
         formatted = documents | "Format" >> beam.Map(format_document, self.fmt, self.text_field)
-        if self.fmt == "parquet":   # every column keeps the input's type
-            return formatted | "Write" >> beam.io.WriteToParquet(self.prefix, self.parquet_schema,
-                                                                 file_name_suffix=SUFFIX[self.fmt])
+        if self.fmt == "parquet":  # every column keeps the input's type
+            return formatted | "Write" >> beam.io.WriteToParquet(
+                self.prefix, self.parquet_schema, file_name_suffix=SUFFIX[self.fmt]
+            )
         return formatted | "Write" >> beam.io.WriteToText(self.prefix, file_name_suffix=SUFFIX[self.fmt])
 
 
@@ -635,9 +671,11 @@ class WriteDeadLetter(beam.PTransform):
         self.prefix = prefix
 
     def expand(self, records):
-        return (records
-                | "Format" >> beam.Map(json_text)
-                | "Write" >> beam.io.WriteToText(dead_letter_prefix(self.prefix), file_name_suffix=".jsonl"))
+        return (
+            records
+            | "Format" >> beam.Map(json_text)
+            | "Write" >> beam.io.WriteToText(dead_letter_prefix(self.prefix), file_name_suffix=".jsonl")
+        )
 
 
 def dead_letter_prefix(prefix: str) -> str:

@@ -2,10 +2,10 @@
 
 The CLI, `dptext run --help` and (later) the Flex Template metadata all come from this class.
 """
+
 from __future__ import annotations
 
 import difflib
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -26,61 +26,129 @@ class DPTextOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         add = parser.add_argument
-        add("--input", help="Input file, directory glob or pattern (e.g. corpus/*.jsonl). One document "
-                            "per line (text) or one JSON object per line (jsonl).")
-        add("--output", help="Output prefix: shards PREFIX-SSSSS-of-NNNNN.EXT, PREFIX.dead_letter-*.jsonl, "
-                             "PREFIX.privacy_report.json and .md.")
+        add(
+            "--input",
+            help="Input file, directory glob or pattern (e.g. corpus/*.jsonl). One document "
+            "per line (text) or one JSON object per line (jsonl).",
+        )
+        add(
+            "--output",
+            help="Output prefix: shards PREFIX-SSSSS-of-NNNNN.EXT, PREFIX.dead_letter-*.jsonl, "
+            "PREFIX.privacy_report.json and .md.",
+        )
         add("--index", help="Index directory built by `dptext build-index`.")
         add("--mechanism", default="truncated_gumbel", help="Mechanism name (default truncated_gumbel).")
         add("--epsilon", type=float, help="Privacy parameter of the mechanism (> 0).")
-        add("--format", dest="input_format", default="auto", choices=FORMATS,
-            help="Input format; auto: .jsonl/.json/.ndjson is jsonl, .parquet is parquet, anything else text.")
-        add("--text-field", "--text_field", dest="text_field", default="text",
+        add(
+            "--format",
+            dest="input_format",
+            default="auto",
+            choices=FORMATS,
+            help="Input format; auto: .jsonl/.json/.ndjson is jsonl, .parquet is parquet, anything else text.",
+        )
+        add(
+            "--text-field",
+            "--text_field",
+            dest="text_field",
+            default="text",
             help="JSONL field or Parquet column holding the text (default text); every other field or "
-                 "column is carried through unchanged.")
-        add("--oov", default="placeholder", choices=OOV_POLICIES,
+            "column is carried through unchanged.",
+        )
+        add(
+            "--oov",
+            default="placeholder",
+            choices=OOV_POLICIES,
             help="Out-of-vocabulary tokens: placeholder (default), random vocabulary word, or keep "
-                 "(no protection for those tokens; the report says so).")
-        add("--oov-placeholder", "--oov_placeholder", dest="oov_placeholder", default="<unk>",
-            help="The placeholder token for --oov placeholder.")
-        add("--case", default="keep", choices=CASE_POLICIES,
+            "(no protection for those tokens; the report says so).",
+        )
+        add(
+            "--oov-placeholder",
+            "--oov_placeholder",
+            dest="oov_placeholder",
+            default="<unk>",
+            help="The placeholder token for --oov placeholder.",
+        )
+        add(
+            "--case",
+            default="keep",
+            choices=CASE_POLICIES,
             help="Case of output words: keep (default: a word found only lower-cased gets the input's "
-                 "Title or UPPER pattern back; the case pattern is then not protected, the report says so) "
-                 "or lower (every output word lower-cased: no case channel).")
-        add("--max-doc-chars", "--max_doc_chars", dest="max_doc_chars", type=int, default=1_000_000,
-            help="Documents longer than this (default 1,000,000 characters) are handled by --long-docs.")
-        add("--long-docs", "--long_docs", dest="long_docs", default="split", choices=LONG_DOCUMENT_POLICIES,
+            "Title or UPPER pattern back; the case pattern is then not protected, the report says so) "
+            "or lower (every output word lower-cased: no case channel).",
+        )
+        add(
+            "--max-doc-chars",
+            "--max_doc_chars",
+            dest="max_doc_chars",
+            type=int,
+            default=1_000_000,
+            help="Documents longer than this (default 1,000,000 characters) are handled by --long-docs.",
+        )
+        add(
+            "--long-docs",
+            "--long_docs",
+            dest="long_docs",
+            default="split",
+            choices=LONG_DOCUMENT_POLICIES,
             help="Longer documents: split (processed in chunks cut between words, then rejoined; memory "
-                 "bounded by --max-doc-chars) or dead-letter (sent to the dead letter with the reason).")
-        add("--batch-chars", "--batch_chars", dest="batch_chars", type=int, default=65536,
-            help="Characters of text per perturbation batch (many documents per mechanism call).")
-        add("--rebalance", default="auto", choices=REBALANCE_CHOICES,
+            "bounded by --max-doc-chars) or dead-letter (sent to the dead letter with the reason).",
+        )
+        add(
+            "--batch-chars",
+            "--batch_chars",
+            dest="batch_chars",
+            type=int,
+            default=65536,
+            help="Characters of text per perturbation batch (many documents per mechanism call).",
+        )
+        add(
+            "--rebalance",
+            default="auto",
+            choices=REBALANCE_CHOICES,
             help="Shuffle the batches between reading and perturbing, so every worker gets an even share "
-                 "even when the input comes in few splits (e.g. one gzip file). auto (default): on, except "
-                 "on the DirectRunner, whose shuffle would hold the corpus in memory and which spreads the "
-                 "equal initial splits of the input evenly anyway; true; false: perturb where read (saves "
-                 "a shuffle of the corpus where the runner balances the reads, e.g. Dataflow's dynamic "
-                 "splitting of large shards).")
-        add("--delta", type=float, default=1e-6,
-            help="delta for the composed per-document bound in the report (default 1e-6).")
-        add("--overwrite", type=parse_bool, nargs="?", const=True, default=False,
+            "even when the input comes in few splits (e.g. one gzip file). auto (default): on, except "
+            "on the DirectRunner, whose shuffle would hold the corpus in memory and which spreads the "
+            "equal initial splits of the input evenly anyway; true; false: perturb where read (saves "
+            "a shuffle of the corpus where the runner balances the reads, e.g. Dataflow's dynamic "
+            "splitting of large shards).",
+        )
+        add(
+            "--delta",
+            type=float,
+            default=1e-6,
+            help="delta for the composed per-document bound in the report (default 1e-6).",
+        )
+        add(
+            "--overwrite",
+            type=parse_bool,
+            nargs="?",
+            const=True,
+            default=False,
             help="Replace the outputs of an earlier run under --output (deleted before the job starts). "
-                 "Without it, a prefix that already holds dptext outputs is refused.")
-        add("--test-seed", "--test_seed", dest="test_seed", type=int, default=None,
-            help="TESTS ONLY: fixed seed; outputs are reproducible and not private; the report says so.")
+            "Without it, a prefix that already holds dptext outputs is refused.",
+        )
+        add(
+            "--test-seed",
+            "--test_seed",
+            dest="test_seed",
+            type=int,
+            default=None,
+            help="TESTS ONLY: fixed seed; outputs are reproducible and not private; the report says so.",
+        )
         for spec in mechanism_parameter_specs().values():
             spellings = dict.fromkeys((f"--{spec.name.replace('_', '-')}", f"--{spec.name}"))
             add(*spellings, dest=spec.name, type=spec.parse, choices=spec.choices, default=None, help=spec.help)
 
 
-
 # Runners that would silently lose records of a multi-output, multi-sink job like dptext's.
 REFUSED_RUNNERS = {
-    "DaskRunner": ("Beam 2.77's DaskRunner sends every tagged output of a ParDo into one PCollection "
-                   "and computes only the last sink of a pipeline (its run_pipeline computes "
-                   "list(bags.values())[-1]), so a dptext job on it would silently lose its documents or "
-                   "its dead letter. Use DirectRunner (--direct_running_mode multi_processing), "
-                   "PortableRunner, FlinkRunner, SparkRunner or DataflowRunner."),
+    "DaskRunner": (
+        "Beam 2.77's DaskRunner sends every tagged output of a ParDo into one PCollection "
+        "and computes only the last sink of a pipeline (its run_pipeline computes "
+        "list(bags.values())[-1]), so a dptext job on it would silently lose its documents or "
+        "its dead letter. Use DirectRunner (--direct_running_mode multi_processing), "
+        "PortableRunner, FlinkRunner, SparkRunner or DataflowRunner."
+    ),
 }
 
 
@@ -128,8 +196,9 @@ def check_unknown_options(argv: list[str], runner=None) -> None:
             break
         if not arg.startswith("-"):
             if not portable:
-                raise OptionsError(f"unexpected argument {arg!r}: every dptext option is --name value "
-                                   "(`dptext run --help`)")
+                raise OptionsError(
+                    f"unexpected argument {arg!r}: every dptext option is --name value (`dptext run --help`)"
+                )
             continue
         option = arg.split("=", 1)[0]
         close = difflib.get_close_matches(option, known, n=1)
@@ -142,6 +211,7 @@ def check_unknown_options(argv: list[str], runner=None) -> None:
 @dataclass(frozen=True)
 class MechanismParameterSpec:
     """One `dptext run` option for a mechanism parameter, shared by the mechanisms that take it."""
+
     name: str
     parse: Callable[[str], object]
     help: str
@@ -177,8 +247,9 @@ def mechanism_parameter_specs() -> dict[str, MechanismParameterSpec]:
             text = f"{', '.join(entry['mechanisms'])}: {next(iter(helps.values()))}"
         else:
             text = "; ".join(f"{m}: {h}" for m, h in helps.items())
-        specs[name] = MechanismParameterSpec(name, entry["parse"], text, tuple(entry["mechanisms"]),
-                                             tuple(sorted(entry["choices"])) or None)
+        specs[name] = MechanismParameterSpec(
+            name, entry["parse"], text, tuple(entry["mechanisms"]), tuple(sorted(entry["choices"])) or None
+        )
     return specs
 
 
@@ -191,8 +262,10 @@ def mechanism_params(opts: DPTextOptions) -> dict:
         if value is None:
             continue
         if opts.mechanism not in spec.mechanisms:
-            raise OptionsError(f"--{name.replace('_', '-')} is a parameter of {', '.join(spec.mechanisms)}, "
-                               f"not of --mechanism {opts.mechanism}")
+            raise OptionsError(
+                f"--{name.replace('_', '-')} is a parameter of {', '.join(spec.mechanisms)}, "
+                f"not of --mechanism {opts.mechanism}"
+            )
         params[name] = value
     return params
 
@@ -210,11 +283,21 @@ def validate(opts: DPTextOptions) -> JobConfig:
     if not opts.text_field:
         raise OptionsError("--text-field must not be empty")
     try:
-        return JobConfig(index_path=str(opts.index), mechanism=opts.mechanism, epsilon=opts.epsilon,
-                         mechanism_params=mechanism_params(opts), text_field=opts.text_field, oov=opts.oov,
-                         placeholder=opts.oov_placeholder, case=opts.case, max_doc_chars=opts.max_doc_chars,
-                         long_docs=opts.long_docs, batch_chars=opts.batch_chars, delta=opts.delta,
-                         test_seed=opts.test_seed)
+        return JobConfig(
+            index_path=str(opts.index),
+            mechanism=opts.mechanism,
+            epsilon=opts.epsilon,
+            mechanism_params=mechanism_params(opts),
+            text_field=opts.text_field,
+            oov=opts.oov,
+            placeholder=opts.oov_placeholder,
+            case=opts.case,
+            max_doc_chars=opts.max_doc_chars,
+            long_docs=opts.long_docs,
+            batch_chars=opts.batch_chars,
+            delta=opts.delta,
+            test_seed=opts.test_seed,
+        )
     except InvalidParameter as err:
         raise option_error(err) from None
 

@@ -2,14 +2,16 @@
 
 Before the job, dptext refuses a prefix that already holds outputs (or deletes them first with
 --overwrite), holds a lock on the prefix for the run (a file outside the output directory), and
-removes what it wrote when the job fails or is interrupted. So a prefix never holds two runs' shards (every record twice, two noise
-draws) under a report that counts one, and an old report never outlives the run that replaced it.
+removes what it wrote when the job fails or is interrupted. So a prefix never holds two runs'
+shards (every record twice, two noise draws) under a report that counts one, and an old report
+never outlives the run that replaced it.
 
 A run's outputs under PREFIX (Beam names its temporary directories beam-temp-NAME-UUID1HEX):
   PREFIX-SSSSS-of-NNNNN.{txt,jsonl,parquet}, PREFIX.dead_letter-SSSSS-of-NNNNN.jsonl,
   PREFIX.privacy_report.{json,md}, and DIR/beam-temp-NAME-*, DIR/beam-temp-NAME.dead_letter-*.
 Anything else, PREFIX2-00000-of-00001.txt or PREFIX-notes.txt, is not this prefix's.
 """
+
 from __future__ import annotations
 
 import errno
@@ -24,7 +26,7 @@ import uuid
 from dptext.pipeline.errors import OptionsError
 
 LOCK_SUFFIX = ".lock"
-RUN_TOKEN_ENV = "DPTEXT_RUN_TOKEN"     # set by `dptext run` for its job process (see pipeline.cli)
+RUN_TOKEN_ENV = "DPTEXT_RUN_TOKEN"  # set by `dptext run` for its job process (see pipeline.cli)
 GLOB_CHARACTERS = "*?["
 
 
@@ -43,8 +45,10 @@ def _split(prefix: str) -> tuple[str, str]:
 def _patterns(name: str) -> tuple[re.Pattern, re.Pattern]:
     """(this prefix's files in its directory, this prefix's Beam temporary directories)."""
     n = re.escape(name)
-    files = re.compile(rf"{n}(-\d{{5,}}-of-\d{{5,}}\.(txt|jsonl|parquet)"
-                       rf"|\.dead_letter-\d{{5,}}-of-\d{{5,}}\.jsonl|\.privacy_report\.(json|md))")
+    files = re.compile(
+        rf"{n}(-\d{{5,}}-of-\d{{5,}}\.(txt|jsonl|parquet)"
+        rf"|\.dead_letter-\d{{5,}}-of-\d{{5,}}\.jsonl|\.privacy_report\.(json|md))"
+    )
     temps = re.compile(rf"beam-temp-{n}(\.dead_letter)?-[0-9a-f]{{32}}")
     return files, temps
 
@@ -56,27 +60,31 @@ def check_prefix(prefix: str | None) -> None:
     if not prefix.strip():
         raise OptionsError("--output must not be empty; give a file prefix such as out/corpus")
     if any(c in prefix for c in GLOB_CHARACTERS):
-        raise OptionsError(f"--output {prefix}: '*', '?' and '[' are not allowed in the output prefix (Beam "
-                           "reads them as a pattern when it replaces shards); choose a plain path")
+        raise OptionsError(
+            f"--output {prefix}: '*', '?' and '[' are not allowed in the output prefix (Beam "
+            "reads them as a pattern when it replaces shards); choose a plain path"
+        )
     directory, name = _split(prefix)
     example = prefix.rstrip("/\\") + "/corpus"
     if not name or name in (".", "..") or (is_remote(prefix) and "/" not in prefix.split("://", 1)[1]):
-        raise OptionsError(f"--output {prefix} names a directory or bucket, not a file prefix; "
-                           f"use e.g. --output {example}")
+        raise OptionsError(
+            f"--output {prefix} names a directory or bucket, not a file prefix; use e.g. --output {example}"
+        )
     if is_remote(prefix):
         return
     if os.path.isdir(prefix):
-        raise OptionsError(f"--output {prefix} is a directory; the output is a file prefix inside it, "
-                           f"e.g. --output {example}")
+        raise OptionsError(
+            f"--output {prefix} is a directory; the output is a file prefix inside it, e.g. --output {example}"
+        )
     parent = os.path.abspath(directory or ".")
     while not os.path.lexists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        raise OptionsError(f"--output {prefix}: {parent} is a file, not a directory; choose a prefix in a "
-                           "directory")
+        raise OptionsError(f"--output {prefix}: {parent} is a file, not a directory; choose a prefix in a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise OptionsError(f"--output {prefix}: cannot write in {parent} (permission denied); choose a "
-                           "writable directory")
+        raise OptionsError(
+            f"--output {prefix}: cannot write in {parent} (permission denied); choose a writable directory"
+        )
 
 
 def check_input_is_not_output(pattern: str, prefix: str) -> None:
@@ -84,15 +92,20 @@ def check_input_is_not_output(pattern: str, prefix: str) -> None:
     privatized output of an earlier run as its input (and --overwrite would delete it first)."""
     from dptext.pipeline.io import input_files
 
-    if is_remote(pattern) != is_remote(prefix) or (is_remote(prefix) and pattern.split("://")[0] != prefix.split("://")[0]):
-        return                         # different filesystems: nothing can overlap, so nothing is listed
+    if is_remote(pattern) != is_remote(prefix) or (
+        is_remote(prefix) and pattern.split("://")[0] != prefix.split("://")[0]
+    ):
+        return  # different filesystems: nothing can overlap, so nothing is listed
 
     def norm(path: str) -> str:
         return path if is_remote(path) else os.path.abspath(path)
+
     overlap = sorted({norm(p) for p in input_files(pattern)} & {norm(p) for p in existing_outputs(prefix)})
     if overlap:
-        raise OptionsError(f"--input {pattern} matches {overlap[0]}, an output of --output {prefix} (a run "
-                           "writes there and --overwrite deletes it); narrow --input or choose another --output")
+        raise OptionsError(
+            f"--input {pattern} matches {overlap[0]}, an output of --output {prefix} (a run "
+            "writes there and --overwrite deletes it); narrow --input or choose another --output"
+        )
 
 
 def existing_outputs(prefix: str) -> list[str]:
@@ -110,7 +123,7 @@ def existing_outputs(prefix: str) -> list[str]:
     found = []
     for result in FileSystems.match([prefix + "*", f"{directory}/beam-temp-{name}**"]):
         for meta in result.metadata_list:
-            rest = meta.path[len(directory) + 1:]
+            rest = meta.path[len(directory) + 1 :]
             first = rest.split("/", 1)[0]
             if (files.fullmatch(rest) or ("/" in rest and temps.fullmatch(first))) and meta.path not in found:
                 found.append(meta.path)
@@ -158,7 +171,7 @@ class PrefixClaim:
         if self._fd is None:
             return
         try:
-            os.unlink(lock_path(self.prefix))    # while holding it; a waiter re-checks the inode (_lock)
+            os.unlink(lock_path(self.prefix))  # while holding it; a waiter re-checks the inode (_lock)
         except FileNotFoundError:
             pass
         os.close(self._fd)
@@ -186,14 +199,18 @@ def claim(prefix: str, overwrite: bool, token: str | None = None) -> PrefixClaim
         existing = existing_outputs(prefix)
         if existing and not overwrite:
             more = f" and {len(existing) - 1} more of its outputs" if len(existing) > 1 else ""
-            raise OptionsError(f"--output {prefix}: {existing[0]}{more} already exist; pass --overwrite to "
-                               "replace them, or choose another --output")
+            raise OptionsError(
+                f"--output {prefix}: {existing[0]}{more} already exist; pass --overwrite to "
+                "replace them, or choose another --output"
+            )
         if existing:
             try:
                 remove_outputs(prefix)
-            except Exception as err:   # OSError locally, BeamIOError on a remote filesystem
-                raise OptionsError(f"--output {prefix}: --overwrite could not delete the earlier outputs "
-                                   f"({_first_line(err)}); remove them yourself or choose another --output") from None
+            except Exception as err:  # OSError locally, BeamIOError on a remote filesystem
+                raise OptionsError(
+                    f"--output {prefix}: --overwrite could not delete the earlier outputs "
+                    f"({_first_line(err)}); remove them yourself or choose another --output"
+                ) from None
         _probe(prefix)
     except BaseException:
         held.release()
@@ -215,9 +232,10 @@ def _probe(prefix: str) -> None:
             with FileSystems.create(probe) as handle:
                 handle.write(b"")
             FileSystems.delete([probe])
-        except Exception as err:   # any filesystem's permission, bucket or network error
-            raise OptionsError(f"--output {prefix}: cannot write in {directory} ({_first_line(err)}); choose a "
-                               "writable location") from None
+        except Exception as err:  # any filesystem's permission, bucket or network error
+            raise OptionsError(
+                f"--output {prefix}: cannot write in {directory} ({_first_line(err)}); choose a writable location"
+            ) from None
         return
     where = directory or "."
     try:
@@ -227,9 +245,10 @@ def _probe(prefix: str) -> None:
         os.rmdir(os.path.join(directory, probe_name))
     except OSError as err:
         if err.filename and not os.path.basename(err.filename).startswith("beam-temp-"):
-            where = err.filename          # a directory on the way that could not be created
-        raise OptionsError(f"--output {prefix}: cannot write in {where} ({err.strerror or err}); choose a "
-                           "writable location") from None
+            where = err.filename  # a directory on the way that could not be created
+        raise OptionsError(
+            f"--output {prefix}: cannot write in {where} ({err.strerror or err}); choose a writable location"
+        ) from None
 
 
 def _lock(prefix: str, token: str) -> PrefixClaim:
@@ -242,14 +261,16 @@ def _lock(prefix: str, token: str) -> PrefixClaim:
         except OSError as err:
             os.close(fd)
             if err.errno in (errno.EAGAIN, errno.EACCES):
-                raise OptionsError(f"--output {prefix}: another dptext run is writing to this prefix (it holds "
-                                   f"the lock {lock}); wait for it to finish, or choose another --output") from None
+                raise OptionsError(
+                    f"--output {prefix}: another dptext run is writing to this prefix (it holds "
+                    f"the lock {lock}); wait for it to finish, or choose another --output"
+                ) from None
             raise
         try:
             same = os.stat(lock).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
             same = False
-        if same:                     # not a file its previous holder unlinked while we waited
+        if same:  # not a file its previous holder unlinked while we waited
             os.ftruncate(fd, 0)
             os.write(fd, f"{token}\n{prefix}\n".encode("utf-8", "surrogateescape"))
             return PrefixClaim(prefix, token, fd)
@@ -267,7 +288,7 @@ def cleanup_after_stop(prefix: str, token: str) -> bool:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
-        return False                  # another run holds it now: its outputs are not ours to touch
+        return False  # another run holds it now: its outputs are not ours to touch
     if os.read(fd, 256).decode(errors="replace").split("\n", 1)[0] != token:
         os.close(fd)
         return False

@@ -7,6 +7,7 @@
 
 `dptext run` is this transform between its readers and writers.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,8 +19,15 @@ from apache_beam.options.pipeline_options import StandardOptions
 
 from dptext.pipeline.options import default_rebalance
 from dptext.pipeline.report import BuildReport, ReportContext
-from dptext.transforms.beam import (ACCOUNTING, DEAD_LETTER, DOCUMENTS, METRICS_NAMESPACE, Document,
-                                    PerturbDocuments, dead_letter)
+from dptext.transforms.beam import (
+    ACCOUNTING,
+    DEAD_LETTER,
+    DOCUMENTS,
+    METRICS_NAMESPACE,
+    Document,
+    PerturbDocuments,
+    dead_letter,
+)
 from dptext.transforms.config import JobConfig
 
 
@@ -39,17 +47,41 @@ class Privatize(beam.PTransform):
     index (loaded, hashes verified, epsilon checked against it).
     """
 
-    def __init__(self, index: str, mechanism: str = "truncated_gumbel", epsilon: Optional[float] = None,
-                 text_field: Optional[str] = None, oov: str = "placeholder", *, placeholder: str = "<unk>",
-                 case: str = "keep", max_doc_chars: int = 1_000_000, long_docs: str = "split",
-                 batch_chars: int = 65536, delta: float = 1e-6, rebalance: Optional[bool] = None,
-                 test_seed: Optional[int] = None, **mechanism_params):
+    def __init__(
+        self,
+        index: str,
+        mechanism: str = "truncated_gumbel",
+        epsilon: Optional[float] = None,
+        text_field: Optional[str] = None,
+        oov: str = "placeholder",
+        *,
+        placeholder: str = "<unk>",
+        case: str = "keep",
+        max_doc_chars: int = 1_000_000,
+        long_docs: str = "split",
+        batch_chars: int = 65536,
+        delta: float = 1e-6,
+        rebalance: Optional[bool] = None,
+        test_seed: Optional[int] = None,
+        **mechanism_params,
+    ):
         from dptext.pipeline.context import describe_job
 
-        config = JobConfig(index_path=str(index), mechanism=mechanism, epsilon=epsilon,
-                           mechanism_params=mechanism_params, text_field=text_field, oov=oov,
-                           placeholder=placeholder, case=case, max_doc_chars=max_doc_chars,
-                           long_docs=long_docs, batch_chars=batch_chars, delta=delta, test_seed=test_seed)
+        config = JobConfig(
+            index_path=str(index),
+            mechanism=mechanism,
+            epsilon=epsilon,
+            mechanism_params=mechanism_params,
+            text_field=text_field,
+            oov=oov,
+            placeholder=placeholder,
+            case=case,
+            max_doc_chars=max_doc_chars,
+            long_docs=long_docs,
+            batch_chars=batch_chars,
+            delta=delta,
+            test_seed=test_seed,
+        )
         self.__init_from_context(describe_job(config), rebalance)
 
     @classmethod
@@ -71,12 +103,13 @@ class Privatize(beam.PTransform):
         runner = elements.pipeline.options.view_as(StandardOptions).runner or elements.pipeline.runner
         rebalance = default_rebalance(runner) if self.rebalance is None else self.rebalance
         context = self.context
-        if context.input is None:           # inside a user's pipeline: record the runner it runs on
+        if context.input is None:  # inside a user's pipeline: record the runner it runs on
             from dptext.pipeline.context import runner_name
 
             context = dataclasses.replace(context, runner=runner_name(runner))
         docs = elements | "ToDocuments" >> beam.ParDo(_ToDocumentFn(self.config.text_field, self.label)).with_outputs(
-            DEAD_LETTER, main=DOCUMENTS)
+            DEAD_LETTER, main=DOCUMENTS
+        )
         perturbed = docs[DOCUMENTS] | "PerturbDocuments" >> PerturbDocuments(self.config, rebalance)
         documents = perturbed[DOCUMENTS] | "FromDocuments" >> beam.Map(_from_document, self.config.text_field)
         report = perturbed[ACCOUNTING] | "PrivacyReport" >> BuildReport(context)

@@ -4,6 +4,7 @@ The driver fixes everything that does not depend on the corpus (mechanism, param
 guarantee, index identity) in a ReportContext; workers only combine counts. Nothing here ever
 sees document text.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,22 +25,25 @@ OOV_STATEMENT = {
 }
 
 
-CASE_NOT_PROTECTED = ("the input's capitalisation: with --case keep a word found only lower-cased gets "
-                      "the input's Title or UPPER pattern back, so \"W3\" and \"w3\" give distinguishable outputs "
-                      "(--case lower removes this channel)")
+CASE_NOT_PROTECTED = (
+    "the input's capitalisation: with --case keep a word found only lower-cased gets "
+    'the input\'s Title or UPPER pattern back, so "W3" and "w3" give distinguishable outputs '
+    "(--case lower removes this channel)"
+)
 
 
 @dataclass(frozen=True)
 class ReportContext:
     """What the report says that does not depend on the corpus, fixed on the driver: the job's
     configuration and what it resolved to (the mechanism's parameters and guarantee, the index)."""
+
     config: JobConfig
     parameters: dict
     guarantee: Guarantee
-    index: dict            # embedding id, sha256, n, d, Dmin, Dmax, source
+    index: dict  # embedding id, sha256, n, d, Dmin, Dmax, source
     versions: dict
     runner: str = "DirectRunner"
-    input: str | None = None       # what `dptext run` read and wrote; None inside a user's pipeline
+    input: str | None = None  # what `dptext run` read and wrote; None inside a user's pipeline
     output: str | None = None
 
     @property
@@ -52,7 +56,7 @@ class CorpusAccountCombineFn(beam.CombineFn):
         return CorpusAccount()
 
     def add_input(self, accumulator, accounts):
-        for doc in accounts:           # one batch's per-document records
+        for doc in accounts:  # one batch's per-document records
             accumulator.add(doc)
         return accumulator
 
@@ -70,17 +74,23 @@ def build_report(account: CorpusAccount, ctx: ReportContext) -> dict:
     per_token = ctx.guarantee.per_token_pure_epsilon
     percentiles = account.perturbed_percentiles()
     if per_token is None:
-        bounds = {"per_token_pure_epsilon": None,
-                  "note": ("dptext states no vocabulary-wide per-token bound for this mechanism (see the guarantee: "
-                           f"{_what_the_guarantee_gives(ctx.guarantee)}), so no per-document bound is composed")}
+        bounds = {
+            "per_token_pure_epsilon": None,
+            "note": (
+                "dptext states no vocabulary-wide per-token bound for this mechanism (see the guarantee: "
+                f"{_what_the_guarantee_gives(ctx.guarantee)}), so no per-document bound is composed"
+            ),
+        }
     else:
         bounds = {
             "per_token_pure_epsilon": per_token,
             "basic": {k: basic_bound(v, per_token) for k, v in percentiles.items()},
             "composed_at_delta": {k: composed_bound(v, per_token, ctx.config.delta) for k, v in percentiles.items()},
             "delta": ctx.config.delta,
-            "note": ("per document: basic composition (tokens x per-token epsilon, pure DP) and the optimal "
-                     "composition of the same pure per-token events at delta (Kairouz, Oh, Viswanath 2015)"),
+            "note": (
+                "per document: basic composition (tokens x per-token epsilon, pure DP) and the optimal "
+                "composition of the same pure per-token events at delta (Kairouz, Oh, Viswanath 2015)"
+            ),
         }
     return {
         "mechanism": ctx.mechanism,
@@ -88,8 +98,10 @@ def build_report(account: CorpusAccount, ctx: ReportContext) -> dict:
         "guarantee": ctx.guarantee.as_dict(),
         "index": ctx.index,
         "counts": {
-            "documents": account.documents, "tokens": account.tokens,
-            "perturbed": account.perturbed, "oov": account.oov,
+            "documents": account.documents,
+            "tokens": account.tokens,
+            "perturbed": account.perturbed,
+            "oov": account.oov,
         },
         "oov_policy": ctx.config.oov,
         "case_policy": ctx.config.case,
@@ -97,11 +109,15 @@ def build_report(account: CorpusAccount, ctx: ReportContext) -> dict:
         "per_document_bound": bounds,
         "quality_figures": {
             "note": "data-dependent figures of this corpus, NOT privacy guarantees",
-            "fraction_of_perturbed_tokens_changed": (account.changed / account.perturbed
-                                                     if account.perturbed else None),
+            "fraction_of_perturbed_tokens_changed": (
+                account.changed / account.perturbed if account.perturbed else None
+            ),
         },
-        "randomness": ("TEST SEED USED: outputs are reproducible and NOT private; never publish them"
-                       if ctx.config.test_seed_used else "OS entropy (numpy SeedSequence), fresh per worker process"),
+        "randomness": (
+            "TEST SEED USED: outputs are reproducible and NOT private; never publish them"
+            if ctx.config.test_seed_used
+            else "OS entropy (numpy SeedSequence), fresh per worker process"
+        ),
         "statement": plain_statement(ctx, account),
         "versions": ctx.versions,
         "runner": ctx.runner,
@@ -120,12 +136,16 @@ def plain_statement(ctx: ReportContext, account: CorpusAccount) -> list[str]:
         not_protected.append(CASE_NOT_PROTECTED)
     lines.append("Not protected: " + "; ".join(not_protected) + ".")
     if g.per_token_pure_epsilon is not None:
-        lines.append("The guarantee is per token; a document's words together leak more (see per_document_bound), "
-                     "and the same person writing many documents composes further.")
+        lines.append(
+            "The guarantee is per token; a document's words together leak more (see per_document_bound), "
+            "and the same person writing many documents composes further."
+        )
     else:
-        lines.append("dptext states no vocabulary-wide per-token bound for this mechanism, so none is composed per "
-                     "document; a document's words together reveal more than any one of them, and the same person "
-                     "writing many documents reveals more still.")
+        lines.append(
+            "dptext states no vocabulary-wide per-token bound for this mechanism, so none is composed per "
+            "document; a document's words together reveal more than any one of them, and the same person "
+            "writing many documents reveals more still."
+        )
     if ctx.config.test_seed_used:
         lines.append("A test seed was used: this output is not private.")
     return lines
@@ -144,24 +164,51 @@ def render_markdown(report: dict) -> str:
     out += _guarantee_markdown(Guarantee.from_dict(report["guarantee"]))
     out += ["## Embedding index", "", "| field | value |", "|---|---|"]
     out += [f"| {k} | {_fmt(v)} |" for k, v in idx.items()] + [""]
-    out += ["## Counts", "", "| documents | tokens | perturbed | out of vocabulary |", "|---|---|---|---|",
-            f"| {c['documents']} | {c['tokens']} | {c['perturbed']} | {c['oov']} |", ""]
-    out += ["## Per-document bound", "", "Tokens perturbed per document: " +
-            ", ".join(f"{k} {v}" for k, v in report["per_document_tokens_perturbed"].items()), ""]
+    out += [
+        "## Counts",
+        "",
+        "| documents | tokens | perturbed | out of vocabulary |",
+        "|---|---|---|---|",
+        f"| {c['documents']} | {c['tokens']} | {c['perturbed']} | {c['oov']} |",
+        "",
+    ]
+    out += [
+        "## Per-document bound",
+        "",
+        "Tokens perturbed per document: "
+        + ", ".join(f"{k} {v}" for k, v in report["per_document_tokens_perturbed"].items()),
+        "",
+    ]
     bounds = report["per_document_bound"]
     if bounds.get("per_token_pure_epsilon") is None:
         out += [bounds["note"], ""]
     else:
-        out += [f"Per-token pure epsilon: {_fmt(bounds['per_token_pure_epsilon'])}. {bounds['note']}.", "",
-                f"| percentile | basic epsilon | composed epsilon at delta={bounds['delta']:g} |", "|---|---|---|"]
-        out += [f"| {k} | {_fmt(bounds['basic'][k])} | {_fmt(bounds['composed_at_delta'][k])} |"
-                for k in bounds["basic"]] + [""]
+        out += [
+            f"Per-token pure epsilon: {_fmt(bounds['per_token_pure_epsilon'])}. {bounds['note']}.",
+            "",
+            f"| percentile | basic epsilon | composed epsilon at delta={bounds['delta']:g} |",
+            "|---|---|---|",
+        ]
+        out += [
+            f"| {k} | {_fmt(bounds['basic'][k])} | {_fmt(bounds['composed_at_delta'][k])} |" for k in bounds["basic"]
+        ] + [""]
     q = report["quality_figures"]
-    out += ["## Quality (data-dependent, not a guarantee)", "",
-            f"Fraction of perturbed tokens changed: {_fmt(q['fraction_of_perturbed_tokens_changed'])}", ""]
-    out += ["## Run", "", f"- randomness: {report['randomness']}", f"- runner: {report['runner']}",
-            f"- versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}",
-            f"- input: {report['input']}", f"- output: {report['output']}", ""]
+    out += [
+        "## Quality (data-dependent, not a guarantee)",
+        "",
+        f"Fraction of perturbed tokens changed: {_fmt(q['fraction_of_perturbed_tokens_changed'])}",
+        "",
+    ]
+    out += [
+        "## Run",
+        "",
+        f"- randomness: {report['randomness']}",
+        f"- runner: {report['runner']}",
+        f"- versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}",
+        f"- input: {report['input']}",
+        f"- output: {report['output']}",
+        "",
+    ]
     return "\n".join(out)
 
 
@@ -177,16 +224,32 @@ def _guarantee_markdown(g: Guarantee) -> list[str]:
     out.append("")
     audited = g.audited
     if isinstance(audited, list) and audited:
-        out += ["Exact audit on vocabularies drawn from this embedding: local figures, not a bound over the whole "
-                "vocabulary (worst log-ratio over all pairs; worst per unit distance; within K nearest neighbours; "
-                "max hockey-stick delta at epsilon x distance; delta profile d(eps')):", "", "```",
-                format_audit(audited), "```", ""]
+        out += [
+            "Exact audit on vocabularies drawn from this embedding: local figures, not a bound over the whole "
+            "vocabulary (worst log-ratio over all pairs; worst per unit distance; within K nearest neighbours; "
+            "max hockey-stick delta at epsilon x distance; delta profile d(eps')):",
+            "",
+            "```",
+            format_audit(audited),
+            "```",
+            "",
+        ]
     elif audited:
-        out += ["Audit (every figure is in the JSON report):", "", "```",
-                json.dumps(audited, indent=1, ensure_ascii=False)[:4000], "```", ""]
+        out += [
+            "Audit (every figure is in the JSON report):",
+            "",
+            "```",
+            json.dumps(audited, indent=1, ensure_ascii=False)[:4000],
+            "```",
+            "",
+        ]
     if g.delta_at_distance:
-        out += ["Computed in closed form for two words at distance D < R:", "", "| D | epsilon x D | delta(D) |",
-                "|---|---|---|"]
+        out += [
+            "Computed in closed form for two words at distance D < R:",
+            "",
+            "| D | epsilon x D | delta(D) |",
+            "|---|---|---|",
+        ]
         out += [f"| {D} | {_fmt(v['epsilon'])} | {_fmt(v['delta'])} |" for D, v in g.delta_at_distance.items()]
         out.append("")
     return out
@@ -241,9 +304,11 @@ class BuildReport(beam.PTransform):
         self.context = context
 
     def expand(self, accounts):
-        return (accounts
-                | "CombineAccounts" >> beam.CombineGlobally(CorpusAccountCombineFn())
-                | "Report" >> beam.Map(build_report, self.context))
+        return (
+            accounts
+            | "CombineAccounts" >> beam.CombineGlobally(CorpusAccountCombineFn())
+            | "Report" >> beam.Map(build_report, self.context)
+        )
 
 
 class WriteReport(beam.PTransform):

@@ -1,4 +1,5 @@
 """The dptext job: read -> perturb -> write, accounting -> report, dead letter -> write."""
+
 from __future__ import annotations
 
 import contextlib
@@ -14,7 +15,14 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.runners.runner import PipelineState
 
 from dptext.pipeline.io import ParseRecordFn, ReadRecords, WriteDeadLetter, WriteDocuments, check_inputs, parquet_schema
-from dptext.pipeline.options import DPTextOptions, check_runner, check_unknown_options, option_error, rebalance, validate
+from dptext.pipeline.options import (
+    DPTextOptions,
+    check_runner,
+    check_unknown_options,
+    option_error,
+    rebalance,
+    validate,
+)
 from dptext.pipeline.outputs import check_input_is_not_output, check_prefix, claim, remove_outputs
 from dptext.pipeline.privatize import Privatize
 from dptext.pipeline.report import ReportContext, WriteReport, add_metrics_to_report, job_counters
@@ -25,9 +33,10 @@ from dptext.transforms.config import InvalidParameter, JobConfig
 @dataclass(frozen=True)
 class Prepared:
     """What the driver fixed before the job starts."""
+
     fmt: str
-    context: ReportContext            # holds the JobConfig every worker receives
-    parquet_schema: object = None     # pyarrow.Schema of Parquet input
+    context: ReportContext  # holds the JobConfig every worker receives
+    parquet_schema: object = None  # pyarrow.Schema of Parquet input
 
     @property
     def config(self) -> JobConfig:
@@ -40,13 +49,16 @@ class Prepared:
 def build_pipeline(p: beam.Pipeline, opts: DPTextOptions, job: Prepared) -> None:
     records = p | "ReadCorpus" >> ReadRecords(opts.input, job.fmt)
     parsed = records | "ParseRecords" >> beam.ParDo(ParseRecordFn(job.fmt, opts.text_field)).with_outputs(
-        DEAD_LETTER, main=DOCUMENTS)
+        DEAD_LETTER, main=DOCUMENTS
+    )
     private = parsed[DOCUMENTS] | "Privatize" >> Privatize.prepared(job.context, rebalance(p.options))
     private.documents | "WriteDocuments" >> WriteDocuments(opts.output, job.fmt, opts.text_field, job.parquet_schema)
     private.report | "WriteReport" >> WriteReport(opts.output)
-    ((parsed[DEAD_LETTER], private.dead_letter)
-     | "MergeDeadLetter" >> beam.Flatten()
-     | "WriteDeadLetter" >> WriteDeadLetter(opts.output))
+    (
+        (parsed[DEAD_LETTER], private.dead_letter)
+        | "MergeDeadLetter" >> beam.Flatten()
+        | "WriteDeadLetter" >> WriteDeadLetter(opts.output)
+    )
 
 
 def prepare(opts: DPTextOptions) -> Prepared:
@@ -59,8 +71,9 @@ def prepare(opts: DPTextOptions) -> Prepared:
     check_input_is_not_output(opts.input, opts.output)
     schema = parquet_schema(opts.input, opts.text_field) if fmt == "parquet" else None
     try:
-        context = describe_job(config, runner=opts.view_as(StandardOptions).runner, input=opts.input,
-                               output=opts.output)
+        context = describe_job(
+            config, runner=opts.view_as(StandardOptions).runner, input=opts.input, output=opts.output
+        )
     except InvalidParameter as err:
         raise option_error(err) from None
     return Prepared(fmt, context, schema)
@@ -80,7 +93,7 @@ def execute(options: PipelineOptions, job: Prepared, wait: bool = True) -> beam.
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = "DirectRunner"
     opts = options.view_as(DPTextOptions)
-    held = claim(opts.output, opts.overwrite)    # refuses or replaces existing outputs, before the job
+    held = claim(opts.output, opts.overwrite)  # refuses or replaces existing outputs, before the job
     result = None
     try:
         try:
@@ -90,14 +103,15 @@ def execute(options: PipelineOptions, job: Prepared, wait: bool = True) -> beam.
             if wait:
                 with _exit_on_sigterm():
                     result.wait_until_finish()
-        except BaseException:            # a failed or interrupted job leaves nothing half-written
+        except BaseException:  # a failed or interrupted job leaves nothing half-written
             if wait and result is not None:
                 _cancel(result)
             try:
                 remove_outputs(opts.output)
-            except Exception as err:     # keep the job's own error; say what is left (paths only)
-                logging.warning("dptext: could not remove the partial outputs under %s (%s)", opts.output,
-                                type(err).__name__)
+            except Exception as err:  # keep the job's own error; say what is left (paths only)
+                logging.warning(
+                    "dptext: could not remove the partial outputs under %s (%s)", opts.output, type(err).__name__
+                )
             raise
         if wait:
             add_metrics_to_report(opts.output, job_counters(result))
@@ -116,6 +130,7 @@ def _exit_on_sigterm():
 
     def stop(signum, frame):
         raise SystemExit(128 + signum)
+
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         yield
@@ -128,5 +143,5 @@ def _cancel(result) -> None:
     try:
         if not PipelineState.is_terminal(result.state):
             result.cancel()
-    except Exception:    # a runner without cancel, or a job that just ended
+    except Exception:  # a runner without cancel, or a job that just ended
         pass

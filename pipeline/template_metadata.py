@@ -5,6 +5,7 @@
 `validate_metadata` is stricter than `gcloud dataflow flex-template build`, which accepts unknown
 keys and any paramType.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,18 +18,57 @@ TEMPLATE_NAME = "dptext"
 # Relative to the working directory (the repository root): an installed dptext has no templates/.
 DEFAULT_PATH = Path("templates") / "metadata.json"
 REQUIRED = ("input", "output", "index", "epsilon")
-EXCLUDED = ("test_seed",)   # test-only: a scheduled production job must never run with a fixed seed
+EXCLUDED = ("test_seed",)  # test-only: a scheduled production job must never run with a fixed seed
 # Parameter types the Dataflow template metadata accepts (TemplateMetadata.ParameterMetadata.paramType).
-PARAM_TYPES = {"DEFAULT", "TEXT", "GCS_READ_BUCKET", "GCS_WRITE_BUCKET", "GCS_READ_FILE", "GCS_WRITE_FILE",
-               "GCS_READ_FOLDER", "GCS_WRITE_FOLDER", "PUBSUB_TOPIC", "PUBSUB_SUBSCRIPTION", "BIGQUERY_TABLE",
-               "JAVASCRIPT_UDF_FILE", "SERVICE_ACCOUNT", "MACHINE_TYPE", "KMS_KEY_NAME", "WORKER_REGION",
-               "WORKER_ZONE", "BOOLEAN", "ENUM", "NUMBER", "KAFKA_TOPIC", "KAFKA_READ_TOPIC",
-               "KAFKA_WRITE_TOPIC"}
-TOP_KEYS = {"name", "description", "parameters", "streaming", "supportsAtLeastOnce", "supportsExactlyOnce",
-            "defaultStreamingMode"}
-PARAM_KEYS = {"name", "label", "helpText", "isOptional", "regexes", "paramType", "defaultValue",
-              "parentName", "parentTriggerValues", "groupName", "enumOptions", "customMetadata",
-              "hiddenUi"}
+PARAM_TYPES = {
+    "DEFAULT",
+    "TEXT",
+    "GCS_READ_BUCKET",
+    "GCS_WRITE_BUCKET",
+    "GCS_READ_FILE",
+    "GCS_WRITE_FILE",
+    "GCS_READ_FOLDER",
+    "GCS_WRITE_FOLDER",
+    "PUBSUB_TOPIC",
+    "PUBSUB_SUBSCRIPTION",
+    "BIGQUERY_TABLE",
+    "JAVASCRIPT_UDF_FILE",
+    "SERVICE_ACCOUNT",
+    "MACHINE_TYPE",
+    "KMS_KEY_NAME",
+    "WORKER_REGION",
+    "WORKER_ZONE",
+    "BOOLEAN",
+    "ENUM",
+    "NUMBER",
+    "KAFKA_TOPIC",
+    "KAFKA_READ_TOPIC",
+    "KAFKA_WRITE_TOPIC",
+}
+TOP_KEYS = {
+    "name",
+    "description",
+    "parameters",
+    "streaming",
+    "supportsAtLeastOnce",
+    "supportsExactlyOnce",
+    "defaultStreamingMode",
+}
+PARAM_KEYS = {
+    "name",
+    "label",
+    "helpText",
+    "isOptional",
+    "regexes",
+    "paramType",
+    "defaultValue",
+    "parentName",
+    "parentTriggerValues",
+    "groupName",
+    "enumOptions",
+    "customMetadata",
+    "hiddenUi",
+}
 NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9_]*$")
 _NUMBER = r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$"
 _INTEGER = r"^[+-]?\d+$"
@@ -42,7 +82,7 @@ def _parameter_name(action: argparse.Action) -> str:
 
 def _regex(action: argparse.Action) -> list[str]:
     choices = action.choices
-    if action.dest == "mechanism":          # validated at the door rather than by argparse
+    if action.dest == "mechanism":  # validated at the door rather than by argparse
         from dptext.transforms.mechanisms import NAMES as choices
     if choices:
         return ["^(" + "|".join(re.escape(str(c)) for c in choices) + ")$"]
@@ -67,8 +107,13 @@ def build_metadata() -> dict:
         name = _parameter_name(action)
         if name in EXCLUDED:
             continue
-        param = {"name": name, "label": name.replace("_", " ").capitalize(), "helpText": action.help,
-                 "isOptional": name not in REQUIRED, "paramType": "TEXT"}
+        param = {
+            "name": name,
+            "label": name.replace("_", " ").capitalize(),
+            "helpText": action.help,
+            "isOptional": name not in REQUIRED,
+            "paramType": "TEXT",
+        }
         if action.default is not None and name not in REQUIRED:
             default = action.default
             param["defaultValue"] = str(default).lower() if isinstance(default, bool) else str(default)
@@ -76,9 +121,11 @@ def build_metadata() -> dict:
         if regexes:
             param["regexes"] = regexes
         parameters.append(param)
-    return {"name": TEMPLATE_NAME,
-            "description": "Privatize a text corpus with word-level differential privacy (dptext run).",
-            "parameters": parameters}
+    return {
+        "name": TEMPLATE_NAME,
+        "description": "Privatize a text corpus with word-level differential privacy (dptext run).",
+        "parameters": parameters,
+    }
 
 
 def validate_metadata(meta: dict) -> list[str]:

@@ -3,6 +3,7 @@
 The launcher passes every template parameter as --name=value; Dataflow options such as
 --runner, --project, --region, --temp_location and --sdk_container_image arrive the same way.
 """
+
 import logging
 import sys
 

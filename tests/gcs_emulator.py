@@ -4,6 +4,7 @@ Without credentials, Beam retries the metadata server for ~23 s per process on f
 the local metadata endpoint hands out a dummy token at once (the emulator does not check it).
 Both addresses go into environment variables, so worker subprocesses see them too.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,9 +33,17 @@ class _Metadata(http.server.BaseHTTPRequestHandler):
         path = self.path.split("?")[0]
         body = next((v for k, v in self.ANSWERS.items() if path.endswith(k)), None)
         if body is None:
-            body = json.dumps({"email": self.ANSWERS["/email"], "aliases": ["default"],
-                               "scopes": ["https://www.googleapis.com/auth/cloud-platform"]}) \
-                if "service-accounts/default" in path else "ok"
+            body = (
+                json.dumps(
+                    {
+                        "email": self.ANSWERS["/email"],
+                        "aliases": ["default"],
+                        "scopes": ["https://www.googleapis.com/auth/cloud-platform"],
+                    }
+                )
+                if "service-accounts/default" in path
+                else "ok"
+            )
         data = body.encode()
         self.send_response(200)
         self.send_header("Metadata-Flavor", "Google")
@@ -57,8 +66,11 @@ def gcs_emulator(bucket: str):
     server.start()
     metadata = http.server.ThreadingHTTPServer(("127.0.0.1", metadata_port), _Metadata)
     threading.Thread(target=metadata.serve_forever, daemon=True).start()
-    env = {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}",
-           "GCE_METADATA_HOST": f"127.0.0.1:{metadata_port}", "GCE_METADATA_IP": f"127.0.0.1:{metadata_port}"}
+    env = {
+        "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}",
+        "GCE_METADATA_HOST": f"127.0.0.1:{metadata_port}",
+        "GCE_METADATA_IP": f"127.0.0.1:{metadata_port}",
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:

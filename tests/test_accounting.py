@@ -1,5 +1,6 @@
 """Per-document accounting: exact percentiles, merging, and composition checked against the exact
 optimal composition of pure-DP events (Kairouz, Oh, Viswanath 2015)."""
+
 from __future__ import annotations
 
 import math
@@ -56,7 +57,7 @@ def test_composed_bound_is_valid_and_near_the_exact_optimum(epsilon, tokens):
     delta = 1e-6
     bound = composed_bound(tokens, epsilon, delta)
     assert bound <= basic_bound(tokens, epsilon) + 1e-12
-    assert _exact_delta(epsilon, tokens, bound) <= delta * (1 + 1e-6)       # a valid (eps, delta) pair
+    assert _exact_delta(epsilon, tokens, bound) <= delta * (1 + 1e-6)  # a valid (eps, delta) pair
     # Not needlessly loose: 2% less epsilon (or 0.01) already violates delta, unless basic is tight.
     smaller = bound - max(0.01, 0.02 * bound)
     if bound < basic_bound(tokens, epsilon) - 1e-9:
@@ -75,7 +76,8 @@ def test_composed_bound_agrees_with_dp_accounting_pld(epsilon, tokens):
 
     step = epsilon / 1000
     pld = privacy_loss_distribution.from_privacy_parameters(
-        common.DifferentialPrivacyParameters(epsilon, 0.0), value_discretization_interval=step)
+        common.DifferentialPrivacyParameters(epsilon, 0.0), value_discretization_interval=step
+    )
     reference = min(pld.self_compose(tokens).get_epsilon_for_delta(1e-6), basic_bound(tokens, epsilon))
     exact = composed_bound(tokens, epsilon, 1e-6)
     assert exact <= reference + 1e-9
@@ -105,6 +107,6 @@ def test_composition_of_one_long_document_is_bounded_in_memory():
 
 
 def test_composition_at_extreme_per_token_epsilons():
-    assert composed_bound(5, 1000.0, 1e-6) == pytest.approx(5000.0, rel=1e-6)   # no overflow of e^eps
+    assert composed_bound(5, 1000.0, 1e-6) == pytest.approx(5000.0, rel=1e-6)  # no overflow of e^eps
     assert composed_bound(3, 1e-300, 1e-6) == 0.0
     assert composed_bound(100, 1e300, 0.5) == basic_bound(100, 1e300)

@@ -4,6 +4,7 @@
 input's case pattern, so the two are distinguishable, and the report lists case as not protected.
 With --case lower both give one output distribution.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,10 +14,9 @@ import numpy as np
 import pytest
 
 from dptext.pipeline.run import run
-from tests.conftest import build_random_index, shard_lines
 from dptext.transforms.beam import perturb_texts
 from dptext.transforms.config import JobConfig
-from dptext.transforms import mechanisms
+from tests.conftest import build_random_index, shard_lines
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +55,23 @@ def _job(index_dir, tmp_path, *extra):
     corpus = tmp_path / "in.txt"
     corpus.write_text("W3 w3 Hello\nW5 W6\n")
     out = str(tmp_path / "out" / "c")
-    run(["--input", str(corpus), "--output", out, "--index", str(index_dir), "--mechanism", "tem",
-         "--epsilon", "1", "--runner", "DirectRunner", *extra])
+    run(
+        [
+            "--input",
+            str(corpus),
+            "--output",
+            out,
+            "--index",
+            str(index_dir),
+            "--mechanism",
+            "tem",
+            "--epsilon",
+            "1",
+            "--runner",
+            "DirectRunner",
+            *extra,
+        ]
+    )
     return out
 
 

@@ -1,5 +1,6 @@
 """distance_truncated_laplace, mahalanobis and vickrey: the noise distributions themselves, the
 post-processing step, the exact nearest search for noisy points, and broken variants."""
+
 from __future__ import annotations
 
 import math
@@ -39,8 +40,10 @@ def test_restricted_gamma_follows_its_cdf(d, eps, R):
     assert stats.kstest(r, _restricted_cdf(d, eps, R)).pvalue > P_MIN
 
 
-@pytest.mark.parametrize("d, eps, R", [(1, 2.0, 1.5), (1, 0.01, 0.25), (1, 1e-320, 0.25), (1, 1e-300, 0.25),
-                                       (3, 5e-324, 1.4), (2, 1e-300, 1.0)])
+@pytest.mark.parametrize(
+    "d, eps, R",
+    [(1, 2.0, 1.5), (1, 0.01, 0.25), (1, 1e-320, 0.25), (1, 1e-300, 0.25), (3, 5e-324, 1.4), (2, 1e-300, 1.0)],
+)
 def test_restricted_gamma_at_edge_parameters(d, eps, R):
     """One-dimensional embeddings and epsilons so small that eps R underflows (issue 12 #13): before
     the fix d = 1 with eps R below ~1e-308 gave r = 0 on every draw (no noise at all). As eps R -> 0
@@ -78,7 +81,10 @@ def test_broken_radius_samplers_fail(broken):
 def test_delta_of_distance_matches_direct_integration(index):
     mech = mechanisms.create("distance_truncated_laplace", index, 2.0, radius=3.0)
     d, eps, R = index.d, 2.0, 3.0
-    density = lambda r: r ** (d - 1) * math.exp(-eps * r)
+
+    def density(r):
+        return r ** (d - 1) * math.exp(-eps * r)
+
     total = integrate.quad(density, 0, R)[0]
     for D in (0.5, 1.5, 2.9):
         assert mech.delta(D)[0] == pytest.approx(integrate.quad(density, R - D, R)[0] / total, rel=1e-8)
@@ -112,8 +118,9 @@ def skewed(tmp_path_factory):
     rng = np.random.default_rng(6)
     mix = rng.normal(size=(6, 6)) * np.array([0.2, 0.5, 1.0, 1.5, 2.0, 3.0])[:, None]
     vectors = (rng.normal(size=(300, 6)) @ mix).astype(np.float32)
-    return EmbeddingIndex.build([f"w{i}" for i in range(300)], vectors, tmp_path_factory.mktemp("skew"),
-                                neighbours=12, progress=False)
+    return EmbeddingIndex.build(
+        [f"w{i}" for i in range(300)], vectors, tmp_path_factory.mktemp("skew"), neighbours=12, progress=False
+    )
 
 
 def _whitened_radius(mech, z):
@@ -166,7 +173,7 @@ def test_vickrey_choice_follows_its_formula(index, t):
     chosen = mech.choose(np.repeat(pair, N, axis=0), np.repeat(point[None, :], N, axis=0), rng)
     count = (chosen == pair[0, 0]).sum()
     assert abs(count - N * p) <= 5.3 * math.sqrt(N * p * (1 - p)) + 1e-9
-    if 0 < t < 1:   # the broken variant with t and 1 - t swapped is caught
+    if 0 < t < 1:  # the broken variant with t and 1 - t swapped is caught
         q = first_of_two(np.array([d1]), np.array([d2]), 1 - t)[0]
         assert abs(count - N * q) > 5.3 * math.sqrt(N * q * (1 - q)) or abs(p - q) < 1e-3
 
@@ -183,7 +190,7 @@ def test_nearest_to_noisy_matches_brute_force_on_both_paths(index, m):
     rng = np.random.default_rng(9)
     vectors = np.asarray(index.vectors, dtype=np.float64)
     ids = rng.integers(0, index.n, 3000).astype(np.int32)
-    scale = np.repeat([0.05, 0.3, 1.0, 3.0, 10.0], 600)          # table path through full fallback
+    scale = np.repeat([0.05, 0.3, 1.0, 3.0, 10.0], 600)  # table path through full fallback
     points = vectors[ids] + scale[:, None] * rng.normal(size=(len(ids), index.d))
     got, dist = index.nearest_to_noisy(ids, points, m)
     full = np.linalg.norm(points[:, None, :] - vectors[None, :, :], axis=2)
@@ -191,5 +198,7 @@ def test_nearest_to_noisy_matches_brute_force_on_both_paths(index, m):
     np.testing.assert_array_equal(got, want)
     np.testing.assert_allclose(dist, np.take_along_axis(full, want, 1), rtol=1e-12)
     d_k = index.neighbour_distances[ids, -1]
-    via_table = np.take_along_axis(full, want, 1)[:, -1] < d_k * (1 - 1e-5) - np.linalg.norm(points - vectors[ids], axis=1)
-    assert 0.1 < via_table.mean() < 0.9        # both paths exercised
+    via_table = np.take_along_axis(full, want, 1)[:, -1] < d_k * (1 - 1e-5) - np.linalg.norm(
+        points - vectors[ids], axis=1
+    )
+    assert 0.1 < via_table.mean() < 0.9  # both paths exercised

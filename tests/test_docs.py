@@ -1,5 +1,6 @@
 """The README's options table is drift-checked against `dptext run`'s options: every option is
 documented, every documented option exists, and each documented default is the real default."""
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,7 @@ def test_single_option_rows_state_the_real_default():
     options = _run_options()
     for name, default in _readme_rows().items():
         action = options[name]
-        if "," in default or action.default is None:     # combined rows; (required)/none/computed defaults
+        if "," in default or action.default is None:  # combined rows; (required)/none/computed defaults
             continue
         shown = default.strip("`").replace(",", "")
         if isinstance(action.default, bool) or action.default is False:

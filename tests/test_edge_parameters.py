@@ -5,6 +5,7 @@ largest epsilon validation accepts and with each parameter at its extremes. Each
 id and a guarantee free of NaN, or is refused with a ValueError that names the parameter and what
 is valid. Nothing may hang or crash inside a job.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,8 @@ from dptext.transforms.mechanisms.kde_prior import MAX_CHAIN_LENGTH
 from dptext.transforms.mechanisms.multivariate_laplace import SEARCH_K_MAX
 from tests.conftest import build_random_index
 
-TINY = math.ulp(0.0)                 # 5e-324, the smallest positive float
-HUGE = np.finfo(np.float64).max      # 1.8e308
+TINY = math.ulp(0.0)  # 5e-324, the smallest positive float
+HUGE = np.finfo(np.float64).max  # 1.8e308
 
 INDEXES = ("n2", "n3", "n9", "n9_short_table", "dup3", "dup9", "line9")
 
@@ -33,6 +34,7 @@ def indexes(tmp_path_factory):
     """Real index directories (Annoy file and all). n2, n3, n9: K = n - 1; n9_short_table: K = 2;
     dup3, dup9: the last word shares the first word's vector (distance 0 between distinct words),
     K = n - 1; line9: a one-dimensional embedding, K = n - 1."""
+
     def build(name, n, d, neighbours, duplicate=False):
         path = tmp_path_factory.mktemp(name)
         if not duplicate:
@@ -41,9 +43,15 @@ def indexes(tmp_path_factory):
         vectors[-1] = vectors[0]
         return EmbeddingIndex.build([f"w{i}" for i in range(n)], vectors, path, neighbours=neighbours, progress=False)
 
-    return {"n2": build("n2", 2, 3, 1), "n3": build("n3", 3, 3, 2), "n9": build("n9", 9, 3, 8),
-            "n9_short_table": build("n9s", 9, 3, 2), "dup3": build("dup3", 3, 3, 2, True),
-            "dup9": build("dup9", 9, 3, 8, True), "line9": build("line9", 9, 1, 8)}
+    return {
+        "n2": build("n2", 2, 3, 1),
+        "n3": build("n3", 3, 3, 2),
+        "n9": build("n9", 9, 3, 8),
+        "n9_short_table": build("n9s", 9, 3, 2),
+        "dup3": build("dup3", 3, 3, 2, True),
+        "dup9": build("dup9", 9, 3, 8, True),
+        "line9": build("line9", 9, 1, 8),
+    }
 
 
 def _params(name: str, index) -> list[dict]:
@@ -51,25 +59,56 @@ def _params(name: str, index) -> list[dict]:
     n = index.n
     return {
         "truncated_gumbel": [{}],
-        "multivariate_laplace": [{}, {"search": "annoy", "search_k": 1}, {"search": "annoy", "search_k": SEARCH_K_MAX},
-                                 {"search": "annoy", "search_k": SEARCH_K_MAX + 1}, {"search_k": 0}],
-        "distance_truncated_laplace": [{}, {"radius": float(np.nextafter(index.dmin, np.inf))}, {"radius": 1e300},
-                                       {"radius": index.dmin}, {"radius": -1.0}],
-        "mahalanobis": [{"regularization": 0.0}, {"regularization": 1.0}, {"regularization": 1e-300},
-                        {"regularization": 1.5}],
-        "vickrey": [{"threshold": 0.0}, {"threshold": 1.0}, {"threshold": 1.5}, {"base": "mahalanobis", "regularization": 1.0},
-                    {"search": "annoy", "search_k": 1}],
+        "multivariate_laplace": [
+            {},
+            {"search": "annoy", "search_k": 1},
+            {"search": "annoy", "search_k": SEARCH_K_MAX},
+            {"search": "annoy", "search_k": SEARCH_K_MAX + 1},
+            {"search_k": 0},
+        ],
+        "distance_truncated_laplace": [
+            {},
+            {"radius": float(np.nextafter(index.dmin, np.inf))},
+            {"radius": 1e300},
+            {"radius": index.dmin},
+            {"radius": -1.0},
+        ],
+        "mahalanobis": [
+            {"regularization": 0.0},
+            {"regularization": 1.0},
+            {"regularization": 1e-300},
+            {"regularization": 1.5},
+        ],
+        "vickrey": [
+            {"threshold": 0.0},
+            {"threshold": 1.0},
+            {"threshold": 1.5},
+            {"base": "mahalanobis", "regularization": 1.0},
+            {"search": "annoy", "search_k": 1},
+        ],
         "tem": [{"beta": TINY}, {"beta": 1e-300}, {"beta": float(np.nextafter((n - 1) / n, 0))}, {"beta": (n - 1) / n}],
-        "kde_prior": [{"alpha": 0.0}, {"alpha": 1e300}, {"alpha": HUGE}, {"alpha": -1e-300},
-                      {"bandwidth_scale": 1e300}, {"bandwidth_scale": 1e-300},
-                      {"sampler": "mh", "chain_length": 1}, {"sampler": "mh", "chain_length": 3000, "alpha": 50.0},
-                      {"sampler": "mh", "chain_length": MAX_CHAIN_LENGTH + 1}],
-        "knn_exponential": [{"candidates": 0}, {"candidates": 1}, {"candidates": n - 1}, {"candidates": -1},
-                            {"candidates": index.neighbours + 1}],
+        "kde_prior": [
+            {"alpha": 0.0},
+            {"alpha": 1e300},
+            {"alpha": HUGE},
+            {"alpha": -1e-300},
+            {"bandwidth_scale": 1e300},
+            {"bandwidth_scale": 1e-300},
+            {"sampler": "mh", "chain_length": 1},
+            {"sampler": "mh", "chain_length": 3000, "alpha": 50.0},
+            {"sampler": "mh", "chain_length": MAX_CHAIN_LENGTH + 1},
+        ],
+        "knn_exponential": [
+            {"candidates": 0},
+            {"candidates": 1},
+            {"candidates": n - 1},
+            {"candidates": -1},
+            {"candidates": index.neighbours + 1},
+        ],
     }[name]
 
 
-_SHAPE = SimpleNamespace(n=9, dmin=1.0, neighbours=8)      # the number of cases does not depend on the index
+_SHAPE = SimpleNamespace(n=9, dmin=1.0, neighbours=8)  # the number of cases does not depend on the index
 CASES = [(name, which, i) for name in mechanisms.NAMES for which in INDEXES for i in range(len(_params(name, _SHAPE)))]
 
 
@@ -89,16 +128,21 @@ def _valid_refusal(err: ValueError, params: dict, name: str) -> None:
 def _epsilons(name: str, index, params: dict) -> list[float]:
     """The smallest and largest epsilon validation accepts (probed at 5e-324 and 1.8e308: a refusal
     states the range), and one ordinary epsilon between them."""
+
     def probe(eps):
         try:
             mechanisms.create(name, index, eps, **params)
             return eps
         except InfeasibleEpsilonError as err:
             _valid_refusal(err, params, name)
-            if eps == TINY:        # truncated_gumbel's floor itself is infeasible: the next float above it
-                return err.smallest_feasible if isinstance(err, EpsilonOutOfRangeError) \
+            if eps == TINY:  # truncated_gumbel's floor itself is infeasible: the next float above it
+                return (
+                    err.smallest_feasible
+                    if isinstance(err, EpsilonOutOfRangeError)
                     else float(np.nextafter(err.smallest_feasible, np.inf))
+                )
             return err.largest_feasible
+
     low, high = probe(TINY), probe(HUGE)
     middle = 1.5 * low if name == "truncated_gumbel" else min(max(1.0, low), high)
     return sorted({low, middle, high})
@@ -113,7 +157,7 @@ def test_every_call_runs_or_is_refused_clearly(indexes, name, which, case):
         epsilons = _epsilons(name, index, params)
     except InfeasibleEpsilonError:
         raise
-    except ValueError as err:                 # the parameters themselves are refused
+    except ValueError as err:  # the parameters themselves are refused
         _valid_refusal(err, params, name)
         return
     ids = np.tile(np.arange(index.n, dtype=np.int32), 4)
@@ -136,7 +180,7 @@ def test_epsilons_beyond_the_accepted_range_are_refused_with_the_range(indexes, 
     index = indexes["n9"]
     low, *_, high = _epsilons(name, index, {})
     for eps in (float(np.nextafter(low, 0)), float(np.nextafter(high, np.inf))):
-        if eps in (0.0, math.inf):        # the range reaches the ends of the floats: check_epsilon refuses these
+        if eps in (0.0, math.inf):  # the range reaches the ends of the floats: check_epsilon refuses these
             with pytest.raises(ValueError, match=r"epsilon must be a finite number > 0"):
                 mechanisms.create(name, index, eps)
             continue

@@ -17,19 +17,15 @@ WORDS = ["the", f"at{NBSP}name@domain.com", "café", "naïve", "東京", "straß
 D = 5
 
 
-def _vectors(n=len(WORDS), d=D, seed=0):
+def _vectors(n=None, d=D, seed=0):
+    n = len(WORDS) if n is None else n
     rng = np.random.default_rng(seed)
-    return (rng.standard_normal((n, d)) * rng.choice([1e-3, 1.0, 30.0], size=(n, 1))).astype(
-        np.float32
-    )
+    return (rng.standard_normal((n, d)) * rng.choice([1e-3, 1.0, 30.0], size=(n, 1))).astype(np.float32)
 
 
 def _text_lines(words, vectors, trailing=""):
     # repr(float(x)) of a float32 x parses back to exactly x after rounding to float32.
-    return [
-        w + " " + " ".join(repr(float(v)) for v in row) + trailing
-        for w, row in zip(words, vectors)
-    ]
+    return [w + " " + " ".join(repr(float(v)) for v in row) + trailing for w, row in zip(words, vectors)]
 
 
 def _write_text(path, words, vectors, header=True, newline="\n", trailing="", opener=open):
@@ -227,9 +223,7 @@ def test_parsing_matches_python_float_rounded_to_float32(tmp_path):
 @pytest.mark.parametrize("header", [True, False])
 def test_trailing_spaces_and_crlf(tmp_path, header):
     vectors = _vectors()
-    path = _write_text(
-        tmp_path / "e.txt", WORDS, vectors, header=header, newline=" \r\n", trailing=" "
-    )
+    path = _write_text(tmp_path / "e.txt", WORDS, vectors, header=header, newline=" \r\n", trailing=" ")
     words, got, stats = read_embedding(path)
     _assert_same(WORDS, vectors, words, got)
     assert stats.format == ("word2vec" if header else "glove")

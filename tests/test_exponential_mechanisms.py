@@ -1,5 +1,6 @@
 """tem, knn_exponential and the exact vocabulary-wide exponential sampler against their exact
 distributions, broken variants, and the exact audit of their guarantees."""
+
 from __future__ import annotations
 
 import math
@@ -41,16 +42,18 @@ class Capped:
         self.index, self.epsilon, self.log_base, self.cap = index, epsilon, log_base, cap
 
     def perturb(self, ids, rng):
-        return vocabulary_exponential.sample_capped_exponential(self.index, ids, rng, self.epsilon,
-                                                                self.log_base, self.cap)
+        return vocabulary_exponential.sample_capped_exponential(
+            self.index, ids, rng, self.epsilon, self.log_base, self.cap
+        )
 
 
 # _chi_square_matches: Pearson statistic of 200,000 draws of one word against its exact row,
 # threshold at the 1 - 1e-6 quantile of chi2(df) (df = cells - 1 after pooling cells expected
 # below 5; reasoning in tests/test_truncated_gumbel.py). Every draw is the same word, so the
 # batched sampler also handles one word repeated 200,000 times in a batch.
-@pytest.mark.parametrize("epsilon, cap, with_base", [(0.8, math.inf, False), (2.0, math.inf, True),
-                                                     (3.0, 1.2, False), (6.0, 0.5, True)])
+@pytest.mark.parametrize(
+    "epsilon, cap, with_base", [(0.8, math.inf, False), (2.0, math.inf, True), (3.0, 1.2, False), (6.0, 0.5, True)]
+)
 @pytest.mark.parametrize("word", [0, 17])
 def test_vocabulary_sampler_matches_the_closed_form(wide, epsilon, cap, with_base, word):
     log_base = np.random.default_rng(3).normal(0, 1.0, wide.n) if with_base else None
@@ -70,7 +73,8 @@ def test_vocabulary_sampler_mixed_batch_keeps_each_word_exact(wide):
         keep = expected >= 5
         stat = (((observed[keep] - expected[keep]) ** 2) / expected[keep]).sum()
         from scipy.stats import chi2
-        assert stat < chi2.ppf(1 - 1e-6, keep.sum()), (w, stat)     # df <= cells: conservative
+
+        assert stat < chi2.ppf(1 - 1e-6, keep.sum()), (w, stat)  # df <= cells: conservative
 
 
 def _broken_no_rejection(index, ids, sorted_table, dk, p_table, half_eps, cap, base, rng, pending, rounds):
@@ -93,7 +97,7 @@ def test_broken_vocabulary_samplers_fail(wide, monkeypatch, broken):
     mech = Capped(wide, 0.8)
     if broken == "no rejection":
         monkeypatch.setattr(vocabulary_exponential, "_rounds", _broken_no_rejection)
-    elif broken == "envelope below the tail":      # dK too large: the tail envelope no longer dominates
+    elif broken == "envelope below the tail":  # dK too large: the tail envelope no longer dominates
         monkeypatch.setattr(vocabulary_exponential, "_DK_MARGIN", -0.5)
     else:
         mech = Capped(wide, 1.6)
@@ -112,8 +116,13 @@ def _duplicate_index(tmp_path_factory, neighbours: int) -> EmbeddingIndex:
     """8 words in 3-d, words 2 and 6 on one vector (distance 0 between distinct words)."""
     vectors = np.random.default_rng(12).normal(size=(8, 3)).astype(np.float32)
     vectors[6] = vectors[2]
-    return EmbeddingIndex.build([f"w{i}" for i in range(8)], vectors, tmp_path_factory.mktemp(f"dup{neighbours}"),
-                                neighbours=neighbours, progress=False)
+    return EmbeddingIndex.build(
+        [f"w{i}" for i in range(8)],
+        vectors,
+        tmp_path_factory.mktemp(f"dup{neighbours}"),
+        neighbours=neighbours,
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +157,7 @@ def test_vocabulary_sampler_with_the_whole_vocabulary_in_the_table(whole_table, 
 def test_vocabulary_sampler_with_duplicate_vectors(duplicates, K):
     index = duplicates[K]
     dist = _dist(index)
-    assert dist[2, 6] == 0 and index.dmin > 0          # Dmin is the smallest non-zero distance
+    assert dist[2, 6] == 0 and index.dmin > 0  # Dmin is the smallest non-zero distance
     for word in (2, 6):
         exact = capped_exponential_distribution(dist, 2.0)
         assert exact[word, 2] == pytest.approx(exact[word, 6])
@@ -179,9 +188,16 @@ def test_a_token_past_max_rounds_is_drawn_exactly(wide, monkeypatch):
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize("name, params", [("tem", {}), ("tem", {"beta": 0.5}), ("kde_prior", {}),
-                                          ("kde_prior", {"alpha": 1000.0}),
-                                          ("kde_prior", {"sampler": "mh", "chain_length": 50})])
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("tem", {}),
+        ("tem", {"beta": 0.5}),
+        ("kde_prior", {}),
+        ("kde_prior", {"alpha": 1000.0}),
+        ("kde_prior", {"sampler": "mh", "chain_length": 50}),
+    ],
+)
 def test_whole_vocabulary_mechanisms_end_on_whole_tables_and_duplicates(whole_table, duplicates, name, params):
     for index in (whole_table, duplicates[7], duplicates[1]):
         mech = mechanisms.create(name, index, 2.0, **params)
@@ -191,9 +207,9 @@ def test_whole_vocabulary_mechanisms_end_on_whole_tables_and_duplicates(whole_ta
 
 # ---- tem -------------------------------------------------------------------------------------
 def test_tem_matches_the_truncated_exponential_oracle(wide):
-    mech = TEM(wide, 3.0, beta=0.2)               # gamma = (2/3) ln(0.8 x 39 / 0.2) = 3.37
+    mech = TEM(wide, 3.0, beta=0.2)  # gamma = (2/3) ln(0.8 x 39 / 0.2) = 3.37
     assert mech.gamma == pytest.approx(2 / 3 * math.log(0.8 * 39 / 0.2))
-    assert mech.gamma < _dist(wide).max()         # the cap binds for some pairs
+    assert mech.gamma < _dist(wide).max()  # the cap binds for some pairs
     exact = capped_exponential_distribution(_dist(wide), 3.0, cap=mech.gamma)
     for word in (5, 22):
         stat, threshold = _chi_square_matches(mech, word, exact[word], seed=word)
@@ -273,11 +289,15 @@ def _knn_audit(index, candidates, epsilon=2.0):
     return audit_pairs(P, dist, neighbour_ids=index.neighbours, rate=epsilon)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "MECHANISMS.md 3 allows knn_exponential the metric rate of truncated_gumbel only if the oracle "
-    "confirms it; it does not: on 15 words (K=3, eps 2) the exact worst log-ratio is inf with fixed "
-    "k=2 (words outside each other's candidate sets); with Poisson k it is 18.26, a worst metric rate "
-    "of 12.03 per unit distance against eps 2 (15.19 even within the 3 nearest)"))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "MECHANISMS.md 3 allows knn_exponential the metric rate of truncated_gumbel only if the oracle "
+        "confirms it; it does not: on 15 words (K=3, eps 2) the exact worst log-ratio is inf with fixed "
+        "k=2 (words outside each other's candidate sets); with Poisson k it is 18.26, a worst metric rate "
+        "of 12.03 per unit distance against eps 2 (15.19 even within the 3 nearest)"
+    ),
+)
 @pytest.mark.parametrize("candidates", [0, 2])
 def test_knn_exponential_is_metric_dp_at_rate_epsilon(short_table, candidates):
     assert _knn_audit(short_table, candidates)["worst_metric_rate"] <= 2.0 + 1e-9
@@ -304,10 +324,10 @@ def sixty_whole(random_index):
 @pytest.mark.parametrize("candidates", [39, 40, 58])
 def test_knn_exponential_guarantee_does_not_follow_the_audit_coverage(sixty_whole, candidates):
     g = mechanisms.create("knn_exponential", sixty_whole, 2.0, candidates=candidates).guarantee().as_dict()
-    assert not any(r["metric_rate_contradicted"] for r in g["audited"])     # the audit sees nothing ...
+    assert not any(r["metric_rate_contradicted"] for r in g["audited"])  # the audit sees nothing ...
     dist = _dist(sixty_whole)
     exact = audit_pairs(knn_exponential_distribution(dist, 2.0, candidates), dist, rate=2.0)
-    assert exact["worst_log_ratio"] == math.inf                              # ... the whole vocabulary does
+    assert exact["worst_log_ratio"] == math.inf  # ... the whole vocabulary does
     assert g["rate"] is None and g["per_token_pure_epsilon"] is None and "metric-DP" not in g["kind"]
     assert g["worst_case_log_ratio"] == "inf" and "infinite" in g["statement"]
 

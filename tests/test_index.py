@@ -1,4 +1,5 @@
 """Index build is exact (brute force agrees), the manifest is complete, loading catches damage."""
+
 from __future__ import annotations
 
 import contextlib
@@ -14,8 +15,17 @@ import pytest
 
 from dptext.transforms import index as index_module
 from dptext.transforms import index_build
-from dptext.transforms.index import (ANNOY, MANIFEST, NEIGHBOUR_DISTANCES, VECTORS, EmbeddingIndex, IndexLoadError,
-                                     TableError, _embedding_id, table_key)
+from dptext.transforms.index import (
+    ANNOY,
+    MANIFEST,
+    NEIGHBOUR_DISTANCES,
+    VECTORS,
+    EmbeddingIndex,
+    IndexLoadError,
+    TableError,
+    _embedding_id,
+    table_key,
+)
 from tests.conftest import build_random_index
 
 
@@ -32,16 +42,25 @@ def _brute_force(vectors: np.ndarray):
 def words_vectors():
     rng = np.random.default_rng(3)
     vectors = rng.normal(size=(300, 12)).astype(np.float32)
-    vectors[17] = vectors[5]          # an exact duplicate: distance 0, must come after the word itself
+    vectors[17] = vectors[5]  # an exact duplicate: distance 0, must come after the word itself
     return [f"w{i}" for i in range(len(vectors))], vectors
 
 
-@pytest.mark.parametrize("chunk_rows, distrust_float32, sample_columns, chunk_bytes",
-                         [(1024, False, 16384, 256 << 20), (7, False, 16384, 256 << 20), (64, True, 16384, 256 << 20),
-                          (64, False, 20, 256 << 20), (7, True, 25, 256 << 20),
-                          (64, False, 20, 64 * 4 * 37), (64, True, 25, 64 * 4 * 37)])
-def test_tables_and_extremes_match_brute_force(tmp_path, words_vectors, monkeypatch, chunk_rows,
-                                               distrust_float32, sample_columns, chunk_bytes):
+@pytest.mark.parametrize(
+    "chunk_rows, distrust_float32, sample_columns, chunk_bytes",
+    [
+        (1024, False, 16384, 256 << 20),
+        (7, False, 16384, 256 << 20),
+        (64, True, 16384, 256 << 20),
+        (64, False, 20, 256 << 20),
+        (7, True, 25, 256 << 20),
+        (64, False, 20, 64 * 4 * 37),
+        (64, True, 25, 64 * 4 * 37),
+    ],
+)
+def test_tables_and_extremes_match_brute_force(
+    tmp_path, words_vectors, monkeypatch, chunk_rows, distrust_float32, sample_columns, chunk_bytes
+):
     # sample_columns 20 and 25: each row's nearest are selected under a bound from a sample of
     # its columns (the path of vocabularies over 32,768 words) rather than by a full partition;
     # with chunk_bytes 64 x 4 x 37 the blocks are computed in tiles of 37 columns (the path of
@@ -49,7 +68,7 @@ def test_tables_and_extremes_match_brute_force(tmp_path, words_vectors, monkeypa
     monkeypatch.setattr(index_build, "CHUNK_ROWS", chunk_rows)
     monkeypatch.setattr(index_build, "SAMPLE_COLUMNS", sample_columns)
     monkeypatch.setattr(index_build, "CHUNK_BYTES", chunk_bytes)
-    if distrust_float32:   # every row takes the exact float64 fallback path, in column slices of 7
+    if distrust_float32:  # every row takes the exact float64 fallback path, in column slices of 7
         monkeypatch.setattr(index_build, "_float32_d2_error_bound", lambda norms, d: np.full(len(norms), 1e9))
         monkeypatch.setattr(index_build, "EXACT_COLUMNS", 7)
     words, vectors = words_vectors
@@ -67,8 +86,9 @@ def test_tables_and_extremes_match_brute_force(tmp_path, words_vectors, monkeypa
 
 def test_manifest_records_parameters_shapes_and_hashes(tmp_path, words_vectors):
     words, vectors = words_vectors
-    index = EmbeddingIndex.build(words, vectors, tmp_path / "idx", neighbours=4, progress=False,
-                                 source={"file": "x.txt"})
+    index = EmbeddingIndex.build(
+        words, vectors, tmp_path / "idx", neighbours=4, progress=False, source={"file": "x.txt"}
+    )
     m = json.loads((tmp_path / "idx" / MANIFEST).read_text())
     assert (m["n"], m["d"], m["neighbours"]) == (300, 12, 4)
     assert m["files"][VECTORS]["shape"] == [300, 12] and m["files"][VECTORS]["dtype"] == "<f4"
@@ -88,7 +108,7 @@ def test_lookup_and_nearest(tmp_path, words_vectors):
     dist = ((points[:, None, :].astype(np.float64) - vectors[None].astype(np.float64)) ** 2).sum(-1)
     np.testing.assert_array_equal(index.nearest(points, "exact"), dist.argmin(1))
     annoy = index.nearest(points, "annoy", search_k=10_000)
-    assert (annoy == dist.argmin(1)).mean() >= 0.95   # approximate by design
+    assert (annoy == dist.argmin(1)).mean() >= 0.95  # approximate by design
 
 
 @pytest.mark.parametrize("m", [1, 2, 3, 5])
@@ -100,14 +120,14 @@ def test_full_search_orders_by_distance_then_id_like_brute_force(tmp_path, words
     bound, so the row must be re-scored in float64; trusting float32 gets most rows wrong."""
     words, vectors = words_vectors
     vectors = vectors.copy()
-    vectors[[40, 41, 280]] = vectors[5]                     # with 17: five copies of word 5
+    vectors[[40, 41, 280]] = vectors[5]  # with 17: five copies of word 5
     rng = np.random.default_rng(4)
-    groups = np.arange(100, 260).reshape(40, 4)             # words 100-259 in 40 tight groups of 4
+    groups = np.arange(100, 260).reshape(40, 4)  # words 100-259 in 40 tight groups of 4
     vectors[groups] = vectors[groups[:, :1]] + 0.1 * rng.normal(size=(40, 4, 12)).astype(np.float32)
     index = EmbeddingIndex.build(words, vectors, tmp_path / "idx", neighbours=4, progress=False)
     v = vectors.astype(np.float64)
     centres = []
-    for g in groups:          # the point nearest the group's mean that is equidistant from its words
+    for g in groups:  # the point nearest the group's mean that is equidistant from its words
         a, c = 2 * (v[g[1:]] - v[g[0]]), v[g].mean(axis=0)
         rhs = (v[g[1:]] ** 2).sum(1) - (v[g[0]] ** 2).sum()
         centres.append(c + np.linalg.lstsq(a, rhs - a @ c, rcond=None)[0])
@@ -122,7 +142,7 @@ def test_full_search_orders_by_distance_then_id_like_brute_force(tmp_path, words
     np.testing.assert_allclose(got_dist, np.take_along_axis(full, want, 1), rtol=1e-12)
     if m < 5:
         np.testing.assert_array_equal(got_ids[:50], np.tile([5, 17, 40, 41, 280][:m], (50, 1)))
-    assert np.isin(want[50:250, 0], groups).all()           # the groups' words are the nearest
+    assert np.isin(want[50:250, 0], groups).all()  # the groups' words are the nearest
     np.testing.assert_array_equal(index.nearest(points, "exact"), want[:, 0])
 
 
@@ -135,13 +155,16 @@ def test_exact_neighbours_extends_the_table(tmp_path, words_vectors):
     assert len(ids) == 31 and ids[0] == 9
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda d: (d / VECTORS).unlink(), "missing from the index directory"),
-    (lambda d: (d / VECTORS).write_bytes((d / VECTORS).read_bytes()[:-4]), "truncated or corrupt"),
-    (lambda d: (d / ANNOY).write_bytes(bytes(len((d / ANNOY).read_bytes()))), "sha256 does not match"),
-    (lambda d: (d / MANIFEST).write_text("{not json"), "corrupt manifest"),
-    (lambda d: (d / MANIFEST).unlink(), "missing manifest"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: (d / VECTORS).unlink(), "missing from the index directory"),
+        (lambda d: (d / VECTORS).write_bytes((d / VECTORS).read_bytes()[:-4]), "truncated or corrupt"),
+        (lambda d: (d / ANNOY).write_bytes(bytes(len((d / ANNOY).read_bytes()))), "sha256 does not match"),
+        (lambda d: (d / MANIFEST).write_text("{not json"), "corrupt manifest"),
+        (lambda d: (d / MANIFEST).unlink(), "missing manifest"),
+    ],
+)
 def test_damaged_index_fails_naming_the_file(tmp_path, words_vectors, damage, message):
     words, vectors = words_vectors
     EmbeddingIndex.build(words, vectors, tmp_path / "idx", neighbours=4, progress=False)
@@ -209,29 +232,46 @@ def _edited(manifest: dict, edit) -> object:
     return edit(manifest) or manifest
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda m: [m], "the manifest is a JSON list, not an object"),
-    (lambda m: m.pop("files") and None, "field 'files' is missing"),
-    (lambda m: m.pop("dmax") and None, "field 'dmax' is missing"),
-    (lambda m: m.pop("n") and None, "field 'n' is missing"),
-    (lambda m: m.update(dmin=0), "field 'dmin' must be a finite number > 0 (a distance between distinct words), got 0"),
-    (lambda m: m.update(dmin=-1.5), "field 'dmin' must be a finite number > 0"),
-    (lambda m: m.update(dmax="7"), "field 'dmax' must be a finite number > 0"),
-    (lambda m: m.update(dmax=m["dmin"] / 2), "field 'dmax' must be >= dmin"),
-    (lambda m: m.update(n=1.5), "field 'n' must be an integer >= 2, got 1.5"),
-    (lambda m: m.update(neighbours=300), "field 'neighbours' must be below n = 300, got 300"),
-    (lambda m: m["files"][VECTORS].update(dtype="float128x"), "field 'files.vectors.f32.dtype' must be '<f4', got 'float128x'"),
-    (lambda m: m["files"][VECTORS].update(dtype="<f8"), "field 'files.vectors.f32.dtype' must be '<f4', got '<f8'"),
-    (lambda m: m["files"][NEIGHBOUR_DISTANCES].update(dtype=5), "field 'files.neighbour_distances.f32.dtype' must be '<f4'"),
-    (lambda m: m["files"][VECTORS].update(shape=[300, 11]), "field 'files.vectors.f32.shape' must be [300, 12]"),
-    (lambda m: m["files"][VECTORS].pop("shape") and None, "field 'files.vectors.f32.shape' must be a list of integers, got None"),
-    (lambda m: m["files"].pop(ANNOY) and None, "field 'files.annoy.ann' is missing"),
-    (lambda m: m["files"][ANNOY].update(sha256=None), "field 'files.annoy.ann.sha256' must be a 64-digit hex string"),
-    (lambda m: m["files"].update({VECTORS: "x"}), "field 'files.vectors.f32' must be an object, got a str"),
-    (lambda m: m.update(tables=[]), "field 'tables' must be an object, got a list"),
-])
-def test_a_hand_edited_manifest_fails_at_load_naming_the_manifest_and_the_field(tmp_path, words_vectors, edit,
-                                                                                message):
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: [m], "the manifest is a JSON list, not an object"),
+        (lambda m: m.pop("files") and None, "field 'files' is missing"),
+        (lambda m: m.pop("dmax") and None, "field 'dmax' is missing"),
+        (lambda m: m.pop("n") and None, "field 'n' is missing"),
+        (
+            lambda m: m.update(dmin=0),
+            "field 'dmin' must be a finite number > 0 (a distance between distinct words), got 0",
+        ),
+        (lambda m: m.update(dmin=-1.5), "field 'dmin' must be a finite number > 0"),
+        (lambda m: m.update(dmax="7"), "field 'dmax' must be a finite number > 0"),
+        (lambda m: m.update(dmax=m["dmin"] / 2), "field 'dmax' must be >= dmin"),
+        (lambda m: m.update(n=1.5), "field 'n' must be an integer >= 2, got 1.5"),
+        (lambda m: m.update(neighbours=300), "field 'neighbours' must be below n = 300, got 300"),
+        (
+            lambda m: m["files"][VECTORS].update(dtype="float128x"),
+            "field 'files.vectors.f32.dtype' must be '<f4', got 'float128x'",
+        ),
+        (lambda m: m["files"][VECTORS].update(dtype="<f8"), "field 'files.vectors.f32.dtype' must be '<f4', got '<f8'"),
+        (
+            lambda m: m["files"][NEIGHBOUR_DISTANCES].update(dtype=5),
+            "field 'files.neighbour_distances.f32.dtype' must be '<f4'",
+        ),
+        (lambda m: m["files"][VECTORS].update(shape=[300, 11]), "field 'files.vectors.f32.shape' must be [300, 12]"),
+        (
+            lambda m: m["files"][VECTORS].pop("shape") and None,
+            "field 'files.vectors.f32.shape' must be a list of integers, got None",
+        ),
+        (lambda m: m["files"].pop(ANNOY) and None, "field 'files.annoy.ann' is missing"),
+        (
+            lambda m: m["files"][ANNOY].update(sha256=None),
+            "field 'files.annoy.ann.sha256' must be a 64-digit hex string",
+        ),
+        (lambda m: m["files"].update({VECTORS: "x"}), "field 'files.vectors.f32' must be an object, got a str"),
+        (lambda m: m.update(tables=[]), "field 'tables' must be an object, got a list"),
+    ],
+)
+def test_a_hand_edited_manifest_fails_at_load_naming_the_manifest_and_the_field(tmp_path, words_vectors, edit, message):
     words, vectors = words_vectors
     EmbeddingIndex.build(words, vectors, tmp_path / "idx", neighbours=4, progress=False)
     path = tmp_path / "idx" / MANIFEST
@@ -247,6 +287,7 @@ def _column_means(calls: list):
     def compute(idx):
         calls.append(1)
         return np.asarray(idx.vectors, dtype=np.float64).mean(axis=0)
+
     return compute
 
 
@@ -268,12 +309,12 @@ def hash_calls(monkeypatch):
 
 def test_a_second_load_on_the_machine_does_not_hash_again(tmp_path, cache, hash_calls):
     build_random_index(tmp_path / "idx", 30, 4, 5, seed=3)
-    hash_calls.clear()                                  # the build's own hashes
+    hash_calls.clear()  # the build's own hashes
     EmbeddingIndex.load(tmp_path / "idx")
     assert sorted(hash_calls) == sorted(json.loads((tmp_path / "idx" / MANIFEST).read_text())["files"])
     EmbeddingIndex.load(tmp_path / "idx")
     EmbeddingIndex.load(tmp_path / "idx", read_only=True)
-    assert len(hash_calls) == 5                         # the marker vouches for the unchanged files
+    assert len(hash_calls) == 5  # the marker vouches for the unchanged files
     assert len(list((cache / "verified").glob("*[!k]"))) == 1
 
 
@@ -293,7 +334,7 @@ def test_a_file_changed_after_verification_is_hashed_again_and_fails(tmp_path, c
         assert annoy.stat().st_mtime_ns == before.st_mtime_ns and annoy.stat().st_size == before.st_size
     with pytest.raises(IndexLoadError, match=f"{annoy}: sha256 does not match the manifest"):
         EmbeddingIndex.load(tmp_path / "idx")
-    assert hash_calls.count(ANNOY) == 3                 # the build, the first load, this one
+    assert hash_calls.count(ANNOY) == 3  # the build, the first load, this one
 
 
 def test_a_manifest_edited_after_verification_is_checked_again(tmp_path, cache, hash_calls):
@@ -331,9 +372,11 @@ def test_processes_that_load_together_hash_once(tmp_path, cache):
     marker; without the lock both hash every file."""
     build_random_index(tmp_path / "idx", 30, 4, 5, seed=3)
     log, go = tmp_path / "hashes.log", tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", _LOAD_AND_COUNT, str(tmp_path / "idx"), str(log), str(go)])
-             for _ in range(2)]
-    time.sleep(1.0)            # both imported and waiting
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _LOAD_AND_COUNT, str(tmp_path / "idx"), str(log), str(go)])
+        for _ in range(2)
+    ]
+    time.sleep(1.0)  # both imported and waiting
     go.touch()
     assert [p.wait(60) for p in procs] == [0, 0]
     lines = log.read_text().split("\n")[:-1]
@@ -351,8 +394,10 @@ def test_a_read_only_index_never_computes_a_table(tmp_path, cache):
         worker.table("means", _column_means(calls), {"kind": "mean"})
     message = str(err.value)
     assert calls == [] and "\n" not in message
-    assert message.startswith(f"{tmp_path / 'idx'}: the index has no table {table_key('means', {'kind': 'mean'})!r} "
-                              "(means, {\"kind\": \"mean\"})")
+    assert message.startswith(
+        f"{tmp_path / 'idx'}: the index has no table {table_key('means', {'kind': 'mean'})!r} "
+        '(means, {"kind": "mean"})'
+    )
     assert "`dptext build-index`" in message and "the launcher (`dptext run`)" in message
     assert {f.name: f.read_bytes() for f in (tmp_path / "idx").iterdir()} == before
     # Once the launcher stored it, a worker reads it (memory-mapped, hash-checked at load).
@@ -380,8 +425,9 @@ def test_a_table_is_never_stored_beside_an_index_rebuilt_since_the_load(tmp_path
     computed from the old vectors must not land in the new manifest."""
     launcher = build_random_index(tmp_path / "idx", 30, 4, 5, seed=3)
     build_random_index(tmp_path / "idx", 30, 4, 5, seed=4)
-    with pytest.raises(TableError, match=f"{tmp_path / 'idx'}: the index there was replaced after this process "
-                                         "loaded it"):
+    with pytest.raises(
+        TableError, match=f"{tmp_path / 'idx'}: the index there was replaced after this process loaded it"
+    ):
         launcher.table("means", _column_means([]), {"kind": "mean"})
     assert "tables" not in json.loads((tmp_path / "idx" / MANIFEST).read_text())
 
@@ -392,9 +438,9 @@ def _read_only_directory(path: Path):
     immutable attribute (chattr +i) there. Skips where neither holds."""
     if os.geteuid() != 0:
         path.chmod(0o555)
-        undo = lambda: path.chmod(0o755)                                   # noqa: E731
+        undo = lambda: path.chmod(0o755)  # noqa: E731
     elif subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0:
-        undo = lambda: subprocess.run(["chattr", "-i", str(path)], check=True)   # noqa: E731
+        undo = lambda: subprocess.run(["chattr", "-i", str(path)], check=True)  # noqa: E731
     else:
         pytest.skip("cannot make a directory read-only here (root, and chattr +i failed)")
     try:
@@ -415,21 +461,25 @@ def test_a_launcher_that_cannot_write_the_index_says_which_table_and_how(tmp_pat
     calls = []
     with _read_only_directory(tmp_path / "idx"):
         launcher = EmbeddingIndex.load(tmp_path / "idx")
-        launcher.table("stored", _column_means(calls))          # a stored table needs no write
+        launcher.table("stored", _column_means(calls))  # a stored table needs no write
         with pytest.raises(TableError) as err:
             launcher.table("means", _column_means(calls), {"kind": "mean"})
     message = str(err.value)
     assert "\n" not in message and calls == []
-    assert message.startswith(f"{tmp_path / 'idx'}: cannot store table {table_key('means', {'kind': 'mean'})!r} "
-                              "(means, {\"kind\": \"mean\"}) beside the index (")
+    assert message.startswith(
+        f"{tmp_path / 'idx'}: cannot store table {table_key('means', {'kind': 'mean'})!r} "
+        '(means, {"kind": "mean"}) beside the index ('
+    )
     assert "`dptext build-index` stores those of the default parameters" in message
     assert "Launch once with write access to the index (`dptext run` with these parameters" in message
 
 
 def _word2vec(path: Path, n: int = 40, d: int = 6) -> Path:
     vectors = np.random.default_rng(5).normal(size=(n, d))
-    path.write_text(f"{n} {d}\n" + "".join(f"w{i} " + " ".join(f"{x:.6f}" for x in v) + "\n"
-                                          for i, v in enumerate(vectors)), encoding="utf-8")
+    path.write_text(
+        f"{n} {d}\n" + "".join(f"w{i} " + " ".join(f"{x:.6f}" for x in v) + "\n" for i, v in enumerate(vectors)),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -445,8 +495,10 @@ def test_build_index_stores_every_table_a_mechanism_reads_at_its_defaults(tmp_pa
     from dptext.transforms import mechanisms
 
     out = tmp_path / "idx"
-    assert main(["build-index", "--embedding", str(_word2vec(tmp_path / "e.txt")), "--out", str(out),
-                 "--neighbours", "8"]) == 0
+    assert (
+        main(["build-index", "--embedding", str(_word2vec(tmp_path / "e.txt")), "--out", str(out), "--neighbours", "8"])
+        == 0
+    )
     printed = capsys.readouterr().out
     manifest = json.loads((out / MANIFEST).read_text())
     names = sorted(entry["name"] for entry in manifest["tables"].values())
@@ -459,8 +511,21 @@ def test_build_index_stores_every_table_a_mechanism_reads_at_its_defaults(tmp_pa
         for values in itertools.product(*choices.values()):
             try:
                 mechanisms.create(name, worker, 5.0, **dict(zip(choices, values)))
-            except ValueError:      # an epsilon this mechanism refuses here; a TableError is no ValueError
+            except ValueError:  # an epsilon this mechanism refuses here; a TableError is no ValueError
                 pass
-    assert main(["build-index", "--embedding", str(tmp_path / "e.txt"), "--out", str(tmp_path / "bare"),
-                 "--neighbours", "8", "--no-tables"]) == 0
+    assert (
+        main(
+            [
+                "build-index",
+                "--embedding",
+                str(tmp_path / "e.txt"),
+                "--out",
+                str(tmp_path / "bare"),
+                "--neighbours",
+                "8",
+                "--no-tables",
+            ]
+        )
+        == 0
+    )
     assert "tables" not in json.loads((tmp_path / "bare" / MANIFEST).read_text())

@@ -2,6 +2,7 @@
 by the Flex Template job and the schedule; least-privilege IAM; private buckets; the names and
 parameters agreed with templates/. Each check is a function of the parsed configuration that
 returns its problems, so the tests can also feed it a deliberately broken copy."""
+
 from __future__ import annotations
 
 import json
@@ -25,6 +26,7 @@ _HCL = hcl2.SerializationOptions(strip_string_quotes=True, explicit_blocks=False
 
 # --- reading the configuration -------------------------------------------------------------
 
+
 def parse(directory: Path) -> dict[str, list]:
     """Every *.tf in directory, parsed; each top-level block list is the concatenation over files."""
     config = defaultdict(list)
@@ -40,8 +42,12 @@ def labelled(config: dict, kind: str) -> dict[str, dict]:
 
 
 def resources(config: dict) -> list[tuple[str, str, dict]]:
-    return [(rtype, name, body) for block in config.get("resource", [])
-            for rtype, named in block.items() for name, body in named.items()]
+    return [
+        (rtype, name, body)
+        for block in config.get("resource", [])
+        for rtype, named in block.items()
+        for name, body in named.items()
+    ]
 
 
 def local_values(config: dict) -> dict:
@@ -69,9 +75,14 @@ def uses(node, reference: str) -> bool:
 
 # --- the checks ----------------------------------------------------------------------------
 
+
 def fmt_problems(directory: Path) -> str:
-    out = subprocess.run(["terraform", "fmt", "-check", "-recursive", "-diff", str(directory)],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        ["terraform", "fmt", "-check", "-recursive", "-diff", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return "" if out.returncode == 0 else f"terraform fmt exited {out.returncode}:\n{out.stdout}{out.stderr}"
 
 
@@ -79,43 +90,60 @@ def variable_problems(config: dict) -> list[str]:
     declared = labelled(config, "variable")
     # A variable's own validation block does not count as a use of it.
     used = references({kind: blocks for kind, blocks in config.items() if kind != "variable"}, "var")
-    problems = [f"var.{name} is used but no variable block declares it"
-                for name in sorted(references(config, "var") - declared.keys())]
+    problems = [
+        f"var.{name} is used but no variable block declares it"
+        for name in sorted(references(config, "var") - declared.keys())
+    ]
     problems += [f"variable {name!r} is declared but never used" for name in sorted(declared.keys() - used)]
-    problems += [f"variable {name!r} has no description" for name, body in declared.items()
-                 if not str(body.get("description", "")).strip()]
+    problems += [
+        f"variable {name!r} has no description"
+        for name, body in declared.items()
+        if not str(body.get("description", "")).strip()
+    ]
     return problems
 
 
 def local_problems(config: dict) -> list[str]:
     defined, used = local_values(config).keys(), references(config, "local")
-    return ([f"local.{name} is used but not defined in a locals block" for name in sorted(used - defined)]
-            + [f"local {name!r} is defined but never used" for name in sorted(defined - used)])
+    return [f"local.{name} is used but not defined in a locals block" for name in sorted(used - defined)] + [
+        f"local {name!r} is defined but never used" for name in sorted(defined - used)
+    ]
 
 
 # Everything one launch is made of: the Flex Template job and the schedule must take each from
 # the same place, so a run launched by apply and a scheduled run are the same run.
-SHARED_LAUNCH = ("local.template_spec_path", "local.template_parameters", "local.worker_image",
-                 "local.temp_location", "local.staging_location", "google_service_account.worker.email",
-                 "var.max_workers")
-LAUNCH_URI = ("https://dataflow.googleapis.com/v1b3/projects/${var.project}/locations/${var.region}"
-              "/flexTemplates:launch")
+SHARED_LAUNCH = (
+    "local.template_spec_path",
+    "local.template_parameters",
+    "local.worker_image",
+    "local.temp_location",
+    "local.staging_location",
+    "google_service_account.worker.email",
+    "var.max_workers",
+)
+LAUNCH_URI = "https://dataflow.googleapis.com/v1b3/projects/${var.project}/locations/${var.region}/flexTemplates:launch"
 
 
 def launch_problems(config: dict) -> list[str]:
     flex = [body for rtype, _, body in resources(config) if rtype == "google_dataflow_flex_template_job"]
     schedule = [body for rtype, _, body in resources(config) if rtype == "google_cloud_scheduler_job"]
     if len(flex) != 1 or len(schedule) != 1:
-        return [f"expected one google_dataflow_flex_template_job and one google_cloud_scheduler_job, "
-                f"found {len(flex)} and {len(schedule)}"]
+        return [
+            f"expected one google_dataflow_flex_template_job and one google_cloud_scheduler_job, "
+            f"found {len(flex)} and {len(schedule)}"
+        ]
     flex, target = flex[0], schedule[0]["http_target"][0]
     problems = []
     if flex.get("provider") != "google-beta":
-        problems.append("google_dataflow_flex_template_job must set provider = google-beta "
-                        "(the resource exists only in the beta provider)")
+        problems.append(
+            "google_dataflow_flex_template_job must set provider = google-beta "
+            "(the resource exists only in the beta provider)"
+        )
     if flex.get("container_spec_gcs_path") != "${local.template_spec_path}":
-        problems.append(f"google_dataflow_flex_template_job.container_spec_gcs_path must be "
-                        f"local.template_spec_path, not {flex.get('container_spec_gcs_path')!r}")
+        problems.append(
+            f"google_dataflow_flex_template_job.container_spec_gcs_path must be "
+            f"local.template_spec_path, not {flex.get('container_spec_gcs_path')!r}"
+        )
     if not re.search(r"\bcontainerSpecGcsPath\s*=\s*local\.template_spec_path\b", target.get("body", "")):
         problems.append("the scheduler body's containerSpecGcsPath must be local.template_spec_path")
     for reference in SHARED_LAUNCH:
@@ -144,10 +172,13 @@ def iam_problems(config: dict) -> list[str]:
         elif "*" in role or role in BASIC_ROLES:
             problems.append(f"{where}: {role} is a wildcard or basic role; grant a predefined role on the resource")
         elif role == "roles/iam.serviceAccountUser" and not (
-                rtype == "google_service_account_iam_member"
-                and body.get("service_account_id") == "${google_service_account.worker.name}"):
-            problems.append(f"{where}: roles/iam.serviceAccountUser may only be granted on the worker service "
-                            f"account (google_service_account_iam_member), never project-wide")
+            rtype == "google_service_account_iam_member"
+            and body.get("service_account_id") == "${google_service_account.worker.name}"
+        ):
+            problems.append(
+                f"{where}: roles/iam.serviceAccountUser may only be granted on the worker service "
+                f"account (google_service_account_iam_member), never project-wide"
+            )
     return problems
 
 
@@ -164,12 +195,20 @@ def bucket_problems(config: dict) -> list[str]:
 
 
 # templates/build.sh's shell variables, spelled as the Terraform expressions that mean the same.
-BUILD_SH_NAMES = {"BUCKET": "google_storage_bucket.staging.name", "VERSION": "var.dptext_version",
-                  "REGION": "var.region", "PROJECT": "var.project",
-                  "REPOSITORY": "google_artifact_registry_repository.dptext.repository_id",
-                  "REGISTRY": "local.registry"}
-BUILD_SH_LOCALS = {"TEMPLATE": "template_spec_path", "REGISTRY": "registry",
-                   "LAUNCHER_IMAGE": "launcher_image", "WORKER_IMAGE": "worker_image"}
+BUILD_SH_NAMES = {
+    "BUCKET": "google_storage_bucket.staging.name",
+    "VERSION": "var.dptext_version",
+    "REGION": "var.region",
+    "PROJECT": "var.project",
+    "REPOSITORY": "google_artifact_registry_repository.dptext.repository_id",
+    "REGISTRY": "local.registry",
+}
+BUILD_SH_LOCALS = {
+    "TEMPLATE": "template_spec_path",
+    "REGISTRY": "registry",
+    "LAUNCHER_IMAGE": "launcher_image",
+    "WORKER_IMAGE": "worker_image",
+}
 
 
 def build_naming_problems(config: dict, build_sh: str) -> list[str]:
@@ -182,8 +221,9 @@ def build_naming_problems(config: dict, build_sh: str) -> list[str]:
             continue
         expected = re.sub(r"\$\{(\w+)\}", lambda m: "${" + BUILD_SH_NAMES[m[1]] + "}", found[1])
         if values.get(local) != expected:
-            problems.append(f"local.{local} is {values.get(local)!r}; "
-                            f"templates/build.sh {shell_name} means {expected!r}")
+            problems.append(
+                f"local.{local} is {values.get(local)!r}; templates/build.sh {shell_name} means {expected!r}"
+            )
     return problems
 
 
@@ -198,17 +238,21 @@ def parameter_problems(config: dict, metadata: dict) -> list[str]:
     offered = {p["name"] for p in metadata["parameters"]}
     explicit = set(re.findall(r"[{,]\s*(\w+)\s*=", local_values(config)["template_parameters"]))
     extra = _quoted(variables["extra_parameters"]["validation"][0]["condition"])
-    problems = [f"template parameter {n!r} is passed but not in templates/metadata.json"
-                for n in sorted((explicit | extra) - offered)]
+    problems = [
+        f"template parameter {n!r} is passed but not in templates/metadata.json"
+        for n in sorted((explicit | extra) - offered)
+    ]
     problems += [f"template parameter {n!r} cannot be set from infra/" for n in sorted(offered - explicit - extra)]
-    problems += [f"{n!r} has its own variable and must not be an extra_parameters key"
-                 for n in sorted(explicit & extra)]
+    problems += [
+        f"{n!r} has its own variable and must not be an extra_parameters key" for n in sorted(explicit & extra)
+    ]
     mechanism_regex = next(p["regexes"][0] for p in metadata["parameters"] if p["name"] == "mechanism")
     template_mechanisms = set(re.fullmatch(r"\^\((.*)\)\$", mechanism_regex)[1].replace("\\", "").split("|"))
     infra_mechanisms = _quoted(variables["mechanism"]["validation"][0]["condition"])
     if infra_mechanisms != template_mechanisms:
-        problems.append(f"var.mechanism accepts {sorted(infra_mechanisms)}; "
-                        f"the template accepts {sorted(template_mechanisms)}")
+        problems.append(
+            f"var.mechanism accepts {sorted(infra_mechanisms)}; the template accepts {sorted(template_mechanisms)}"
+        )
     return problems
 
 
@@ -217,11 +261,13 @@ def example_problems(config: dict, example: dict) -> list[str]:
     declared = labelled(config, "variable")
     required = {name for name, body in declared.items() if "default" not in body}
     missing, unknown = required - example.keys(), example.keys() - declared.keys()
-    return ([f"terraform.tfvars.example does not set required variable {n!r}" for n in sorted(missing)]
-            + [f"terraform.tfvars.example sets undeclared variable {n!r}" for n in sorted(unknown)])
+    return [f"terraform.tfvars.example does not set required variable {n!r}" for n in sorted(missing)] + [
+        f"terraform.tfvars.example sets undeclared variable {n!r}" for n in sorted(unknown)
+    ]
 
 
 # --- the real configuration passes ---------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def config():
@@ -233,8 +279,7 @@ def test_infra_is_terraform_fmt_clean():
     assert fmt_problems(INFRA) == ""
 
 
-@pytest.mark.parametrize("check", [variable_problems, local_problems, launch_problems, iam_problems,
-                                   bucket_problems])
+@pytest.mark.parametrize("check", [variable_problems, local_problems, launch_problems, iam_problems, bucket_problems])
 def test_infra_passes(config, check):
     assert check(config) == []
 
@@ -259,6 +304,7 @@ def test_default_version_is_the_version_build_sh_builds(config):
 
 # --- and each check catches a broken copy --------------------------------------------------
 
+
 def broken(tmp_path: Path, file: str, old: str | None, new: str) -> Path:
     """A copy of infra/ with old replaced by new in file (old None: new appended)."""
     copy = tmp_path / "infra"
@@ -282,37 +328,115 @@ ACT_AS_ANYONE = """resource "google_project_iam_member" "act_as_anyone" {
 """
 
 
-@pytest.mark.parametrize("file, old, new, check, problem", [
-    pytest.param("variables.tf", None, 'variable "unused_x" {\n  type        = string\n  description = "x"\n}\n',
-                 variable_problems, "variable 'unused_x' is declared but never used", id="unused-variable"),
-    pytest.param("outputs.tf", None, 'output "x" {\n  value = var.nope\n}\n',
-                 variable_problems, "var.nope is used but no variable block declares it", id="undeclared-variable"),
-    pytest.param("variables.tf", None, 'variable "undescribed" {\n  type = string\n}\n',
-                 variable_problems, "variable 'undescribed' has no description", id="undescribed-variable"),
-    pytest.param("scheduler.tf", "local.temp_location", "local.tmp_location",
-                 local_problems, "local.tmp_location is used but not defined", id="undefined-local"),
-    pytest.param("main.tf", "  labels = {", "  unused_label = 1\n  labels = {",
-                 local_problems, "local 'unused_label' is defined but never used", id="unused-local"),
-    pytest.param("dataflow.tf", "  provider = google-beta\n", "",
-                 launch_problems, "must set provider = google-beta", id="no-google-beta"),
-    pytest.param("scheduler.tf", "containerSpecGcsPath = local.template_spec_path",
-                 'containerSpecGcsPath = "gs://b/t.json"',
-                 launch_problems, "containerSpecGcsPath must be local.template_spec_path", id="other-template-path"),
-    pytest.param("dataflow.tf", "local.worker_image", '"other:1"',
-                 launch_problems, "google_dataflow_flex_template_job does not use local.worker_image",
-                 id="other-worker-image"),
-    pytest.param("iam.tf", '"roles/dataflow.worker"', '"roles/editor"',
-                 iam_problems, "roles/editor is a wildcard or basic role", id="editor-role"),
-    pytest.param("iam.tf", '"roles/storage.objectAdmin"', '"roles/storage.*"',
-                 iam_problems, "roles/storage.* is a wildcard or basic role", id="wildcard-role"),
-    pytest.param("iam.tf", None, ACT_AS_ANYONE,
-                 iam_problems, "act_as_anyone: roles/iam.serviceAccountUser may only be granted on the worker",
-                 id="project-wide-act-as"),
-    pytest.param("storage.tf", "uniform_bucket_level_access = true", "uniform_bucket_level_access = false",
-                 bucket_problems, "uniform_bucket_level_access must be true", id="fine-grained-acl"),
-    pytest.param("storage.tf", 'public_access_prevention    = "enforced"', 'public_access_prevention    = "inherited"',
-                 bucket_problems, 'public_access_prevention must be "enforced"', id="public-bucket"),
-])
+@pytest.mark.parametrize(
+    "file, old, new, check, problem",
+    [
+        pytest.param(
+            "variables.tf",
+            None,
+            'variable "unused_x" {\n  type        = string\n  description = "x"\n}\n',
+            variable_problems,
+            "variable 'unused_x' is declared but never used",
+            id="unused-variable",
+        ),
+        pytest.param(
+            "outputs.tf",
+            None,
+            'output "x" {\n  value = var.nope\n}\n',
+            variable_problems,
+            "var.nope is used but no variable block declares it",
+            id="undeclared-variable",
+        ),
+        pytest.param(
+            "variables.tf",
+            None,
+            'variable "undescribed" {\n  type = string\n}\n',
+            variable_problems,
+            "variable 'undescribed' has no description",
+            id="undescribed-variable",
+        ),
+        pytest.param(
+            "scheduler.tf",
+            "local.temp_location",
+            "local.tmp_location",
+            local_problems,
+            "local.tmp_location is used but not defined",
+            id="undefined-local",
+        ),
+        pytest.param(
+            "main.tf",
+            "  labels = {",
+            "  unused_label = 1\n  labels = {",
+            local_problems,
+            "local 'unused_label' is defined but never used",
+            id="unused-local",
+        ),
+        pytest.param(
+            "dataflow.tf",
+            "  provider = google-beta\n",
+            "",
+            launch_problems,
+            "must set provider = google-beta",
+            id="no-google-beta",
+        ),
+        pytest.param(
+            "scheduler.tf",
+            "containerSpecGcsPath = local.template_spec_path",
+            'containerSpecGcsPath = "gs://b/t.json"',
+            launch_problems,
+            "containerSpecGcsPath must be local.template_spec_path",
+            id="other-template-path",
+        ),
+        pytest.param(
+            "dataflow.tf",
+            "local.worker_image",
+            '"other:1"',
+            launch_problems,
+            "google_dataflow_flex_template_job does not use local.worker_image",
+            id="other-worker-image",
+        ),
+        pytest.param(
+            "iam.tf",
+            '"roles/dataflow.worker"',
+            '"roles/editor"',
+            iam_problems,
+            "roles/editor is a wildcard or basic role",
+            id="editor-role",
+        ),
+        pytest.param(
+            "iam.tf",
+            '"roles/storage.objectAdmin"',
+            '"roles/storage.*"',
+            iam_problems,
+            "roles/storage.* is a wildcard or basic role",
+            id="wildcard-role",
+        ),
+        pytest.param(
+            "iam.tf",
+            None,
+            ACT_AS_ANYONE,
+            iam_problems,
+            "act_as_anyone: roles/iam.serviceAccountUser may only be granted on the worker",
+            id="project-wide-act-as",
+        ),
+        pytest.param(
+            "storage.tf",
+            "uniform_bucket_level_access = true",
+            "uniform_bucket_level_access = false",
+            bucket_problems,
+            "uniform_bucket_level_access must be true",
+            id="fine-grained-acl",
+        ),
+        pytest.param(
+            "storage.tf",
+            'public_access_prevention    = "enforced"',
+            'public_access_prevention    = "inherited"',
+            bucket_problems,
+            'public_access_prevention must be "enforced"',
+            id="public-bucket",
+        ),
+    ],
+)
 def test_each_check_fails_on_a_broken_copy(tmp_path, file, old, new, check, problem):
     problems = check(parse(broken(tmp_path, file, old, new)))
     assert any(problem in p for p in problems), problems

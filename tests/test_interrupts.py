@@ -8,6 +8,7 @@ cleaned up the same way. A 1-character --batch-chars puts every document in a ba
 its own, so with --test-seed every document's noise is fixed by its file and offset: outputs of
 different runs (one process or two workers) are comparable line for line.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,10 +37,22 @@ def job(tmp_path_factory):
     index = build_random_index(root / "idx", 200, 8, 8, seed=1).path
     rng = np.random.default_rng(0)
     for name in ("a", "b"):
-        (root / f"{name}.txt").write_text("".join(" ".join(f"w{j}" for j in rng.integers(0, 220, 12)) + "\n"
-                                                  for _ in range(DOCUMENTS // 2)), encoding="utf-8")
-    args = ["--input", str(root / "*.txt"), "--index", str(index), "--epsilon", "50", "--test-seed", "3",
-            "--batch-chars", "1"]
+        (root / f"{name}.txt").write_text(
+            "".join(" ".join(f"w{j}" for j in rng.integers(0, 220, 12)) + "\n" for _ in range(DOCUMENTS // 2)),
+            encoding="utf-8",
+        )
+    args = [
+        "--input",
+        str(root / "*.txt"),
+        "--index",
+        str(index),
+        "--epsilon",
+        "50",
+        "--test-seed",
+        "3",
+        "--batch-chars",
+        "1",
+    ]
     clean = root / "clean" / "c"
     finished = _start(args, clean)
     out, err = finished.communicate(timeout=120)
@@ -49,18 +62,29 @@ def job(tmp_path_factory):
 
 def _start(args: list[str], output: Path, *extra: str) -> subprocess.Popen:
     """`dptext run` as a user starts it: its own session (a terminal's process group)."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(ROOT),
+    }
     env.pop("DPTEXT_RUN_TOKEN", None)
-    return subprocess.Popen([sys.executable, "-m", "dptext.pipeline.cli", "run", *args, "--output", str(output), *extra],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "dptext.pipeline.cli", "run", *args, "--output", str(output), *extra],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
 
 
 def _outputs(prefix: Path) -> dict:
     report = json.loads(Path(f"{prefix}.privacy_report.json").read_text(encoding="utf-8"))
-    return {"documents": sorted(shard_lines(f"{prefix}-*-of-*.txt")),
-            "dead_letter": shard_lines(f"{prefix}.dead_letter-*-of-*.jsonl"),
-            "counts": report["counts"]}
+    return {
+        "documents": sorted(shard_lines(f"{prefix}-*-of-*.txt")),
+        "dead_letter": shard_lines(f"{prefix}.dead_letter-*-of-*.jsonl"),
+        "counts": report["counts"],
+    }
 
 
 def _processes(root_pid: int) -> list[int]:
@@ -106,13 +130,14 @@ def _interrupt(job, name: str, signum: int, target: str, stage: str, *extra: str
     tree = _processes(proc.pid)
     if stage != "start":
         assert len(tree) >= (5 if extra else 1), "the job's worker processes were not all started"
-    if target == "job":                       # the job process dies alone (the OOM killer, say)
-        (job_pid,) = [p for p in tree if Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1]
-                      == str(proc.pid)]
+    if target == "job":  # the job process dies alone (the OOM killer, say)
+        (job_pid,) = [
+            p for p in tree if Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1] == str(proc.pid)
+        ]
         os.kill(job_pid, signum)
     else:
         (os.killpg if target == "group" else os.kill)(proc.pid, signum)
-    if target == "twice":                     # an impatient second Ctrl-C during the clean-up
+    if target == "twice":  # an impatient second Ctrl-C during the clean-up
         time.sleep(0.03)
         try:
             os.kill(proc.pid, signum)
@@ -130,7 +155,7 @@ def _interrupt(job, name: str, signum: int, target: str, stage: str, *extra: str
     else:
         assert ours == [f"dptext run: {what}; partial outputs under {output} removed"], lines
     if not extra:
-        assert lines == ours                  # one process: exactly one line
+        assert lines == ours  # one process: exactly one line
     assert "dptext counters" not in out.decode()
     time.sleep(0.2)
     assert [p for p in tree if p in _processes(p)] == [], "a job or worker process outlived the interrupt"
@@ -145,21 +170,28 @@ def _rerun_equals_clean(job, output: Path, *extra: str) -> None:
     assert proc.returncode == 0, err.decode()[-2000:]
     assert _outputs(output) == job["clean"]
     assert sorted(p.name for p in output.parent.iterdir()) == [
-        "c-00000-of-00001.txt", "c.dead_letter-00000-of-00001.jsonl", "c.privacy_report.json", "c.privacy_report.md"]
+        "c-00000-of-00001.txt",
+        "c.dead_letter-00000-of-00001.jsonl",
+        "c.privacy_report.json",
+        "c.privacy_report.md",
+    ]
 
 
-@pytest.mark.parametrize("name, signum, target, stage, workers", [
-    ("int-start", signal.SIGINT, "process", "start", False),
-    ("term-running", signal.SIGTERM, "process", "temp", False),
-    ("ctrl-c-data", signal.SIGINT, "group", "data", False),
-    ("int-twice-data", signal.SIGINT, "twice", "data", False),
-    ("job-killed-data", signal.SIGKILL, "job", "data", False),
-    ("term-data-2w", signal.SIGTERM, "process", "data", True),
-    ("ctrl-c-data-2w", signal.SIGINT, "group", "data", True),
-])
+@pytest.mark.parametrize(
+    "name, signum, target, stage, workers",
+    [
+        ("int-start", signal.SIGINT, "process", "start", False),
+        ("term-running", signal.SIGTERM, "process", "temp", False),
+        ("ctrl-c-data", signal.SIGINT, "group", "data", False),
+        ("int-twice-data", signal.SIGINT, "twice", "data", False),
+        ("job-killed-data", signal.SIGKILL, "job", "data", False),
+        ("term-data-2w", signal.SIGTERM, "process", "data", True),
+        ("ctrl-c-data-2w", signal.SIGINT, "group", "data", True),
+    ],
+)
 def test_an_interrupted_run_leaves_nothing_and_says_so_in_one_line(job, name, signum, target, stage, workers):
     output = _interrupt(job, name, signum, target, stage, *(TWO_WORKERS if workers else ()))
-    if name in ("ctrl-c-data", "job-killed-data"):          # the same command again: a clean run
+    if name in ("ctrl-c-data", "job-killed-data"):  # the same command again: a clean run
         _rerun_equals_clean(job, output)
 
 
@@ -174,10 +206,12 @@ def test_the_same_command_twice_is_refused_and_overwrite_gives_one_clean_run(job
     again = _start(job["args"], output)
     _, err = again.communicate(timeout=120)
     assert again.returncode == 2
-    assert err.decode() == (f"dptext run: error: --output {output}: {output}-00000-of-00002.txt and 4 more of its "
-                            "outputs already exist; pass --overwrite to replace them, or choose another --output\n")
+    assert err.decode() == (
+        f"dptext run: error: --output {output}: {output}-00000-of-00002.txt and 4 more of its "
+        "outputs already exist; pass --overwrite to replace them, or choose another --output\n"
+    )
     assert len(list(output.parent.glob("c-*-of-00002.txt"))) == 2
-    _rerun_equals_clean(job, output, "--overwrite")             # one shard, no mix with the first run's two
+    _rerun_equals_clean(job, output, "--overwrite")  # one shard, no mix with the first run's two
 
 
 def test_the_same_command_twice_at_once_runs_once(job):

@@ -1,5 +1,6 @@
 """kde_prior: the KDE prior table, the exact sampler and the Metropolis-Hastings sampler against
 their exact distributions, broken variants, and the audit."""
+
 from __future__ import annotations
 
 import json
@@ -10,13 +11,19 @@ import pytest
 from scipy.special import logsumexp
 from scipy.stats import gaussian_kde, multivariate_normal
 
-from tests.test_truncated_gumbel import _chi_square_matches
 from dptext.transforms import kde
 from dptext.transforms.audit import audit_pairs, json_safe, pairwise_distances, total_variation
 from dptext.transforms.index import EmbeddingIndex, TableError
-from dptext.transforms.mechanisms.kde_prior import (KDEPrior, audit_kde_mh_index, kde_mh_distribution,
-                                                    kde_mh_tv_profile, mh_chain_distributions, mutual_neighbours)
+from dptext.transforms.mechanisms.kde_prior import (
+    KDEPrior,
+    audit_kde_mh_index,
+    kde_mh_distribution,
+    kde_mh_tv_profile,
+    mh_chain_distributions,
+    mutual_neighbours,
+)
 from dptext.transforms.mechanisms.vocabulary_exponential import capped_exponential_distribution
+from tests.test_truncated_gumbel import _chi_square_matches
 
 EPS = 2.0
 DRAWS = 200_000
@@ -58,7 +65,7 @@ def test_kde_log_prior_matches_brute_force_and_scipy(n, d, seed):
 @pytest.mark.parametrize("dense_fraction", [0.0, 2.0])
 def test_dense_and_pairwise_block_paths_agree(dense_fraction):
     x = np.random.default_rng(5).normal(size=(70, 4)).astype(np.float32)
-    x[7] = x[3]                                   # a duplicated vector: a kernel term of exactly 1
+    x[7] = x[3]  # a duplicated vector: a kernel term of exactly 1
     ours = kde.kde_log_density(x, dense_fraction=dense_fraction)
     assert np.abs(ours - _brute_force_log_kde(x.astype(np.float64))).max() < 1e-10
 
@@ -68,7 +75,7 @@ def test_singular_covariance_uses_the_data_span():
     # (an orthonormal basis keeps Lebesgue measure), with Scott's factor for rank 2.
     rng = np.random.default_rng(6)
     coords = rng.normal(size=(40, 2))
-    basis = np.linalg.qr(rng.normal(size=(3, 2)))[0]            # orthonormal columns
+    basis = np.linalg.qr(rng.normal(size=(3, 2)))[0]  # orthonormal columns
     x = (coords @ basis.T + np.array([1.0, -2.0, 0.5])).astype(np.float32)
     kernel = kde.scott_kernel(x)
     assert kernel.rank == 2 and kernel.factor == pytest.approx(40 ** (-1 / 6))
@@ -98,12 +105,12 @@ def test_prior_table_is_computed_once_and_cached_in_the_index(tmp_path, monkeypa
     monkeypatch.setattr(kde, "kde_log_density", lambda v, s=1.0: calls.append(s) or real(v, s))
     first = np.array(kde.kde_log_prior(index))
     assert calls == [1.0]
-    again = EmbeddingIndex.load(tmp_path)                       # a new process: read from disk
+    again = EmbeddingIndex.load(tmp_path)  # a new process: read from disk
     assert np.array_equal(np.array(kde.kde_log_prior(again)), first) and calls == [1.0]
     assert np.abs(first - real(index.vectors)).max() == 0
     entry = next(e for e in again.manifest["tables"].values() if e["name"] == kde.TABLE)
     assert entry["params"]["bandwidth_rule"].startswith("scott") and entry["params"]["bandwidth_scale"] == 1.0
-    wider = np.array(kde.kde_log_prior(again, 2.0))              # another bandwidth: another table
+    wider = np.array(kde.kde_log_prior(again, 2.0))  # another bandwidth: another table
     assert calls == [1.0, 2.0] and np.array_equal(wider, real(index.vectors, 2.0)) and not np.allclose(wider, first)
 
 
@@ -120,10 +127,14 @@ def test_a_worker_reads_the_launchers_tables_and_never_computes_one(tmp_path, mo
 
     def worker():
         return KDEPrior(EmbeddingIndex.load(tmp_path / "idx", read_only=True), 1.0, sampler="mh", bandwidth_scale=2.0)
-    with pytest.raises(TableError, match="the index has no table 'kde_log_prior-[0-9a-f]{10}' "
-                                         r"\(kde_log_prior, .*\"bandwidth_scale\": 2.0"):
+
+    with pytest.raises(
+        TableError,
+        match="the index has no table 'kde_log_prior-[0-9a-f]{10}' "
+        r"\(kde_log_prior, .*\"bandwidth_scale\": 2.0",
+    ):
         worker()
-    KDEPrior(EmbeddingIndex.load(tmp_path / "idx"), 1.0, bandwidth_scale=2.0)       # a launcher, exact sampler
+    KDEPrior(EmbeddingIndex.load(tmp_path / "idx"), 1.0, bandwidth_scale=2.0)  # a launcher, exact sampler
     with pytest.raises(TableError, match="the index has no table 'knn_mutual' \\(knn_mutual\\)"):
         worker()
     launcher = KDEPrior(EmbeddingIndex.load(tmp_path / "idx"), 1.0, sampler="mh", bandwidth_scale=2.0)
@@ -195,8 +206,7 @@ def _one_way_word(index) -> int:
 
 def _chain_row(mech, word: int, steps: int) -> np.ndarray:
     dist = mech.index.distances_from(word)
-    return mh_chain_distributions(mech.log_base - 0.5 * mech.epsilon * dist, mech.index.neighbour_ids, word,
-                                  [steps])[0]
+    return mh_chain_distributions(mech.log_base - 0.5 * mech.epsilon * dist, mech.index.neighbour_ids, word, [steps])[0]
 
 
 def test_mutual_neighbours_matches_its_definition(graph):
@@ -219,8 +229,9 @@ def test_mh_sampler_matches_the_exact_chain_distribution(graph, steps):
 def test_broken_mh_samplers_fail(graph, broken):
     word = _one_way_word(graph)
     good = KDEPrior(graph, EPS, alpha=2.0, sampler="mh", chain_length=12)
-    stat, threshold = _chi_square_matches(broken(graph, EPS, alpha=2.0, sampler="mh", chain_length=12), word,
-                                          _chain_row(good, word, 12), seed=12)
+    stat, threshold = _chi_square_matches(
+        broken(graph, EPS, alpha=2.0, sampler="mh", chain_length=12), word, _chain_row(good, word, 12), seed=12
+    )
     assert stat > threshold
 
 
@@ -244,8 +255,9 @@ def test_a_word_without_mutual_neighbour_never_moves(stuck):
     assert lonely.size == 2
     exact = capped_exponential_distribution(pairwise_distances(stuck.vectors), EPS, mech.log_base)
     for w in lonely:
-        chain = mh_chain_distributions(mech.log_base - 0.5 * EPS * stuck.distances_from(w), stuck.neighbour_ids,
-                                       w, [1, 1000])
+        chain = mh_chain_distributions(
+            mech.log_base - 0.5 * EPS * stuck.distances_from(w), stuck.neighbour_ids, w, [1, 1000]
+        )
         assert (chain == np.eye(stuck.n)[w]).all()
         assert total_variation(chain, exact[w]) == pytest.approx([1 - exact[w, w]] * 2, abs=1e-12)
     assert (mech.perturb(np.repeat(lonely, 1000), np.random.default_rng(0)) == np.repeat(lonely, 1000)).all()
@@ -264,9 +276,13 @@ def test_audit_confirms_metric_rate_for_the_exact_distribution(graph):
         assert broken["worst_metric_rate"] > EPS
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "measured: the MH sampler's exact 16-step distribution on a 30-word vocabulary (connected mutual "
-    "5-NN graph) has a worst metric rate of 2.55 > eps = 2 (worst log-ratio 9.6); after 256 steps 1.684"))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "measured: the MH sampler's exact 16-step distribution on a 30-word vocabulary (connected mutual "
+        "5-NN graph) has a worst metric rate of 2.55 > eps = 2 (worst log-ratio 9.6); after 256 steps 1.684"
+    ),
+)
 def test_mh_sampler_metric_rate_after_16_steps(graph):
     dist = pairwise_distances(graph.vectors)
     base = KDEPrior(graph, EPS, sampler="mh").log_base
@@ -274,9 +290,13 @@ def test_mh_sampler_metric_rate_after_16_steps(graph):
     assert result["worst_metric_rate"] <= EPS
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "measured: with two words that have no mutual neighbour (30 words, 5-NN, 3 mutual components) "
-    "the MH sampler's outputs of some pairs are disjoint at any chain length: worst log-ratio inf"))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "measured: with two words that have no mutual neighbour (30 words, 5-NN, 3 mutual components) "
+        "the MH sampler's outputs of some pairs are disjoint at any chain length: worst log-ratio inf"
+    ),
+)
 def test_mh_sampler_metric_rate_with_unreachable_words(stuck):
     dist = pairwise_distances(stuck.vectors)
     base = KDEPrior(stuck, EPS, sampler="mh").log_base
@@ -288,8 +308,9 @@ def test_index_audit_agrees_with_the_dense_profile(stuck):
     # Every word as a start: the sparse audit must reproduce the dense TV profile exactly.
     mech = KDEPrior(stuck, EPS, sampler="mh", chain_length=40)
     audited = audit_kde_mh_index(stuck, EPS, mech.log_base, 40, mech._mutual, starts=stuck.n)
-    dense = kde_mh_tv_profile(pairwise_distances(stuck.vectors), EPS, mech.log_base, stuck.neighbour_ids,
-                              [1, 3, 10, 30, 40])
+    dense = kde_mh_tv_profile(
+        pairwise_distances(stuck.vectors), EPS, mech.log_base, stuck.neighbour_ids, [1, 3, 10, 30, 40]
+    )
     for row, ref in zip(audited["tv_by_chain_length"], dense):
         assert row["chain_length"] == ref["chain_length"] and row["tv_max"] == pytest.approx(ref["tv_max"], abs=1e-12)
     lonely = ~mutual_neighbours(stuck.neighbour_ids).any(axis=1)
@@ -312,11 +333,17 @@ def test_guarantees(graph):
         assert g == json_safe(g) and json.dumps(g) and g["not_protected"]
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"alpha": -1.0}, "alpha must be"), ({"alpha": math.inf}, "alpha must be"),
-    ({"sampler": "gibbs"}, "unknown sampler"), ({"chain_length": 0}, "chain_length must be"),
-    ({"chain_length": 2.5}, "chain_length must be"), ({"bandwidth_scale": 0.0}, "bandwidth_scale must be"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"alpha": -1.0}, "alpha must be"),
+        ({"alpha": math.inf}, "alpha must be"),
+        ({"sampler": "gibbs"}, "unknown sampler"),
+        ({"chain_length": 0}, "chain_length must be"),
+        ({"chain_length": 2.5}, "chain_length must be"),
+        ({"bandwidth_scale": 0.0}, "bandwidth_scale must be"),
+    ],
+)
 def test_invalid_parameters_are_clear_errors(graph, params, message):
     with pytest.raises(ValueError, match=message):
         KDEPrior(graph, EPS, **params)
@@ -331,8 +358,11 @@ def test_extreme_bandwidth_scales(tmp_path):
     for scale in (1e17, 1e300, 1.7976931348623157e308):
         log_pi = kde.kde_log_density(x, scale)
         assert np.isfinite(log_pi).all() and np.ptp(log_pi) < 1e-9
-    with pytest.raises(ValueError, match=r"bandwidth_scale 1e-300 is too small .* smallest usable bandwidth_scale is "
-                                         r"[0-9.e+-]+") as err:
+    with pytest.raises(
+        ValueError,
+        match=r"bandwidth_scale 1e-300 is too small .* smallest usable bandwidth_scale is "
+        r"[0-9.e+-]+",
+    ) as err:
         kde.kde_log_density(x, 1e-300)
     smallest = float(str(err.value).split("smallest usable bandwidth_scale is ")[1].split(" ")[0])
     assert np.isfinite(kde.kde_log_density(x, 1.01 * smallest)).all()

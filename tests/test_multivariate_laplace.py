@@ -1,5 +1,6 @@
 """multivariate_laplace: the noise radius is Gamma(d, 1/eps), its direction uniform on the sphere,
 and the output is the vocabulary word nearest to the noisy vector."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -101,7 +102,7 @@ def test_output_is_the_nearest_word_to_the_noisy_vector(index, search):
     mech = mechanisms.create("multivariate_laplace", index, 4.0, search=search, search_k=100_000)
     ids = np.random.default_rng(5).integers(0, index.n, 2000).astype(np.int32)
     noisy = mech.noisy_vectors(ids, np.random.default_rng(9))
-    out = mech.perturb(ids, np.random.default_rng(9))       # the same seed draws the same noise
+    out = mech.perturb(ids, np.random.default_rng(9))  # the same seed draws the same noise
     v = index.vectors.astype(np.float64)
     nearest = ((noisy[:, None, :] - v[None]) ** 2).sum(-1).argmin(axis=1)
     agreement = (out == nearest).mean()
@@ -132,8 +133,9 @@ def test_an_epsilon_too_small_to_compute_is_refused_with_the_valid_range(index, 
     """1e-40 used to pass validation and crash inside the job (a noise radius of ~1e41 overflows the
     float32 screen of the nearest-word search). Now it is refused, naming the range and why; both
     ends of the range run."""
-    with pytest.raises(EpsilonOutOfRangeError, match=r"outside the range .* supports on this index, \[.*\]: below it"
-                       ) as err:
+    with pytest.raises(
+        EpsilonOutOfRangeError, match=r"outside the range .* supports on this index, \[.*\]: below it"
+    ) as err:
         mechanisms.create(name, index, epsilon)
     low, high = err.value.smallest_feasible, err.value.largest_feasible
     assert epsilon < low < 1e-3 and high > 1e300
@@ -155,4 +157,4 @@ def test_annoy_search_returning_too_few_words_falls_back_to_exact(index, random_
     out = mech.perturb(np.arange(line.n, dtype=np.int32).repeat(20), np.random.default_rng(0))
     assert out.min() >= 0 and out.max() < line.n
     with pytest.raises(ValueError, match=r"search_k must be -1 \(Annoy's default\) or in \[1, 2147483647\]"):
-        mechanisms.create("multivariate_laplace", index, 2.0, search="annoy", search_k=2 ** 40)
+        mechanisms.create("multivariate_laplace", index, 2.0, search="annoy", search_k=2**40)

@@ -1,4 +1,5 @@
 """The whole job on the DirectRunner: every record once, formats, OOV policies, report, errors."""
+
 from __future__ import annotations
 
 import glob
@@ -9,22 +10,23 @@ import numpy as np
 import pytest
 
 from dptext.pipeline.options import OptionsError
-from tests.conftest import dptext_counters, shard_lines
 from dptext.pipeline.run import run
 from dptext.transforms.index import EmbeddingIndex
 from dptext.transforms.mechanisms.truncated_gumbel import smallest_feasible_epsilon
+from tests.conftest import dptext_counters, shard_lines
 
-WORDS = ("the cat sat on a mat and dog ran to park hello world she he it was is good bad "
-         "movie great terrible love hate day night happy sad i you we they this that").split()
-SECRET = "zebracorn"   # an out-of-vocabulary marker: must never leak outside the documents output
+WORDS = (
+    "the cat sat on a mat and dog ran to park hello world she he it was is good bad "
+    "movie great terrible love hate day night happy sad i you we they this that"
+).split()
+SECRET = "zebracorn"  # an out-of-vocabulary marker: must never leak outside the documents output
 
 
 @pytest.fixture(scope="module")
 def index_dir(tmp_path_factory):
     rng = np.random.default_rng(7)
     out = tmp_path_factory.mktemp("index")
-    EmbeddingIndex.build(WORDS, rng.normal(size=(len(WORDS), 6)).astype(np.float32), out,
-                         neighbours=8, progress=False)
+    EmbeddingIndex.build(WORDS, rng.normal(size=(len(WORDS), 6)).astype(np.float32), out, neighbours=8, progress=False)
     return out
 
 
@@ -36,8 +38,21 @@ def feasible_epsilon(index_dir):
 
 def _run(index_dir, tmp_path, inputs, epsilon, *extra):
     output = str(tmp_path / "out" / "corpus")
-    result = run(["--input", inputs, "--output", output, "--index", str(index_dir), "--epsilon", str(epsilon),
-         "--runner", "DirectRunner", *extra])
+    result = run(
+        [
+            "--input",
+            inputs,
+            "--output",
+            output,
+            "--index",
+            str(index_dir),
+            "--epsilon",
+            str(epsilon),
+            "--runner",
+            "DirectRunner",
+            *extra,
+        ]
+    )
     return output, result
 
 
@@ -65,10 +80,20 @@ def _write_jsonl_with_broken_records(path: Path) -> dict[int, str]:
 
 def test_every_record_comes_out_once_jsonl(index_dir, feasible_epsilon, tmp_path, capfd):
     shard_a, shard_b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-    expected = {str(shard_a): _write_jsonl_with_broken_records(shard_a),
-                str(shard_b): _write_jsonl_with_broken_records(shard_b)}
-    output, result = _run(index_dir, tmp_path, str(tmp_path / "*.jsonl"), feasible_epsilon, "--max-doc-chars", "200",
-                          "--long-docs", "dead-letter")
+    expected = {
+        str(shard_a): _write_jsonl_with_broken_records(shard_a),
+        str(shard_b): _write_jsonl_with_broken_records(shard_b),
+    }
+    output, result = _run(
+        index_dir,
+        tmp_path,
+        str(tmp_path / "*.jsonl"),
+        feasible_epsilon,
+        "--max-doc-chars",
+        "200",
+        "--long-docs",
+        "dead-letter",
+    )
 
     outputs = [json.loads(line) for line in shard_lines(output + "-*.jsonl")]
     dead = [json.loads(line) for line in shard_lines(output + ".dead_letter-*.jsonl")]
@@ -99,8 +124,9 @@ def test_every_record_comes_out_once_jsonl(index_dir, feasible_epsilon, tmp_path
     # shard and the over-long one); bytes out: the text written.
     long_text = ("hello " * 50 + SECRET).encode()
     assert counters.pop("bytes_out") == sum(len(r["text"].encode()) for r in outputs)
-    assert counters.pop("bytes_in") == 2 * (len(b"The cat sat on the mat.") + len(long_text)
-                                            + len(f"I love this {SECRET} movie".encode()))
+    assert counters.pop("bytes_in") == 2 * (
+        len(b"The cat sat on the mat.") + len(long_text) + len(f"I love this {SECRET} movie".encode())
+    )
     assert counters == {"documents": 6, "tokens": 22, "perturbed": 20, "oov": 2, "dead_lettered": 12}
     assert report["metrics"]["dead_lettered"] == 12 and report["metrics"]["bytes_in"] > 0
     captured = capfd.readouterr()
@@ -112,12 +138,30 @@ def test_text_format_bytes_survive_when_the_mechanism_keeps_every_word(index_dir
     # word maps to itself, so the output must reproduce the input exactly (separators, case,
     # CRLF, OOV kept), one line per document. (truncated_gumbel cannot do this: its Gumbel scale
     # only falls like 1 / ln(epsilon).)
-    lines = ["The cat sat on the mat.", "  Hello,   WORLD!\t(she said)  ", "", "I love this movie\r",
-             "unknownword; the dog ran", "日本 cat"]
+    lines = [
+        "The cat sat on the mat.",
+        "  Hello,   WORLD!\t(she said)  ",
+        "",
+        "I love this movie\r",
+        "unknownword; the dog ran",
+        "日本 cat",
+    ]
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes("\n".join(lines).encode("utf-8") + b"\n\xff\xfe bad bytes\n")
-    output, _ = _run(index_dir, tmp_path, str(corpus), 1e9, "--oov", "keep", "--test-seed", "3",
-                  "--mechanism", "multivariate_laplace", "--search", "exact")
+    output, _ = _run(
+        index_dir,
+        tmp_path,
+        str(corpus),
+        1e9,
+        "--oov",
+        "keep",
+        "--test-seed",
+        "3",
+        "--mechanism",
+        "multivariate_laplace",
+        "--search",
+        "exact",
+    )
     assert sorted(shard_lines(output + "-*.txt")) == sorted(lines)
     dead = [json.loads(line) for line in shard_lines(output + ".dead_letter-*.jsonl")]
     assert [d["reason"].split(" (")[0] for d in dead] == ["not UTF-8"]
@@ -149,11 +193,14 @@ def test_multivariate_laplace_runs_and_reports_composed_bounds(index_dir, tmp_pa
     assert Path(output + ".privacy_report.md").read_text("utf-8").startswith("# dptext privacy report")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--epsilon", "0"], "--epsilon must be a finite number > 0"),
-    (["--epsilon", "1", "--mechanism", "nope"], "--mechanism 'nope' is unknown"),
-    (["--epsilon", "0.5"], "smallest feasible epsilon is"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--epsilon", "0"], "--epsilon must be a finite number > 0"),
+        (["--epsilon", "1", "--mechanism", "nope"], "--mechanism 'nope' is unknown"),
+        (["--epsilon", "0.5"], "smallest feasible epsilon is"),
+    ],
+)
 def test_bad_options_are_clear_errors(index_dir, tmp_path, args, message):
     corpus = tmp_path / "c.txt"
     corpus.write_text("the cat\n", encoding="utf-8")
@@ -165,11 +212,31 @@ def test_missing_index_and_input_are_clear_errors(index_dir, tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("the cat\n", encoding="utf-8")
     with pytest.raises(Exception, match="index directory not found"):
-        run(["--input", str(corpus), "--output", str(tmp_path / "o"), "--index", str(tmp_path / "none"),
-             "--epsilon", "100"])
+        run(
+            [
+                "--input",
+                str(corpus),
+                "--output",
+                str(tmp_path / "o"),
+                "--index",
+                str(tmp_path / "none"),
+                "--epsilon",
+                "100",
+            ]
+        )
     with pytest.raises(FileNotFoundError, match="no file matches"):
-        run(["--input", str(tmp_path / "*.nothing"), "--output", str(tmp_path / "o"), "--index",
-             str(index_dir), "--epsilon", "100"])
+        run(
+            [
+                "--input",
+                str(tmp_path / "*.nothing"),
+                "--output",
+                str(tmp_path / "o"),
+                "--index",
+                str(index_dir),
+                "--epsilon",
+                "100",
+            ]
+        )
     with pytest.raises(OptionsError, match="--index is required"):
         run(["--input", str(corpus), "--output", str(tmp_path / "o"), "--epsilon", "100"])
 
@@ -179,8 +246,20 @@ def test_runners_that_lose_data_are_refused(index_dir, tmp_path, runner):
     corpus = tmp_path / "c.txt"
     corpus.write_text("the cat\n", encoding="utf-8")
     with pytest.raises(OptionsError, match=r"refused.*computes only the last sink"):
-        run(["--input", str(corpus), "--output", str(tmp_path / "o"), "--index", str(index_dir),
-             "--epsilon", "100", "--runner", runner])
+        run(
+            [
+                "--input",
+                str(corpus),
+                "--output",
+                str(tmp_path / "o"),
+                "--index",
+                str(index_dir),
+                "--epsilon",
+                "100",
+                "--runner",
+                runner,
+            ]
+        )
 
 
 def test_long_documents_are_split_between_words_and_rejoined(index_dir, tmp_path):
@@ -188,8 +267,20 @@ def test_long_documents_are_split_between_words_and_rejoined(index_dir, tmp_path
     lines = ["The cat sat on the mat, " * 20 + "hello world", "short one", "dog " * 10 + "x" * 40]
     corpus = tmp_path / "long.txt"
     corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    output, result = _run(index_dir, tmp_path, str(corpus), 1e9, "--oov", "keep", "--mechanism",
-                          "multivariate_laplace", "--search", "exact", "--max-doc-chars", "30")
+    output, result = _run(
+        index_dir,
+        tmp_path,
+        str(corpus),
+        1e9,
+        "--oov",
+        "keep",
+        "--mechanism",
+        "multivariate_laplace",
+        "--search",
+        "exact",
+        "--max-doc-chars",
+        "30",
+    )
     assert sorted(shard_lines(output + "-*.txt")) == sorted(lines[:2])
     (dead,) = [json.loads(line) for line in shard_lines(output + ".dead_letter-*.jsonl")]
     assert "has a word longer than that" in dead["reason"]
@@ -201,7 +292,7 @@ def test_split_long_text_cuts_only_between_words():
     from dptext.transforms.beam import split_long_text
 
     text = "alpha beta, gamma-delta  epsilon"
-    assert split_long_text(text, 6) is None           # "epsilon" has 7 characters
+    assert split_long_text(text, 6) is None  # "epsilon" has 7 characters
     for limit in range(7, len(text) + 1):
         chunks = split_long_text(text, limit)
         assert "".join(chunks) == text and all(len(c) <= limit for c in chunks)
@@ -213,17 +304,29 @@ def test_parquet_columns_ride_along_with_their_types(index_dir, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.table({"id": pa.array([1, 2, 3, 4], pa.int64()),
-                      "score": pa.array([0.5, None, 1.5, 2.5], pa.float32()),
-                      "tags": pa.array([["a"], [], ["b", "c"], None], pa.list_(pa.string())),
-                      "text": pa.array(["The cat sat", None, "hello world", "good day"], pa.string())})
+    table = pa.table(
+        {
+            "id": pa.array([1, 2, 3, 4], pa.int64()),
+            "score": pa.array([0.5, None, 1.5, 2.5], pa.float32()),
+            "tags": pa.array([["a"], [], ["b", "c"], None], pa.list_(pa.string())),
+            "text": pa.array(["The cat sat", None, "hello world", "good day"], pa.string()),
+        }
+    )
     pq.write_table(table, tmp_path / "part-0.parquet", row_group_size=2)
-    output, _ = _run(index_dir, tmp_path, str(tmp_path / "*.parquet"), 1e9, "--mechanism", "multivariate_laplace",
-                     "--search", "exact")
+    output, _ = _run(
+        index_dir,
+        tmp_path,
+        str(tmp_path / "*.parquet"),
+        1e9,
+        "--mechanism",
+        "multivariate_laplace",
+        "--search",
+        "exact",
+    )
     written = pq.read_table(glob.glob(output + "-*.parquet"))
     assert written.schema.equals(table.schema)
     rows = sorted(written.to_pylist(), key=lambda r: r["id"])
-    assert rows == [r for r in table.to_pylist() if r["text"] is not None]   # identity mechanism
+    assert rows == [r for r in table.to_pylist() if r["text"] is not None]  # identity mechanism
     (dead,) = [json.loads(line) for line in shard_lines(output + ".dead_letter-*.jsonl")]
     assert dead["offset"] == 1 and "is a NoneType, not a string" in dead["reason"]
 
@@ -235,5 +338,15 @@ def test_parquet_file_without_the_text_column_fails_before_processing(index_dir,
     pq.write_table(pa.table({"text": ["a cat"]}), tmp_path / "a.parquet")
     pq.write_table(pa.table({"body": ["a cat"]}), tmp_path / "b.parquet")
     with pytest.raises(ValueError, match=r"b.parquet: no column 'text'"):
-        run(["--input", str(tmp_path / "*.parquet"), "--output", str(tmp_path / "o"), "--index", str(index_dir),
-             "--epsilon", "100"])
+        run(
+            [
+                "--input",
+                str(tmp_path / "*.parquet"),
+                "--output",
+                str(tmp_path / "o"),
+                "--index",
+                str(index_dir),
+                "--epsilon",
+                "100",
+            ]
+        )

@@ -1,5 +1,6 @@
 """dptext as a library: dptext.Privatize inside a user's own Beam pipeline, the public names, and
 a wheel whose only import package is dptext."""
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,6 @@ import pytest
 
 import dptext
 from dptext.transforms.mechanisms.truncated_gumbel import smallest_feasible_epsilon
-from tests.conftest import build_random_index
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = "the cat sat on a mat and dog ran to park i love this movie what terrible day".split()
@@ -53,13 +53,17 @@ def test_strings_next_to_the_users_own_transforms(index_dir):
         lines = p | beam.Create(texts) | "UserStrip" >> beam.Map(str.strip)
         private = lines | "Privatize" >> dptext.Privatize(index_dir, mechanism="tem", epsilon=2.0)
         lengths = private.documents | "UserWordCount" >> beam.Map(lambda t: len(t.split()))
-        return {"documents": private.documents, "dead": private.dead_letter, "report": private.report,
-                "lengths": lengths}
+        return {
+            "documents": private.documents,
+            "dead": private.dead_letter,
+            "report": private.report,
+            "lengths": lengths,
+        }
 
     out = _run(build)
     assert len(out["documents"]) == len(texts) and all(isinstance(t, str) for t in out["documents"])
-    assert sorted(out["lengths"]) == sorted(len(t.split()) for t in texts)    # one output word per word
-    assert "zebracorn" not in " ".join(out["documents"])                      # OOV -> placeholder
+    assert sorted(out["lengths"]) == sorted(len(t.split()) for t in texts)  # one output word per word
+    assert "zebracorn" not in " ".join(out["documents"])  # OOV -> placeholder
     assert out["dead"] == []
     (report,) = out["report"]
     assert report["counts"]["documents"] == len(texts)
@@ -68,27 +72,40 @@ def test_strings_next_to_the_users_own_transforms(index_dir):
 
 
 def test_dicts_ride_along_and_bad_elements_are_dead_lettered(index_dir):
-    records = [{"id": 1, "text": "the cat sat", "label": "pos", "meta": {"k": [1, 2.5, None]}},
-               {"id": 2, "text": "what a terrible day", "label": "neg"},
-               {"id": 3, "body": "no text field zebracorn"},
-               {"id": 4, "text": 42},
-               "a bare string zebracorn"]
+    records = [
+        {"id": 1, "text": "the cat sat", "label": "pos", "meta": {"k": [1, 2.5, None]}},
+        {"id": 2, "text": "what a terrible day", "label": "neg"},
+        {"id": 3, "body": "no text field zebracorn"},
+        {"id": 4, "text": 42},
+        "a bare string zebracorn",
+    ]
 
     def build(p):
-        private = (p | beam.Create(records)
-                   | dptext.Privatize(index_dir, "truncated_gumbel",
-                                      epsilon=1.5 * smallest_feasible_epsilon(len(WORDS), _dmin(index_dir)),
-                                      text_field="text", test_seed=3))
+        private = (
+            p
+            | beam.Create(records)
+            | dptext.Privatize(
+                index_dir,
+                "truncated_gumbel",
+                epsilon=1.5 * smallest_feasible_epsilon(len(WORDS), _dmin(index_dir)),
+                text_field="text",
+                test_seed=3,
+            )
+        )
         return {"documents": private.documents, "dead": private.dead_letter, "report": private.report}
 
     out = _run(build)
     documents = sorted(out["documents"], key=lambda r: r["id"])
     assert [{k: v for k, v in d.items() if k != "text"} for d in documents] == [
-        {k: v for k, v in r.items() if k != "text"} for r in records[:2]]
+        {k: v for k, v in r.items() if k != "text"} for r in records[:2]
+    ]
     assert [len(d["text"].split()) for d in documents] == [3, 4]
     reasons = sorted(d["reason"] for d in out["dead"])
-    assert reasons == ["element is a str, not a dict with 'text'", "missing text field 'text'",
-                       "text field 'text' is a int, not a string"]
+    assert reasons == [
+        "element is a str, not a dict with 'text'",
+        "missing text field 'text'",
+        "text field 'text' is a int, not a string",
+    ]
     assert all(set(d) == {"source", "offset", "reason"} and "zebracorn" not in json.dumps(d) for d in out["dead"])
     (report,) = out["report"]
     assert report["counts"]["documents"] == 2
@@ -97,8 +114,11 @@ def test_dicts_ride_along_and_bad_elements_are_dead_lettered(index_dir):
 
 def test_an_empty_input_still_gives_exactly_one_report(index_dir):
     def build(p):
-        private = p | beam.Create([], reshuffle=False).with_output_types(str) | dptext.Privatize(
-            index_dir, "tem", epsilon=2.0)
+        private = (
+            p
+            | beam.Create([], reshuffle=False).with_output_types(str)
+            | dptext.Privatize(index_dir, "tem", epsilon=2.0)
+        )
         return {"documents": private.documents, "report": private.report}
 
     out = _run(build)
@@ -109,14 +129,17 @@ def _dmin(index_dir) -> float:
     return dptext.EmbeddingIndex.load(index_dir).dmin
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(mechanism="tem", epsilon=-1.0), "epsilon must be a finite number > 0"),
-    (dict(mechanism="nope", epsilon=1.0), "unknown mechanism 'nope'"),
-    (dict(mechanism="tem", epsilon=1.0, candidates=3), "no parameter candidates"),
-    (dict(mechanism="truncated_gumbel", epsilon=1.0), "smallest feasible epsilon"),
-    (dict(mechanism="tem", epsilon=1.0, oov="drop"), "oov 'drop' is unknown"),
-    (dict(mechanism="tem", epsilon=1.0, placeholder="<\n>"), "line break"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(mechanism="tem", epsilon=-1.0), "epsilon must be a finite number > 0"),
+        (dict(mechanism="nope", epsilon=1.0), "unknown mechanism 'nope'"),
+        (dict(mechanism="tem", epsilon=1.0, candidates=3), "no parameter candidates"),
+        (dict(mechanism="truncated_gumbel", epsilon=1.0), "smallest feasible epsilon"),
+        (dict(mechanism="tem", epsilon=1.0, oov="drop"), "oov 'drop' is unknown"),
+        (dict(mechanism="tem", epsilon=1.0, placeholder="<\n>"), "line break"),
+    ],
+)
 def test_everything_is_checked_when_the_transform_is_built(index_dir, kwargs, message):
     with pytest.raises(dptext.DptextError, match=message):
         dptext.Privatize(index_dir, **kwargs)
@@ -133,7 +156,7 @@ def test_the_readme_example_runs(index_dir, capsys):
     section = readme.split("## Use it inside your own pipeline", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert 'index="index/"' in code
-    exec(compile(code.replace('index="index/"', f'index={str(index_dir)!r}'), "README.md", "exec"), {})
+    exec(compile(code.replace('index="index/"', f"index={str(index_dir)!r}"), "README.md", "exec"), {})
     printed = capsys.readouterr().out
     assert "'label': 'pos'" in printed and "'documents': 2" in printed
 
@@ -145,12 +168,19 @@ def test_public_names():
 
 
 def test_the_wheel_holds_only_the_dptext_package(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path), str(ROOT)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = tmp_path.glob("dptext-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"dptext", f"dptext-{dptext.__version__}.dist-info"}
-    for module in ("dptext/__init__.py", "dptext/pipeline/privatize.py", "dptext/transforms/beam.py",
-                   "dptext/transforms/mechanisms/tem.py"):
+    for module in (
+        "dptext/__init__.py",
+        "dptext/pipeline/privatize.py",
+        "dptext/transforms/beam.py",
+        "dptext/transforms/mechanisms/tem.py",
+    ):
         assert module in names
     assert not any("/api/" in n for n in names)

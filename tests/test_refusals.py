@@ -1,4 +1,5 @@
 """Refusals and one-line errors found by trying the first round of fixes as a hostile user."""
+
 from __future__ import annotations
 
 import json
@@ -26,11 +27,25 @@ def test_an_input_that_is_this_prefixs_own_output_is_refused(index_dir, tmp_path
     corpus = tmp_path / "in.txt"
     corpus.write_text("w1 w2\nw3\n")
     out = tmp_path / "out" / "c"
-    assert _run(capsys, "--input", corpus, "--output", out, "--index", index_dir, "--mechanism", "tem",
-                "--epsilon", 1)[0] == 0
+    assert (
+        _run(capsys, "--input", corpus, "--output", out, "--index", index_dir, "--mechanism", "tem", "--epsilon", 1)[0]
+        == 0
+    )
     # The outputs of the first run as the input of a second one to the same prefix, with --overwrite:
-    code, err = _run(capsys, "--input", f"{out}-*", "--output", out, "--index", index_dir, "--mechanism", "tem",
-                     "--epsilon", 1, "--overwrite")
+    code, err = _run(
+        capsys,
+        "--input",
+        f"{out}-*",
+        "--output",
+        out,
+        "--index",
+        index_dir,
+        "--mechanism",
+        "tem",
+        "--epsilon",
+        1,
+        "--overwrite",
+    )
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "an output of --output" in err
 
@@ -39,15 +54,37 @@ def test_an_input_that_is_this_prefixs_own_output_is_refused(index_dir, tmp_path
 def test_a_placeholder_made_of_vocabulary_words_is_refused(index_dir, tmp_path, capsys, placeholder):
     corpus = tmp_path / "in.txt"
     corpus.write_text("w1 zebracorn\n")
-    code, err = _run(capsys, "--input", corpus, "--output", tmp_path / "o" / "c", "--index", index_dir,
-                     "--mechanism", "tem", "--epsilon", 1, "--oov-placeholder", placeholder)
+    code, err = _run(
+        capsys,
+        "--input",
+        corpus,
+        "--output",
+        tmp_path / "o" / "c",
+        "--index",
+        index_dir,
+        "--mechanism",
+        "tem",
+        "--epsilon",
+        1,
+        "--oov-placeholder",
+        placeholder,
+    )
     assert code == 2 and "--oov-placeholder" in err and "vocabulary word 'w3'" in err.lower()
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
 
 
 def test_a_path_with_a_line_break_gives_a_one_line_error(tmp_path, capsys, index_dir):
-    code, err = _run(capsys, "--input", tmp_path / "no\nsuch*.txt", "--output", tmp_path / "o" / "c",
-                     "--index", index_dir, "--epsilon", 1)
+    code, err = _run(
+        capsys,
+        "--input",
+        tmp_path / "no\nsuch*.txt",
+        "--output",
+        tmp_path / "o" / "c",
+        "--index",
+        index_dir,
+        "--epsilon",
+        1,
+    )
     assert code == 2 and len(err.strip().splitlines()) == 1 and "no\\nsuch" in err
 
 

@@ -6,6 +6,7 @@ reader reads (the plain statement, the per-document note, the Markdown) is check
 guarantee it came from: a per-token sentence only with a per-token bound, "audit" only where an exact
 audit produced the figures, "the paper's claim" only where there is one, metric DP only where proved.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,10 @@ from dptext.transforms.mechanisms.truncated_gumbel import smallest_feasible_epsi
 def indexes(random_index):
     # 30 words with K = 5 (candidate sets smaller than the vocabulary), and 9 words with K = 8 (a table
     # holding the whole vocabulary, so knn_exponential can take every word as a candidate).
-    return {"small_table": random_index(n=30, d=3, neighbours=5, seed=1),
-            "whole_table": random_index(n=9, d=3, neighbours=8, seed=1)}
+    return {
+        "small_table": random_index(n=30, d=3, neighbours=5, seed=1),
+        "whole_table": random_index(n=9, d=3, neighbours=8, seed=1),
+    }
 
 
 CASES = [(name, "small_table", {}) for name in mechanisms.NAMES] + [
@@ -42,9 +45,16 @@ def _report(index, name, params) -> dict:
     eps = 1.5 * smallest_feasible_epsilon(index.n, index.dmin) if name == "truncated_gumbel" else 2.0
     mech = mechanisms.create(name, index, eps, **params)
     config = JobConfig(index_path=str(index.path), mechanism=name, epsilon=eps, mechanism_params=params)
-    ctx = ReportContext(config=config, parameters=json_safe(mech.params()), guarantee=mech.guarantee(),
-                        index={"n": index.n, "d": index.d, "dmin": index.dmin, "dmax": index.dmax},
-                        versions={}, runner="DirectRunner", input="in.txt", output="out")
+    ctx = ReportContext(
+        config=config,
+        parameters=json_safe(mech.params()),
+        guarantee=mech.guarantee(),
+        index={"n": index.n, "d": index.d, "dmin": index.dmin, "dmax": index.dmax},
+        versions={},
+        runner="DirectRunner",
+        input="in.txt",
+        output="out",
+    )
     account = CorpusAccount()
     for doc in (DocumentAccount(12, 10, 4, 2), DocumentAccount(5, 5, 1, 0), DocumentAccount(0, 0, 0, 0)):
         account.add(doc)

@@ -1,4 +1,5 @@
 """N_w and S_w estimates against exact values, calibration, and the two commands' files."""
+
 from __future__ import annotations
 
 import json
@@ -44,7 +45,7 @@ def test_distinct_outputs_count_exactly():
     class Cycle:
         epsilon = 1.0
 
-        def perturb(self, ids, rng):          # word w's draws cycle through w, w+1, w+2
+        def perturb(self, ids, rng):  # word w's draws cycle through w, w+1, w+2
             return (ids + np.arange(len(ids)) % 3).astype(np.int32)
 
     stats = word_statistics(Cycle(), np.array([0, 5]), 9, np.random.default_rng(0))
@@ -67,8 +68,30 @@ def test_calibration_hits_the_target_and_fails_clearly_when_unreachable(small):
 
 def test_stats_and_calibrate_commands_write_their_files(small, tmp_path, capsys):
     out = tmp_path / "stats"
-    assert main(["stats", "--index", str(small.path), "--mechanism", "tem", "--epsilon", "0.5", "2", "8",
-                 "--out", str(out), "--sample", "0", "--draws", "50", "--param", "beta=0.2"]) == 0
+    assert (
+        main(
+            [
+                "stats",
+                "--index",
+                str(small.path),
+                "--mechanism",
+                "tem",
+                "--epsilon",
+                "0.5",
+                "2",
+                "8",
+                "--out",
+                str(out),
+                "--sample",
+                "0",
+                "--draws",
+                "50",
+                "--param",
+                "beta=0.2",
+            ]
+        )
+        == 0
+    )
     header = (out / "stats.csv").read_text().splitlines()[0].split(",")
     assert header[:3] == ["mechanism", "epsilon", "statistic"] and "p50" in header
     data = json.loads((out / "stats.json").read_text())
@@ -76,9 +99,45 @@ def test_stats_and_calibrate_commands_write_their_files(small, tmp_path, capsys)
     assert (out / "stats.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     medians = [r["unchanged"]["p50"] for r in data["rows"]]
     assert medians == sorted(medians)
-    assert main(["calibrate", "--index", str(small.path), "--mechanism", "tem", "--target-unchanged", "0.5",
-                 "--param", "beta=0.2", "--sample", "0", "--draws", "100", "--out", str(tmp_path / "c.json")]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "--index",
+                str(small.path),
+                "--mechanism",
+                "tem",
+                "--target-unchanged",
+                "0.5",
+                "--param",
+                "beta=0.2",
+                "--sample",
+                "0",
+                "--draws",
+                "100",
+                "--out",
+                str(tmp_path / "c.json"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "c.json").read_text())["epsilon"] > 0
-    assert main(["stats", "--index", str(small.path), "--mechanism", "tem", "--epsilon", "1", "--out", str(out),
-                 "--param", "search=exact"]) == 2
+    assert (
+        main(
+            [
+                "stats",
+                "--index",
+                str(small.path),
+                "--mechanism",
+                "tem",
+                "--epsilon",
+                "1",
+                "--out",
+                str(out),
+                "--param",
+                "search=exact",
+            ]
+        )
+        == 2
+    )
     assert "tem takes beta" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """The Flex Template, checked offline: metadata in step with the options, strictly valid, accepted
 by gcloud; Dockerfiles wired as Dataflow expects; the graph portable (what Flink and Spark run)."""
+
 from __future__ import annotations
 
 import collections
@@ -48,14 +49,17 @@ def test_metadata_is_strictly_valid_and_test_only_options_are_not_offered():
     assert all(not p["isOptional"] for p in meta["parameters"] if p["name"] in template_metadata.REQUIRED)
 
 
-@pytest.mark.parametrize("mutate, problem", [
-    (lambda p: p.update(parameterType=p.pop("paramType")), "unknown key 'parameterType'"),
-    (lambda p: p.update(paramType="STRING"), "paramType 'STRING' is not one of"),
-    (lambda p: p.update(name="text-field"), "name must match"),
-    (lambda p: p.update(helpText=""), "'helpText' must be a non-empty string"),
-    (lambda p: p.update(regexes=["("]), "does not compile"),
-    (lambda p: p.update(isOptional="yes"), "'isOptional' must be true or false"),
-])
+@pytest.mark.parametrize(
+    "mutate, problem",
+    [
+        (lambda p: p.update(parameterType=p.pop("paramType")), "unknown key 'parameterType'"),
+        (lambda p: p.update(paramType="STRING"), "paramType 'STRING' is not one of"),
+        (lambda p: p.update(name="text-field"), "name must match"),
+        (lambda p: p.update(helpText=""), "'helpText' must be a non-empty string"),
+        (lambda p: p.update(regexes=["("]), "does not compile"),
+        (lambda p: p.update(isOptional="yes"), "'isOptional' must be true or false"),
+    ],
+)
 def test_bad_metadata_is_rejected(mutate, problem):
     meta = json.loads((TEMPLATES / "metadata.json").read_text())
     mutate(meta["parameters"][3])
@@ -64,12 +68,27 @@ def test_bad_metadata_is_rejected(mutate, problem):
 
 @pytest.mark.skipif(shutil.which("gcloud") is None, reason="gcloud is not installed")
 def test_gcloud_accepts_the_template_spec_offline():
-    out = subprocess.run(["gcloud", "dataflow", "flex-template", "build", "gs://bucket/templates/dptext.json",
-                          "--image", "europe-west1-docker.pkg.dev/p/dptext/dptext-launcher:0", "--sdk-language",
-                          "PYTHON", "--metadata-file", str(TEMPLATES / "metadata.json"), "--print-only"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            "gcloud",
+            "dataflow",
+            "flex-template",
+            "build",
+            "gs://bucket/templates/dptext.json",
+            "--image",
+            "europe-west1-docker.pkg.dev/p/dptext/dptext-launcher:0",
+            "--sdk-language",
+            "PYTHON",
+            "--metadata-file",
+            str(TEMPLATES / "metadata.json"),
+            "--print-only",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
-    spec = json.loads(out.stdout[out.stdout.index("{"):])
+    spec = json.loads(out.stdout[out.stdout.index("{") :])
     assert len(spec["metadata"]["parameters"]) == len(template_metadata.build_metadata()["parameters"])
 
 
@@ -80,7 +99,7 @@ def test_dockerfiles_are_wired_for_dataflow():
     assert "ENV FLEX_TEMPLATE_PYTHON_SETUP_FILE=/template/setup.py" in launcher
     worker = (TEMPLATES / "worker.Dockerfile").read_text()
     assert f"ARG BEAM_VERSION={beam.__version__}" in worker and "beam_python3.11_sdk" in worker
-    for dockerfile in (launcher, worker):   # dependencies compiled at build time, pinned
+    for dockerfile in (launcher, worker):  # dependencies compiled at build time, pinned
         assert re.search(r"pip install .*-c constraints.txt", dockerfile)
         for copied in re.findall(r"^COPY (\S+)", dockerfile, flags=re.M):
             assert (TEMPLATES.parent / copied.rstrip("/")).exists(), copied
@@ -92,15 +111,31 @@ def small_job(tmp_path_factory):
     """A tiny index and corpus: what graph construction needs."""
     root = tmp_path_factory.mktemp("job")
     words = [f"w{i}" for i in range(12)]
-    EmbeddingIndex.build(words, np.random.default_rng(1).normal(size=(12, 3)).astype(np.float32),
-                         root / "idx", neighbours=4, progress=False)
+    EmbeddingIndex.build(
+        words,
+        np.random.default_rng(1).normal(size=(12, 3)).astype(np.float32),
+        root / "idx",
+        neighbours=4,
+        progress=False,
+    )
     (root / "c.jsonl").write_text('{"text": "w1 w2"}\n', encoding="utf-8")
     return ["--input", str(root / "c.jsonl"), "--index", str(root / "idx"), "--epsilon", "1000"]
 
 
 def test_graph_translates_to_portable_primitives_only(small_job, tmp_path):
-    options = PipelineOptions([*small_job, "--output", str(tmp_path / "o"), "--runner", "PortableRunner",
-                               "--environment_type", "EXTERNAL", "--environment_config", "localhost:50000"])
+    options = PipelineOptions(
+        [
+            *small_job,
+            "--output",
+            str(tmp_path / "o"),
+            "--runner",
+            "PortableRunner",
+            "--environment_type",
+            "EXTERNAL",
+            "--environment_config",
+            "localhost:50000",
+        ]
+    )
     opts = options.view_as(DPTextOptions)
     p = beam.Pipeline(options=options)
     build_pipeline(p, opts, prepare(opts))
@@ -116,12 +151,19 @@ def test_graph_translates_to_portable_primitives_only(small_job, tmp_path):
 
     for root in proto.root_transform_ids:
         walk(root)
-    portable = {u.urn for u in (common_urns.primitives.IMPULSE, common_urns.primitives.PAR_DO,
-                                common_urns.primitives.GROUP_BY_KEY, common_urns.primitives.FLATTEN,
-                                common_urns.primitives.ASSIGN_WINDOWS,
-                                common_urns.combine_components.COMBINE_PER_KEY_PRECOMBINE,
-                                common_urns.combine_components.COMBINE_PER_KEY_MERGE_ACCUMULATORS,
-                                common_urns.combine_components.COMBINE_PER_KEY_EXTRACT_OUTPUTS)}
+    portable = {
+        u.urn
+        for u in (
+            common_urns.primitives.IMPULSE,
+            common_urns.primitives.PAR_DO,
+            common_urns.primitives.GROUP_BY_KEY,
+            common_urns.primitives.FLATTEN,
+            common_urns.primitives.ASSIGN_WINDOWS,
+            common_urns.combine_components.COMBINE_PER_KEY_PRECOMBINE,
+            common_urns.combine_components.COMBINE_PER_KEY_MERGE_ACCUMULATORS,
+            common_urns.combine_components.COMBINE_PER_KEY_EXTRACT_OUTPUTS,
+        )
+    }
     assert set(leaves) <= portable, set(leaves) - portable
     assert leaves[common_urns.primitives.PAR_DO.urn] > 0
 
@@ -131,19 +173,46 @@ def test_dataflow_dry_run_builds_the_job_offline(small_job):
     from apache_beam.portability.api import beam_runner_api_pb2
 
     image = "europe-west1-docker.pkg.dev/my-project/dptext/dptext-worker:0"
-    options = PipelineOptions([
-        *small_job, "--output", "gs://dptext-dry-run/out/x",
-        "--runner", "DataflowRunner", "--project", "my-project", "--region", "europe-west1",
-        "--temp_location", "gs://dptext-dry-run/temp", "--staging_location", "gs://dptext-dry-run/staging",
-        "--sdk_container_image", image, "--dry_run", "True"])
+    options = PipelineOptions(
+        [
+            *small_job,
+            "--output",
+            "gs://dptext-dry-run/out/x",
+            "--runner",
+            "DataflowRunner",
+            "--project",
+            "my-project",
+            "--region",
+            "europe-west1",
+            "--temp_location",
+            "gs://dptext-dry-run/temp",
+            "--staging_location",
+            "gs://dptext-dry-run/staging",
+            "--sdk_container_image",
+            image,
+            "--dry_run",
+            "True",
+        ]
+    )
     opts = options.view_as(DPTextOptions)
     p = beam.Pipeline(options=options)
     build_pipeline(p, opts, prepare(opts))
     assert p.run().state == "DONE"
     proto = p.runner.proto_pipeline
     steps = {t.unique_name for t in proto.components.transforms.values()}
-    assert {"ReadCorpus", "ParseRecords", "Privatize", "Privatize/PerturbDocuments", "Privatize/PrivacyReport",
-            "WriteDocuments", "WriteReport", "WriteDeadLetter"} <= steps
-    images = {beam_runner_api_pb2.DockerPayload.FromString(e.payload).container_image
-              for e in proto.components.environments.values() if e.urn == "beam:env:docker:v1"}
+    assert {
+        "ReadCorpus",
+        "ParseRecords",
+        "Privatize",
+        "Privatize/PerturbDocuments",
+        "Privatize/PrivacyReport",
+        "WriteDocuments",
+        "WriteReport",
+        "WriteDeadLetter",
+    } <= steps
+    images = {
+        beam_runner_api_pb2.DockerPayload.FromString(e.payload).container_image
+        for e in proto.components.environments.values()
+        if e.urn == "beam:env:docker:v1"
+    }
     assert images == {image}

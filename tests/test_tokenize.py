@@ -1,5 +1,6 @@
 """Tokenizer: rejoining an unperturbed document gives back every character; words are exactly the
 maximal runs of word characters; case patterns and lookup keys."""
+
 from __future__ import annotations
 
 import string
@@ -12,15 +13,65 @@ from hypothesis import strategies as st
 
 from dptext.transforms.tokenize import WORD, Tokens, apply_case, case_pattern, rejoin, split_tokens
 
-_PIECES = st.sampled_from([
-    "the", "Cat", "NASA", "I", "don't", "don\u2019t", "self-driving", "x_y", "_", "__init__", "42", "\u0663\u00b2",
-    "e\u0301te\u0301", "caf\u00e9", "\u0301", "\u0915\u094d\u0937\u0947", "\u0e20\u0e32\u0e29\u0e32\u0e44\u0e17\u0e22",
-    "\u65e5\u672c\u8a9e", "\U00011013\U00011038", "\U0001e900\U0001e944", "\u01c5emal",
-    " ", "  ", "\t", "\n", "\r\n", "\u00a0", "\u2009", "\u3000", "\u2028", "\x00", "\x1f", "\u200b", "\u200c", "\u200d",
-    ",", ".", "!?", "'", "\u2019", "-", "\u2014", "#tag", "@user_1", "http://t.co/x?a=1&b_c=2", "<unk>",
-    "\U0001f600", "\U0001f469\u200d\U0001f4bb", "\U0001f44d\U0001f3fd", "\u2764\ufe0f", "1\ufe0f\u20e3",
-    "\U0001f1ef\U0001f1f5", "\u20e3", "\ufe0f", "\U000e0101",
-])
+_PIECES = st.sampled_from(
+    [
+        "the",
+        "Cat",
+        "NASA",
+        "I",
+        "don't",
+        "don\u2019t",
+        "self-driving",
+        "x_y",
+        "_",
+        "__init__",
+        "42",
+        "\u0663\u00b2",
+        "e\u0301te\u0301",
+        "caf\u00e9",
+        "\u0301",
+        "\u0915\u094d\u0937\u0947",
+        "\u0e20\u0e32\u0e29\u0e32\u0e44\u0e17\u0e22",
+        "\u65e5\u672c\u8a9e",
+        "\U00011013\U00011038",
+        "\U0001e900\U0001e944",
+        "\u01c5emal",
+        " ",
+        "  ",
+        "\t",
+        "\n",
+        "\r\n",
+        "\u00a0",
+        "\u2009",
+        "\u3000",
+        "\u2028",
+        "\x00",
+        "\x1f",
+        "\u200b",
+        "\u200c",
+        "\u200d",
+        ",",
+        ".",
+        "!?",
+        "'",
+        "\u2019",
+        "-",
+        "\u2014",
+        "#tag",
+        "@user_1",
+        "http://t.co/x?a=1&b_c=2",
+        "<unk>",
+        "\U0001f600",
+        "\U0001f469\u200d\U0001f4bb",
+        "\U0001f44d\U0001f3fd",
+        "\u2764\ufe0f",
+        "1\ufe0f\u20e3",
+        "\U0001f1ef\U0001f1f5",
+        "\u20e3",
+        "\ufe0f",
+        "\U000e0101",
+    ]
+)
 _TEXTS = st.one_of(st.text(), st.lists(_PIECES, max_size=40).map("".join))
 
 
@@ -82,7 +133,9 @@ def test_examples():
     assert split_tokens("nai\u0308ve cafe\u0301").words == ["nai\u0308ve", "cafe\u0301"]
     assert split_tokens("na\u00efve caf\u00e9").words == ["na\u00efve", "caf\u00e9"]
     assert split_tokens("\u0928\u092e\u0938\u094d\u0924\u0947 \u0e20\u0e32\u0e29\u0e34").words == [
-        "\u0928\u092e\u0938\u094d\u0924\u0947", "\u0e20\u0e32\u0e29\u0e34"]
+        "\u0928\u092e\u0938\u094d\u0924\u0947",
+        "\u0e20\u0e32\u0e29\u0e34",
+    ]
     assert split_tokens("\U00011013\U00011038 x").words == ["\U00011013\U00011038", "x"]
     # Emoji, their variation selectors, keycaps and joiners are separators.
     assert split_tokens("\u2764\ufe0f \U0001f469\u200d\U0001f4bb ok").words == ["ok"]
@@ -97,9 +150,22 @@ def test_rejoin_lengths():
 
 
 def test_case_patterns_and_restoring_them():
-    cases = {"hello": "lower", "Hello": "title", "I": "title", "NASA": "upper", "iPhone": "other",
-             "McDonald": "other", "42": "lower", "\u65e5\u672c": "lower", "\u00c9lan": "title",
-             "\u00c9COLE": "upper", "E\u0301COLE": "upper", "3D": "upper", "A1": "title", "\u01c5emal": "title"}
+    cases = {
+        "hello": "lower",
+        "Hello": "title",
+        "I": "title",
+        "NASA": "upper",
+        "iPhone": "other",
+        "McDonald": "other",
+        "42": "lower",
+        "\u65e5\u672c": "lower",
+        "\u00c9lan": "title",
+        "\u00c9COLE": "upper",
+        "E\u0301COLE": "upper",
+        "3D": "upper",
+        "A1": "title",
+        "\u01c5emal": "title",
+    }
     assert {w: case_pattern(w) for w in cases} == cases
     for word, pattern in cases.items():
         if pattern != "other":
@@ -113,10 +179,15 @@ def test_case_patterns_and_restoring_them():
 @given(st.text(string.ascii_letters, min_size=1))
 def test_case_pattern_definitions_on_letters(word):
     first, rest = word[0], word[1:]
-    expected = ("lower" if word.islower() else
-                "title" if first.isupper() and not any(c.isupper() for c in rest) else
-                "upper" if word.isupper() and len(word) >= 2 else "other")
+    expected = (
+        "lower"
+        if word.islower()
+        else "title"
+        if first.isupper() and not any(c.isupper() for c in rest)
+        else "upper"
+        if word.isupper() and len(word) >= 2
+        else "other"
+    )
     assert case_pattern(word) == expected
     if expected != "other":
         assert apply_case(word.lower(), expected) == word
-

@@ -1,4 +1,5 @@
 """truncated_gumbel: calibration, the fast sampler against the exact oracle, broken variants, audit."""
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,9 @@ def short_table(random_index):
     return random_index(n=15, d=3, neighbours=3, seed=5)
 
 
-def _chi_square_matches(mech, word: int, oracle_row: np.ndarray, draws: int = DRAWS,
-                        seed: int = 0) -> tuple[float, float]:
+def _chi_square_matches(
+    mech, word: int, oracle_row: np.ndarray, draws: int = DRAWS, seed: int = 0
+) -> tuple[float, float]:
     """Pearson statistic of `draws` samples of M(word) against the oracle row, and its threshold.
 
     Under H0 (a correct sampler) the statistic is chi2(df) distributed whatever `draws` is, so the
@@ -70,8 +72,9 @@ def _oracle(index, epsilon, mechanism=None):
 # ---- calibration ----------------------------------------------------------------------------
 # (9, 1, 1.2) and (40, 1, 1) reach the Lambert-W branch of b (a Dmin > exp(2 Dmax / Dmin));
 # the others stay on the ln(a Dmin) branch, as GloVe-like embeddings do.
-@pytest.mark.parametrize("n, dmin, dmax", [(9, 0.5, 4.0), (33860, 0.7446, 16.25), (1000, 0.01, 3.0),
-                                           (9, 1.0, 1.2), (40, 1.0, 1.0)])
+@pytest.mark.parametrize(
+    "n, dmin, dmax", [(9, 0.5, 4.0), (33860, 0.7446, 16.25), (1000, 0.01, 3.0), (9, 1.0, 1.2), (40, 1.0, 1.0)]
+)
 def test_scale_and_epsilon_formulas_agree(n, dmin, dmax):
     floor = smallest_feasible_epsilon(n, dmin)
     for factor in (1.0001, 1.01, 1.5, 3, 10, 100, 1e3, 1e5):
@@ -104,20 +107,22 @@ def _oracle_by_adaptive_quadrature(dist, b, dmax):
     """The same formula term by term (each k, each candidate) with scipy's adaptive quadrature."""
     n = len(dist)
     pk = truncated_poisson_pmf(math.log(n), n)
-    G = lambda z: math.exp(-math.exp(-z / b))                      # noqa: E731  (max-Gumbel CDF)
+    G = lambda z: math.exp(-math.exp(-z / b))  # noqa: E731  (max-Gumbel CDF)
     mass = G(dmax) - G(-dmax)
-    f = lambda z: math.exp(-z / b - math.exp(-z / b)) / b / mass if abs(z) <= dmax else 0.0   # noqa: E731
-    S = lambda z: 1.0 if z < -dmax else 0.0 if z > dmax else (G(dmax) - G(z)) / mass         # noqa: E731
+    f = lambda z: math.exp(-z / b - math.exp(-z / b)) / b / mass if abs(z) <= dmax else 0.0  # noqa: E731
+    S = lambda z: 1.0 if z < -dmax else 0.0 if z > dmax else (G(dmax) - G(z)) / mass  # noqa: E731
     P = np.zeros((n, n))
     for w in range(n):
         order = candidate_order(dist[w], w)
         d = dist[w, order]
         for j in range(n):
             for k in range(max(j, 1), n):
-                edges = sorted(set(np.concatenate((d[:k + 1] - dmax, d[:k + 1] + dmax)).tolist()))
+                edges = sorted(set(np.concatenate((d[: k + 1] - dmax, d[: k + 1] + dmax)).tolist()))
                 integrand = lambda x: f(x - d[j]) * math.prod(S(x - d[i]) for i in range(k + 1) if i != j)  # noqa: E731
-                P[w, order[j]] += pk[k] * sum(integrate.quad(integrand, lo, hi, epsabs=0, epsrel=1e-12)[0]
-                                              for lo, hi in zip(edges[:-1], edges[1:]))
+                P[w, order[j]] += pk[k] * sum(
+                    integrate.quad(integrand, lo, hi, epsabs=0, epsrel=1e-12)[0]
+                    for lo, hi in zip(edges[:-1], edges[1:])
+                )
     return P
 
 
@@ -135,22 +140,25 @@ def test_oracle_rows_are_distributions(small, short_table):
         for factor in (1.2, 1.5, 10.0):
             _, P = _oracle(index, factor * smallest_feasible_epsilon(index.n, index.dmin))
             np.testing.assert_allclose(P.sum(axis=1), 1.0, rtol=0, atol=1e-9)
-            assert (P > 0).all()        # the source word and every other word are possible outputs
+            assert (P > 0).all()  # the source word and every other word are possible outputs
 
 
 # ---- the fast sampler against the exact oracle -----------------------------------------------
-@pytest.mark.parametrize("fixture, factor, words, draws", [
-    ("small", 1.2, (0, 4, 8), DRAWS),
-    ("small", 10.0, (0, 4, 8), DRAWS),       # b < Dmax: the Gumbel shape matters more
-    # The fallback runs per token in Python (~0.2 ms each), so fewer draws here; the false-alarm
-    # rate is still 1e-6, the smallest detectable deviation grows by sqrt(2).
-    ("short_table", 1.5, (0, 14), DRAWS // 2),
-])
+@pytest.mark.parametrize(
+    "fixture, factor, words, draws",
+    [
+        ("small", 1.2, (0, 4, 8), DRAWS),
+        ("small", 10.0, (0, 4, 8), DRAWS),  # b < Dmax: the Gumbel shape matters more
+        # The fallback runs per token in Python (~0.2 ms each), so fewer draws here; the false-alarm
+        # rate is still 1e-6, the smallest detectable deviation grows by sqrt(2).
+        ("short_table", 1.5, (0, 14), DRAWS // 2),
+    ],
+)
 def test_sampler_matches_exact_oracle(request, fixture, factor, words, draws):
     index = request.getfixturevalue(fixture)
     mech, P = _oracle(index, factor * smallest_feasible_epsilon(index.n, index.dmin))
     for word in words:
-        assert (P[word] > 0.05).sum() >= 3           # not degenerate: several likely outputs
+        assert (P[word] > 0.05).sum() >= 3  # not degenerate: several likely outputs
         stat, threshold = _chi_square_matches(mech, word, P[word], draws, seed=100 + word)
         assert stat < threshold, f"word {word}: chi-square {stat:.1f} >= {threshold:.1f}"
 
@@ -168,7 +176,7 @@ class SquaredNoise(TruncatedGumbel):
     def _perturb_from_table(self, ids, k, rng):
         width = int(k.max()) + 1
         g = -self.gumbel.b * np.log(self.truncated_exponential(rng, (len(ids), width)).astype(np.float64))
-        scores = self.index.neighbour_distances[ids, :width] + np.sign(g) * g ** 2 / self.gumbel.b
+        scores = self.index.neighbour_distances[ids, :width] + np.sign(g) * g**2 / self.gumbel.b
         scores[np.arange(width)[None, :] > k[:, None]] = np.inf
         return self._table_ids[ids, np.argmin(scores, axis=1)]
 
@@ -225,7 +233,7 @@ def test_audit_figures(small):
     mech, P = _oracle(small, 1.5 * smallest_feasible_epsilon(small.n, small.dmin))
     dist = pairwise_distances(small.vectors)
     figures = audit_pairs(P, dist, neighbour_ids=np.asarray(small.neighbour_ids)[:, :4], rate=mech.epsilon)
-    assert figures == audit_pairs(P, dist, neighbour_ids=3, rate=mech.epsilon)   # table or K: same pairs
+    assert figures == audit_pairs(P, dist, neighbour_ids=3, rate=mech.epsilon)  # table or K: same pairs
     logp = np.log(P)
     brute = {(w, v, y): logp[w, y] - logp[v, y] for w in range(9) for v in range(9) if w != v for y in range(9)}
     (w, v, y), worst = max(brute.items(), key=lambda item: item[1])
@@ -272,7 +280,7 @@ def test_subset_audit(sixty):
         assert 0 < r["worst_metric_rate"] < math.inf
         assert all(0 <= x <= 1 for x in r["delta_profile"].values())
         assert set(r["worst_pair"]) < set(range(sixty.n))
-    assert audit_truncated_gumbel_subsets(sixty, eps) == rows          # reproducible, and a fresh list
+    assert audit_truncated_gumbel_subsets(sixty, eps) == rows  # reproducible, and a fresh list
     rows[0]["n"] = -1
     assert audit_truncated_gumbel_subsets(sixty, eps)[0]["n"] == 9
 
@@ -351,8 +359,8 @@ class TailRng:
 
     def random(self, size=None, dtype=np.float64):
         u = self.u0 + (1 - self.u0) * self.rng.random(size)
-        if dtype == np.float32:                       # numpy's float32 uniforms: multiples of 2^-24
-            u = np.floor(u * 2 ** 24) / 2 ** 24
+        if dtype == np.float32:  # numpy's float32 uniforms: multiples of 2^-24
+            u = np.floor(u * 2**24) / 2**24
         return u.astype(dtype)
 
 
@@ -388,8 +396,9 @@ def _truncated_gumbel_cdf(mech, below_e: float = None):
     e0 = e_lo if below_e is None else below_e
 
     def cdf(t):
-        s = np.exp(-np.asarray(t) / b)                 # P(g <= t) = P(E >= s)
+        s = np.exp(-np.asarray(t) / b)  # P(g <= t) = P(E >= s)
         return np.exp(-(s - e0)) * -np.expm1(-(e_hi - s)) / -math.expm1(-(e_hi - e0))
+
     return cdf
 
 
@@ -409,7 +418,7 @@ def test_noise_lower_tail_matches_the_truncated_gumbel(small, cls, ok, dmax_over
     N exp(-(e^3 - E0)) ~ 60 of 200,000; 5 standard deviations). The float32 draw stops at -2.81 b."""
     mech = _mechanism_at_scale(small, dmax_over_b, cls)
     x0 = 12.0
-    e_lo, e_hi = _e_range(mech)                   # X > x0 <=> u > 1 - e^-x0 <=> E > e0:
+    e_lo, e_hi = _e_range(mech)  # X > x0 <=> u > 1 - e^-x0 <=> E > e0:
     e0 = e_lo - math.log(math.exp(-(e_hi - e_lo)) - math.expm1(-(e_hi - e_lo)) * math.exp(-x0))
     g = -mech.gumbel.b * np.log(mech.truncated_exponential(TailRng(5, x0), TAIL_DRAWS).astype(np.float64))
     cdf = _truncated_gumbel_cdf(mech, below_e=e0)
@@ -431,11 +440,12 @@ def test_unbounded_exponential_keeps_the_exponential_law(monkeypatch):
     assert _ks_distance(x, lambda t: -np.expm1(-t)) < _dkw_tolerance(TAIL_DRAWS)
     assert x.max() > 10
 
-    def broken(rng, shape):                          # a draw above 1 replaced by a fresh one: no tail
+    def broken(rng, shape):  # a draw above 1 replaced by a fresh one: no tail
         y = rng.standard_exponential(shape)
         deep = y > 1.0
         y[deep] = rng.standard_exponential(deep.sum())
         return y
+
     y = broken(np.random.default_rng(3), TAIL_DRAWS)
     assert _ks_distance(y, lambda t: -np.expm1(-t)) > _dkw_tolerance(TAIL_DRAWS)
 

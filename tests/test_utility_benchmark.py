@@ -1,13 +1,21 @@
 """benchmarks.utility: the fixed stratified split, the interval math, the embedding features and the
 round trip of texts through `dptext run` in record order."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from benchmarks.utility import (Cache, make_split, mean_embeddings, privatize, stratified_subset, t_interval,
-                                welch_interval)
+from benchmarks.utility import (
+    Cache,
+    make_split,
+    mean_embeddings,
+    privatize,
+    stratified_subset,
+    t_interval,
+    welch_interval,
+)
 from tests.conftest import build_random_index
 
 pytest.importorskip("sklearn")
@@ -78,8 +86,9 @@ def test_privatize_returns_every_run_in_record_order(tiny_index, tmp_path):
     texts[7] = "w1 unknown w2"
     # Noise of norm ~ d / eps = 8e-6, far below the smallest distance between words: every word
     # comes out as itself, so each output must equal its own input (OOV words -> the placeholder).
-    runs, figures = privatize(texts, "multivariate_laplace", 1e6, 3, str(path), tmp_path / "job", None,
-                              ["--runner", "DirectRunner"])
+    runs, figures = privatize(
+        texts, "multivariate_laplace", 1e6, 3, str(path), tmp_path / "job", None, ["--runner", "DirectRunner"]
+    )
     expected = [t.replace("unknown", "<unk>") for t in texts]
     assert runs == [expected] * 3
     assert figures["fraction_changed"] == 0 and figures["oov"] == 3
@@ -93,9 +102,9 @@ def test_cache_is_saved_into_the_results_json_and_read_back(tmp_path):
     cache = Cache(path)
     assert cache.get(key) is None
     cache.put(key, {"epsilon": 10.1})
-    cache.put(key, {"epsilon": 10.2})            # replaces, does not append
+    cache.put(key, {"epsilon": 10.2})  # replaces, does not append
     cache.save(path)
     again = Cache(path)
     assert again.get(key) == {"epsilon": 10.2} and len(again.entries) == 1
     assert again.get({**key, "sample": 100}) is None
-    assert '"rows": [' in path.read_text()        # the rest of the results file is kept
+    assert '"rows": [' in path.read_text()  # the rest of the results file is kept

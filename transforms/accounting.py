@@ -5,6 +5,7 @@ CorpusAccount whose histogram of perturbed-token counts gives exact percentiles 
 per-document bound. Composition of per-token pure bounds: basic (a sum) and, at a chosen
 delta, dp_accounting's privacy-loss-distribution composition of the same per-token events.
 """
+
 from __future__ import annotations
 
 import functools
@@ -19,10 +20,10 @@ PERCENTILES = (50, 90, 99)
 
 @dataclass(frozen=True)
 class DocumentAccount:
-    tokens: int             # word tokens in the document
-    perturbed: int          # in-vocabulary tokens that went through the mechanism
-    changed: int            # perturbed tokens whose output word differs (a quality figure, not a guarantee)
-    oov: int                # out-of-vocabulary tokens, handled by the OOV policy
+    tokens: int  # word tokens in the document
+    perturbed: int  # in-vocabulary tokens that went through the mechanism
+    changed: int  # perturbed tokens whose output word differs (a quality figure, not a guarantee)
+    oov: int  # out-of-vocabulary tokens, handled by the OOV policy
 
     @classmethod
     def total(cls, parts) -> "DocumentAccount":
@@ -37,7 +38,7 @@ class CorpusAccount:
     perturbed: int = 0
     changed: int = 0
     oov: int = 0
-    perturbed_histogram: Counter = field(default_factory=Counter)   # perturbed-count -> documents
+    perturbed_histogram: Counter = field(default_factory=Counter)  # perturbed-count -> documents
 
     def add(self, doc: DocumentAccount) -> "CorpusAccount":
         self.documents += 1
@@ -64,7 +65,7 @@ class CorpusAccount:
         ordered = sorted(self.perturbed_histogram.items())
         result = {}
         for q in PERCENTILES:
-            rank = max(1, -(-q * self.documents // 100))   # ceil(q/100 * documents)
+            rank = max(1, -(-q * self.documents // 100))  # ceil(q/100 * documents)
             seen = 0
             for value, count in ordered:
                 seen += count
@@ -103,10 +104,10 @@ def composed_bound(tokens: int, per_token_epsilon: float, delta: float) -> float
 
     if delta_at(0.0) <= delta:
         return 0.0
-    low, high = 0.0, basic              # delta_at(basic) = outside <= delta (checked below)
+    low, high = 0.0, basic  # delta_at(basic) = outside <= delta (checked below)
     if delta_at(high) > delta:
         return basic
-    for _ in range(200):                # bisection to float resolution; high stays valid
+    for _ in range(200):  # bisection to float resolution; high stays valid
         middle = 0.5 * (low + high)
         if middle <= low or middle >= high:
             break
@@ -127,7 +128,7 @@ def _randomized_response_losses(tokens: int, epsilon: float):
     upper bound on the probability mass outside the window."""
     from scipy.stats import binom
 
-    q = 1.0 / (1.0 + math.exp(epsilon)) if epsilon < 700 else 0.0   # P[one event reports the "other" side]
+    q = 1.0 / (1.0 + math.exp(epsilon)) if epsilon < 700 else 0.0  # P[one event reports the "other" side]
     half = math.ceil(_WINDOW_SDS * math.sqrt(tokens) / 2) + 1
     mean = tokens * q
     first, last = max(0, math.floor(mean - half)), min(tokens, math.ceil(mean + half))
@@ -135,7 +136,10 @@ def _randomized_response_losses(tokens: int, epsilon: float):
     log_p = binom.logpmf(l, tokens, q) if q > 0 else np.where(l == 0, 0.0, -np.inf)
     outside = 0.0
     if first > 0 or last < tokens:
-        t = min(mean - first, last - mean) if first > 0 and last < tokens else (
-            mean - first if first > 0 else last - mean)
+        t = (
+            min(mean - first, last - mean)
+            if first > 0 and last < tokens
+            else (mean - first if first > 0 else last - mean)
+        )
         outside = 2.0 * math.exp(-2.0 * t * t / tokens)
     return epsilon * (tokens - 2.0 * l), log_p, outside

@@ -6,6 +6,7 @@ distance (metric rate), the same within K-nearest-neighbour pairs, and the priva
 delta(eps'), on random vocabularies drawn from an index (audit_subsets). It knows no mechanism:
 mechanisms import it, never the reverse.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,9 @@ def pairwise_distances(vectors: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(((v[:, None, :] - v[None, :, :]) ** 2).sum(-1), 0.0))
 
 
-def audit_pairs(P: np.ndarray, dist: np.ndarray, neighbour_ids=None, eps_grid=PROFILE_EPSILONS,
-                rate: float | None = None) -> dict:
+def audit_pairs(
+    P: np.ndarray, dist: np.ndarray, neighbour_ids=None, eps_grid=PROFILE_EPSILONS, rate: float | None = None
+) -> dict:
     """Worst-case figures over all ordered pairs (w, w'), w != w', of an exact distribution P.
 
     neighbour_ids: the K-nearest-neighbour table of the audited vocabulary ((n, K + 1) ids, the
@@ -46,8 +48,13 @@ def audit_pairs(P: np.ndarray, dist: np.ndarray, neighbour_ids=None, eps_grid=PR
     ratio = diff.max(axis=2)
     ratio[~pair] = -np.inf
     w, w2 = np.unravel_index(np.argmax(ratio), ratio.shape)
-    result = {"n": n, "worst_log_ratio": float(ratio[w, w2]), "worst_pair": [int(w), int(w2)],
-              "worst_output": int(np.argmax(diff[w, w2])), "worst_pair_distance": float(dist[w, w2])}
+    result = {
+        "n": n,
+        "worst_log_ratio": float(ratio[w, w2]),
+        "worst_pair": [int(w), int(w2)],
+        "worst_output": int(np.argmax(diff[w, w2])),
+        "worst_pair_distance": float(dist[w, w2]),
+    }
     positive = pair & (dist > 0)
     per_distance = np.where(positive, ratio / np.where(positive, dist, 1.0), -np.inf)
     result["worst_metric_rate"] = float(per_distance.max())
@@ -61,7 +68,8 @@ def audit_pairs(P: np.ndarray, dist: np.ndarray, neighbour_ids=None, eps_grid=PR
         result["typical_candidates"] = typical
         result["worst_log_ratio_within_typical_candidates"] = float(ratio[near].max())
         result["delta_profile_within_typical_candidates"] = {
-            f"{e:g}": _hockey_stick(P, np.full((n, n), e), near) for e in eps_grid}
+            f"{e:g}": _hockey_stick(P, np.full((n, n), e), near) for e in eps_grid
+        }
     result["delta_profile"] = {f"{e:g}": _hockey_stick(P, np.full((n, n), e), pair) for e in eps_grid}
     if rate is not None:
         result["max_delta_at_rate_times_distance"] = _hockey_stick(P, rate * dist, pair)
@@ -91,7 +99,7 @@ def _near_pairs(table: np.ndarray) -> np.ndarray:
 
 def _hockey_stick(P: np.ndarray, eps: np.ndarray, pair: np.ndarray) -> float:
     """max over pairs of sum_y max(0, P[w, y] - exp(eps[w, w2]) P[w2, y])."""
-    factor = np.exp(np.minimum(eps, 700.0))      # exp(700) already exceeds any ratio of probabilities
+    factor = np.exp(np.minimum(eps, 700.0))  # exp(700) already exceeds any ratio of probabilities
     excess = np.maximum(0.0, P[:, None, :] - factor[:, :, None] * P[None, :, :]).sum(axis=2)
     return float(excess[pair].max())
 
@@ -112,7 +120,7 @@ def audit_subsets(index, sizes, seed: int, audit_one) -> list[dict]:
         fields, P, rate = audit_one(dist)
         row = {"n": size, **fields}
         row.update(audit_pairs(P, dist, neighbour_ids=min(index.neighbours, size - 1), rate=rate))
-        row["worst_pair"] = [int(chosen[i]) for i in row["worst_pair"]]       # vocabulary ids
+        row["worst_pair"] = [int(chosen[i]) for i in row["worst_pair"]]  # vocabulary ids
         row["worst_output"] = int(chosen[row["worst_output"]])
         row["metric_rate_contradicted"] = row["worst_metric_rate"] > rate
         rows.append(row)
@@ -139,23 +147,35 @@ def format_audit(rows: list[dict]) -> str:
     def cell(value, width):
         return f"{value:>{width}.4g}" if isinstance(value, (int, float)) else f"{str(value):>{width}}"
 
-    columns = [("n", "n", 4), ("epsilon", "eps", 8), ("claimed_epsilon_times_dmin", "eps*Dmin", 9),
-               ("claimed_epsilon_times_dmax", "eps*Dmax", 9), ("worst_log_ratio", "worst ln-ratio", 15),
-               ("worst_metric_rate", "worst rate", 11), ("worst_log_ratio_within_neighbours", "within-KNN", 11),
-               ("worst_log_ratio_within_typical_candidates", "within-ln(n)NN", 15),
-               ("max_delta_at_rate_times_distance", "delta@eps*d", 12)]
-    columns = [c for c in columns if c[0] in rows[0]]       # each mechanism's audit has its own fields
+    columns = [
+        ("n", "n", 4),
+        ("epsilon", "eps", 8),
+        ("claimed_epsilon_times_dmin", "eps*Dmin", 9),
+        ("claimed_epsilon_times_dmax", "eps*Dmax", 9),
+        ("worst_log_ratio", "worst ln-ratio", 15),
+        ("worst_metric_rate", "worst rate", 11),
+        ("worst_log_ratio_within_neighbours", "within-KNN", 11),
+        ("worst_log_ratio_within_typical_candidates", "within-ln(n)NN", 15),
+        ("max_delta_at_rate_times_distance", "delta@eps*d", 12),
+    ]
+    columns = [c for c in columns if c[0] in rows[0]]  # each mechanism's audit has its own fields
     profiles = [("delta_profile", "d"), ("delta_profile_within_typical_candidates", "near d")]
     profiles = [(key, label) for key, label in profiles if key in rows[0]]
-    lines = [" ".join(f"{label:>{w}}" for _, label, w in columns) + "".join(
-        "  " + " ".join(f"{label + '(' + e + ')':>11}" for e in rows[0][key]) for key, label in profiles)]
+    lines = [
+        " ".join(f"{label:>{w}}" for _, label, w in columns)
+        + "".join("  " + " ".join(f"{label + '(' + e + ')':>11}" for e in rows[0][key]) for key, label in profiles)
+    ]
     for r in rows:
-        lines.append(" ".join(cell(r[key], w) for key, _, w in columns) + "".join(
-            "  " + " ".join(cell(v, 11) for v in r[key].values()) for key, _ in profiles))
-    legend = ("worst ln-ratio: max over pairs w != w' and outputs y of ln P[M(w)=y] / P[M(w')=y]; worst rate: "
-              "the same divided by d(w, w'); within-KNN / within-ln(n)NN: only pairs where one word is among "
-              "the other's K (table) or round(ln n) nearest; delta@eps*d: max hockey-stick delta at eps x d(w, w'); "
-              "d(e) / near d(e): max hockey-stick delta at e over all pairs / over the ln(n)-nearest pairs.")
+        lines.append(
+            " ".join(cell(r[key], w) for key, _, w in columns)
+            + "".join("  " + " ".join(cell(v, 11) for v in r[key].values()) for key, _ in profiles)
+        )
+    legend = (
+        "worst ln-ratio: max over pairs w != w' and outputs y of ln P[M(w)=y] / P[M(w')=y]; worst rate: "
+        "the same divided by d(w, w'); within-KNN / within-ln(n)NN: only pairs where one word is among "
+        "the other's K (table) or round(ln n) nearest; delta@eps*d: max hockey-stick delta at eps x d(w, w'); "
+        "d(e) / near d(e): max hockey-stick delta at e over all pairs / over the ln(n)-nearest pairs."
+    )
     return "\n".join(lines + ["", legend])
 
 

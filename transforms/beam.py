@@ -4,6 +4,7 @@ The only module that knows Beam's DoFn, Shared, BatchElements and Metrics for pe
 The index is loaded once per worker process through `shared.Shared` (memory-mapped, so the
 processes on one machine share its pages); many documents' tokens go through one `perturb` call.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,12 +32,12 @@ TRANSIENT_ATTEMPTS = 3
 
 
 class Document(NamedTuple):
-    source: Optional[str]       # the input file (None for an element of a user's PCollection)
-    offset: Optional[int]       # byte offset of the record in that file, or Parquet row number
+    source: Optional[str]  # the input file (None for an element of a user's PCollection)
+    offset: Optional[int]  # byte offset of the record in that file, or Parquet row number
     text: str
-    record: object = None       # the rest of the record: the JSONL line around the text, the Parquet
-                                # row, or the dict a user's element was
-    element: str = "document"   # what Privatize gives back: "document", "str" or "dict"
+    record: object = None  # the rest of the record: the JSONL line around the text, the Parquet
+    # row, or the dict a user's element was
+    element: str = "document"  # what Privatize gives back: "document", "str" or "dict"
 
 
 def dead_letter(source: str, offset: int, reason: str) -> dict:
@@ -59,7 +60,7 @@ class PerturbBatchFn(beam.DoFn):
 
     def setup(self):
         self._loaded = self._shared_handle.acquire(self.config.load, tag=repr(self.config))
-        self._os_rng = np.random.default_rng()   # SeedSequence() from OS entropy, per process
+        self._os_rng = np.random.default_rng()  # SeedSequence() from OS entropy, per process
 
     def _rng(self, first: Document) -> np.random.Generator:
         if self.config.test_seed is None:
@@ -82,8 +83,13 @@ class PerturbBatchFn(beam.DoFn):
                 if attempt == TRANSIENT_ATTEMPTS:
                     raise
                 # The error's type only: its message could quote a path or, in principle, data.
-                logging.warning("dptext: transient %s on a batch of %d documents (attempt %d of %d); retrying",
-                                type(err).__name__, len(batch), attempt, TRANSIENT_ATTEMPTS)
+                logging.warning(
+                    "dptext: transient %s on a batch of %d documents (attempt %d of %d); retrying",
+                    type(err).__name__,
+                    len(batch),
+                    attempt,
+                    TRANSIENT_ATTEMPTS,
+                )
                 self._retries.inc()
                 time.sleep(0.2 * attempt)
         yield from outputs
@@ -115,8 +121,9 @@ class PerturbBatchFn(beam.DoFn):
             outputs.append(perturbed)
             accounts.append(account)
         if short:
-            texts, short_accounts = perturb_texts([d.text for d in short], self._loaded, self.config,
-                                                  self._rng(short[0]))
+            texts, short_accounts = perturb_texts(
+                [d.text for d in short], self._loaded, self.config, self._rng(short[0])
+            )
             outputs += [doc._replace(text=text) for doc, text in zip(short, texts)]
             accounts += short_accounts
         return outputs, accounts, dead
@@ -156,8 +163,9 @@ def split_long_text(text: str, limit: int) -> list[str] | None:
     return chunks
 
 
-def perturb_texts(texts: list[str], loaded: LoadedMechanism, config: JobConfig,
-                  rng: np.random.Generator) -> tuple[list[str], list[DocumentAccount]]:
+def perturb_texts(
+    texts: list[str], loaded: LoadedMechanism, config: JobConfig, rng: np.random.Generator
+) -> tuple[list[str], list[DocumentAccount]]:
     """Tokenize, look up, perturb every in-vocabulary token in one call, apply OOV policy, rejoin."""
     index, mechanism = loaded.index, loaded.mechanism
     parts = [split_tokens(t) for t in texts]
@@ -179,11 +187,17 @@ def perturb_texts(texts: list[str], loaded: LoadedMechanism, config: JobConfig,
 
     ends = np.cumsum([len(p.words) for p in parts])
     starts = ends - np.diff(ends, prepend=0)
-    per_doc = {name: _segment_sums(flags, starts, ends)
-               for name, flags in (("perturbed", in_vocab), ("changed", in_vocab & (out_ids != ids)), ("oov", oov))}
+    per_doc = {
+        name: _segment_sums(flags, starts, ends)
+        for name, flags in (("perturbed", in_vocab), ("changed", in_vocab & (out_ids != ids)), ("oov", oov))
+    }
     outputs = [rejoin(out_words[a:b], p.separators) for p, a, b in zip(parts, starts.tolist(), ends.tolist())]
-    accounts = [DocumentAccount(b - a, *counts) for a, b, *counts in zip(
-        starts.tolist(), ends.tolist(), per_doc["perturbed"], per_doc["changed"], per_doc["oov"])]
+    accounts = [
+        DocumentAccount(b - a, *counts)
+        for a, b, *counts in zip(
+            starts.tolist(), ends.tolist(), per_doc["perturbed"], per_doc["changed"], per_doc["oov"]
+        )
+    ]
     return outputs, accounts
 
 
@@ -197,7 +211,7 @@ def _output_words(words, out_ids, in_vocab, lowered, index, config) -> list[str]
     vocab = index.vocabulary
     # "keep": OOV tokens (out id -1) stay as they are.
     out = [vocab[i] if i >= 0 else w for i, w in zip(out_ids.tolist(), words)]
-    replaced = out_ids >= 0              # mechanism outputs and random OOV replacements
+    replaced = out_ids >= 0  # mechanism outputs and random OOV replacements
     if config.case == "lower":
         for i in np.flatnonzero(replaced):
             out[i] = out[i].lower()
@@ -221,12 +235,15 @@ class PerturbDocuments(beam.PTransform):
     def expand(self, documents):
         batch_chars = self.config.batch_chars
         batches = documents | "BatchDocuments" >> beam.BatchElements(
-            min_batch_size=max(1, batch_chars // 8), max_batch_size=batch_chars,
-            element_size_fn=lambda doc: max(1, len(doc.text)))
+            min_batch_size=max(1, batch_chars // 8),
+            max_batch_size=batch_chars,
+            element_size_fn=lambda doc: max(1, len(doc.text)),
+        )
         if self.rebalance:
             # A fusion break: without it each batch is perturbed by the worker that read it, so a
             # corpus in few splits (one gzip file, a few shards, a runner that hands out whole
             # restrictions) runs on few workers; shuffled batches spread evenly over all of them.
             batches = batches | "Rebalance" >> beam.Reshuffle()
         return batches | "PerturbBatches" >> beam.ParDo(PerturbBatchFn(self.config)).with_outputs(
-            ACCOUNTING, DEAD_LETTER, main=DOCUMENTS)
+            ACCOUNTING, DEAD_LETTER, main=DOCUMENTS
+        )

@@ -3,6 +3,7 @@
 Built on the driver (from `dptext run`'s options or from `dptext.Privatize`'s arguments), carried
 to every worker inside the DoFn, and read by the report: one object, not a re-spelling per layer.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,17 +36,17 @@ class JobConfig:
     index_path: str
     mechanism: str
     epsilon: float
-    mechanism_params: tuple = ()          # sorted (name, value) pairs; a dict is accepted
-    text_field: Optional[str] = None      # None: the elements are the texts
+    mechanism_params: tuple = ()  # sorted (name, value) pairs; a dict is accepted
+    text_field: Optional[str] = None  # None: the elements are the texts
     oov: str = "placeholder"
     placeholder: str = "<unk>"
     case: str = "keep"
     max_doc_chars: int = 1_000_000
-    long_docs: str = "split"              # longer documents: processed in chunks, or dead-lettered
+    long_docs: str = "split"  # longer documents: processed in chunks, or dead-lettered
     batch_chars: int = 65536
-    delta: float = 1e-6                   # of the composed per-document bound in the report
+    delta: float = 1e-6  # of the composed per-document bound in the report
     test_seed: Optional[int] = None
-    embedding_id: Optional[str] = None    # the index the report describes; every worker checks it
+    embedding_id: Optional[str] = None  # the index the report describes; every worker checks it
 
     def __post_init__(self):
         if isinstance(self.mechanism_params, dict):
@@ -69,10 +70,14 @@ class JobConfig:
             raise InvalidParameter("text_field", f"must be a non-empty string or None, got {self.text_field!r}")
         breaks = [c for c in self.placeholder if c in LINE_BREAKS]
         if breaks:
-            raise InvalidParameter("oov_placeholder", (
-                f"{self.placeholder!r} contains a line break ({ascii(breaks[0])}); text output is one "
-                "document per line, so a placeholder must not break lines (nor confuse line-splitting "
-                "readers of JSONL)"))
+            raise InvalidParameter(
+                "oov_placeholder",
+                (
+                    f"{self.placeholder!r} contains a line break ({ascii(breaks[0])}); text output is one "
+                    "document per line, so a placeholder must not break lines (nor confuse line-splitting "
+                    "readers of JSONL)"
+                ),
+            )
 
     @property
     def test_seed_used(self) -> bool:
@@ -84,15 +89,17 @@ class JobConfig:
         from dptext.transforms import mechanisms
         from dptext.transforms.index import EmbeddingIndex, IndexLoadError
 
-        index = EmbeddingIndex.load(self.index_path, read_only=True)   # tables: stored by the launcher
+        index = EmbeddingIndex.load(self.index_path, read_only=True)  # tables: stored by the launcher
         found = index.manifest.get("embedding_id")
         if self.embedding_id is not None and found != self.embedding_id:
             raise IndexLoadError(
                 f"{self.index_path}: this worker loaded the index with embedding id {found}, but the job was "
                 f"prepared for {self.embedding_id} (the report describes that one); the index at this path "
-                "changed after the launch. Launch the job again.")
-        return LoadedMechanism(index, mechanisms.create(self.mechanism, index, self.epsilon,
-                                                        **dict(self.mechanism_params)))
+                "changed after the launch. Launch the job again."
+            )
+        return LoadedMechanism(
+            index, mechanisms.create(self.mechanism, index, self.epsilon, **dict(self.mechanism_params))
+        )
 
 
 class LoadedMechanism:

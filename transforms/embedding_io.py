@@ -57,6 +57,7 @@ import zlib
 from typing import BinaryIO, Iterator
 
 import numpy as np
+
 from dptext.transforms.errors import DptextError, MissingFile, ParameterError
 
 FORMATS = ("auto", "word2vec", "glove", "word2vec-binary")
@@ -137,9 +138,7 @@ class EmbeddingReadStats:
     lines_read: int
 
 
-def read_embedding(
-    path: str | os.PathLike, fmt: str = "auto"
-) -> tuple[list[str], np.ndarray, EmbeddingReadStats]:
+def read_embedding(path: str | os.PathLike, fmt: str = "auto") -> tuple[list[str], np.ndarray, EmbeddingReadStats]:
     """Read an embedding file into (words, float32 vectors of shape (n, d), stats).
 
     fmt is "auto" (detect; see the module docstring), "word2vec", "glove" or
@@ -152,8 +151,11 @@ def read_embedding(
     if not os.path.exists(name):
         raise MissingFile(f"{name}: no such embedding file")
     if os.path.isdir(name):
-        raise EmbeddingFormatError(name, "this is a directory; expected an embedding file (word2vec text "
-                                         "or binary, or GloVe text, optionally gzipped) inside it")
+        raise EmbeddingFormatError(
+            name,
+            "this is a directory; expected an embedding file (word2vec text "
+            "or binary, or GloVe text, optionally gzipped) inside it",
+        )
     try:
         with _open(name) as f:
             return _read(f, name, fmt)
@@ -233,8 +235,7 @@ def _parse_header(name: str, first: bytes) -> tuple[int, int]:
     if n <= 0 or d <= 0:
         raise EmbeddingFormatError(
             name,
-            f"the word2vec header declares n={n} words of dimension d={d}; "
-            "both must be positive integers",
+            f"the word2vec header declares n={n} words of dimension d={d}; both must be positive integers",
             line=1,
         )
     return n, d
@@ -381,9 +382,7 @@ def _glove_dimension(f: BinaryIO, name: str) -> int:
             name, f"the word is empty (the line starts with a space); {_VALID_TEXT_LINE}", line=1
         )
     if space < 0:
-        raise EmbeddingFormatError(
-            name, f"the line has a word but no values; {_VALID_TEXT_LINE}", line=1
-        )
+        raise EmbeddingFormatError(name, f"the line has a word but no values; {_VALID_TEXT_LINE}", line=1)
     return first.count(b" ", space + 1) + 1
 
 
@@ -501,8 +500,7 @@ class _TextState:
 
             if blank_line is not None:
                 raise fail(
-                    f"empty line; blank lines are allowed only at the end of the file, "
-                    f"{_VALID_TEXT_LINE}",
+                    f"empty line; blank lines are allowed only at the end of the file, {_VALID_TEXT_LINE}",
                     at=blank_line,
                 )
             if self.n_expected is not None and records == self.n_expected:
@@ -513,16 +511,13 @@ class _TextState:
             records += 1
             space = line.find(b" ")
             if space == 0:
-                raise fail(
-                    f"the word is empty (the line starts with a space); {_VALID_TEXT_LINE}"
-                )
+                raise fail(f"the word is empty (the line starts with a space); {_VALID_TEXT_LINE}")
             word = line if space < 0 else line[:space]
             try:
                 word.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise fail(
-                    f"the word is not valid UTF-8 (bad byte at offset {e.start} of the word); "
-                    "words must be UTF-8 text"
+                    f"the word is not valid UTF-8 (bad byte at offset {e.start} of the word); words must be UTF-8 text"
                 ) from None
             fields = [] if space < 0 else line[space + 1 :].split(b" ")
             if b"" in fields:
@@ -533,17 +528,13 @@ class _TextState:
             if len(fields) != d:
                 extra = " (words may not contain ASCII spaces)" if len(fields) > d else ""
                 raise fail(
-                    f"dimension mismatch: expected {d} values after the word ({self.source}), "
-                    f"got {len(fields)}{extra}"
+                    f"dimension mismatch: expected {d} values after the word ({self.source}), got {len(fields)}{extra}"
                 )
             for j, field in enumerate(fields, start=1):
                 if _DECIMAL_RE.fullmatch(field) is None:
                     if _NONFINITE_RE.fullmatch(field) is not None:
                         raise fail(f"value {j} of {d} is not finite; values must be finite numbers")
-                    raise fail(
-                        f"value {j} of {d} is not a decimal number; values must look like "
-                        "0.25, -1.5 or 3e-05"
-                    )
+                    raise fail(f"value {j} of {d} is not a decimal number; values must look like 0.25, -1.5 or 3e-05")
                 with np.errstate(over="ignore"):
                     value = np.float32(float(field))
                 if not np.isfinite(value):
@@ -621,8 +612,7 @@ def _read_binary(
             word = buf[pos:space].decode("utf-8")
         except UnicodeDecodeError as e:
             raise fail(
-                f"the word is not valid UTF-8 (bad byte at offset {e.start} of the word); "
-                "words must be UTF-8 text"
+                f"the word is not valid UTF-8 (bad byte at offset {e.start} of the word); words must be UTF-8 text"
             ) from None
         vector = np.frombuffer(buf, dtype=little_endian_f4, count=d, offset=space + 1)
         if not np.isfinite(vector).all():

@@ -1,5 +1,6 @@
 """The one base of every error a user can fix. `dptext` prints these as one line (exit 2);
 anything else is a bug and keeps its traceback. No Beam import: the CLI's supervisor uses them."""
+
 from __future__ import annotations
 
 

@@ -3,6 +3,7 @@
 This module is the only place that knows the directory's files. Arrays are raw little-endian
 files that numpy memory-maps, so every process on a machine shares one copy in the page cache.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,9 +19,9 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from dptext.transforms.errors import DptextError, ParameterError
 from dptext.transforms.index_build import Tables, build_tables, candidate_order
 from dptext.transforms.numerics import U32, gamma32
-from dptext.transforms.errors import DptextError, ParameterError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -31,7 +32,7 @@ NEIGHBOUR_DISTANCES = "neighbour_distances.f32"
 ANNOY = "annoy.ann"
 
 TABLE_LOCK = ".tables.lock"
-VERIFIED = "verified"        # under the machine's index cache: markers of indexes whose hashes were checked
+VERIFIED = "verified"  # under the machine's index cache: markers of indexes whose hashes were checked
 
 DEFAULT_NEIGHBOURS = 64
 DEFAULT_ANNOY_TREES = 16
@@ -46,8 +47,10 @@ class TableError(IndexLoadError):
 
 
 # Where a missing table comes from; every table error says it.
-TABLE_SOURCES = ("workers only read tables stored with the index: `dptext build-index` stores those of the "
-                 "default parameters, the launcher (`dptext run`) any other before the job starts")
+TABLE_SOURCES = (
+    "workers only read tables stored with the index: `dptext build-index` stores those of the "
+    "default parameters, the launcher (`dptext run`) any other before the job starts"
+)
 
 
 def sha256_file(path: Path, block: int = 1 << 22) -> str:
@@ -78,8 +81,15 @@ class _AnnoyHandle:
 class EmbeddingIndex:
     """Vocabulary, vectors, exact K-NN table, distance extremes and an Annoy forest."""
 
-    def __init__(self, path: Path, manifest: dict, words: list[str], vectors: np.ndarray,
-                 neighbour_ids: np.ndarray, neighbour_distances: np.ndarray):
+    def __init__(
+        self,
+        path: Path,
+        manifest: dict,
+        words: list[str],
+        vectors: np.ndarray,
+        neighbour_ids: np.ndarray,
+        neighbour_distances: np.ndarray,
+    ):
         self.path = path
         self.manifest = manifest
         self._words = words
@@ -90,9 +100,9 @@ class EmbeddingIndex:
         self._annoy = _AnnoyHandle(path / ANNOY, manifest["d"])
         self._sq_norms = None
         self._tables: dict[str, np.ndarray] = {}
-        self.read_only = False           # a worker's index: stored tables only (see table)
-        self.location = str(path)        # where tables are stored: this directory, or the gs:// URI loaded
-        self._added: dict[str, tuple[dict, dict]] = {}   # tables this process stored: key -> (entry, file meta)
+        self.read_only = False  # a worker's index: stored tables only (see table)
+        self.location = str(path)  # where tables are stored: this directory, or the gs:// URI loaded
+        self._added: dict[str, tuple[dict, dict]] = {}  # tables this process stored: key -> (entry, file meta)
 
     # ---- shape and constants -------------------------------------------------------------
     @property
@@ -149,8 +159,14 @@ class EmbeddingIndex:
         """Id of the nearest vocabulary word to each row of points (float, shape (m, d))."""
         return self.nearest_words(points, 1, method, search_k)[:, 0]
 
-    def nearest_words(self, points: np.ndarray, m: int = 1, method: str = "exact", search_k: int = -1,
-                      sources: np.ndarray | None = None) -> np.ndarray:
+    def nearest_words(
+        self,
+        points: np.ndarray,
+        m: int = 1,
+        method: str = "exact",
+        search_k: int = -1,
+        sources: np.ndarray | None = None,
+    ) -> np.ndarray:
         """The m nearest vocabulary words to each row of points, (len(points), m) int32 ids: the one
         nearest-word search of dptext. exact: by (distance, id); with `sources` (the word each point
         is a noisy copy of) the neighbour table certifies most rows (nearest_to_noisy). annoy:
@@ -170,8 +186,9 @@ class EmbeddingIndex:
         if (~short).any():
             out[~short] = np.array([f for f, s in zip(found, short) if not s], dtype=np.int32)
         if short.any():
-            out[short] = self.nearest_words(points[short], m, "exact", sources=None if sources is None
-                                            else np.asarray(sources)[short])
+            out[short] = self.nearest_words(
+                points[short], m, "exact", sources=None if sources is None else np.asarray(sources)[short]
+            )
         return out
 
     def nearest_to_noisy(self, ids: np.ndarray, points: np.ndarray, m: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -192,8 +209,8 @@ class EmbeddingIndex:
         # with |noise| >= dK the table can never certify (the usual case at small epsilon).
         hopeful = np.flatnonzero(noise < d_k)
         fallback = [np.flatnonzero(noise >= d_k)]
-        for s in range(0, len(hopeful), 256):      # bounds the (rows, K + 1, d) float64 differences
-            rows = hopeful[s:s + 256]
+        for s in range(0, len(hopeful), 256):  # bounds the (rows, K + 1, d) float64 differences
+            rows = hopeful[s : s + 256]
             table = np.asarray(self.neighbour_ids[ids[rows]])
             diff = vectors[table].astype(np.float64) - points[rows, None, :]
             dist = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
@@ -223,7 +240,7 @@ class EmbeddingIndex:
         p_norm = np.linalg.norm(points, axis=1)
         peel = min(m + 1, self.n)
         for s in range(0, len(points), rows_per_product):
-            block = points[s:s + rows_per_product]
+            block = points[s : s + rows_per_product]
             scores = block.astype(np.float32) @ vectors.T
             scores *= -2.0
             scores += self._sq_norms32[None, :]
@@ -234,14 +251,14 @@ class EmbeddingIndex:
                 best[:, j] = np.argmin(scores, axis=1)
                 score[:, j] = scores[rows, best[:, j]]
                 scores[rows, best[:, j]] = np.inf
-            limit = score[:, m - 1] + _float32_score_error(p_norm[s:s + rows_per_product], self._max_norm, self.d)
+            limit = score[:, m - 1] + _float32_score_error(p_norm[s : s + rows_per_product], self._max_norm, self.d)
             clear = score[:, m] > limit if peel > m else np.ones(len(block), dtype=bool)
             c = np.flatnonzero(clear)
             cand = best[c, :m]
             exact = np.linalg.norm(vectors[cand].astype(np.float64) - block[c, None, :], axis=2)
             order = np.lexsort((cand, exact), axis=1)
             ids[s + c], dist[s + c] = np.take_along_axis(cand, order, 1), np.take_along_axis(exact, order, 1)
-            for j in range(peel):                  # the peeled scores back, for the rows that need them
+            for j in range(peel):  # the peeled scores back, for the rows that need them
                 scores[rows, best[:, j]] = score[:, j]
             for r in np.flatnonzero(~clear):
                 cand = np.flatnonzero(scores[r] <= limit[r])
@@ -262,8 +279,9 @@ class EmbeddingIndex:
             self._sq_norms32 = self._sq_norms.astype(np.float32)
 
     # ---- embedding-only tables of the mechanisms -------------------------------------------
-    def table(self, name: str, compute: Callable[["EmbeddingIndex"], np.ndarray],
-              params: dict | None = None) -> np.ndarray:
+    def table(
+        self, name: str, compute: Callable[["EmbeddingIndex"], np.ndarray], params: dict | None = None
+    ) -> np.ndarray:
         """A table that depends only on the embedding (a KDE prior, a covariance square root),
         stored beside the index with the manifest updated, memory-mapped.
 
@@ -279,9 +297,11 @@ class EmbeddingIndex:
         if entry is not None:
             self._tables[key] = self._map_table(entry)
         elif self.read_only:
-            raise TableError(f"{self.location}: the index has no table {key!r} ({_describe_table(name, params)}); "
-                             f"{TABLE_SOURCES}. Launch again against this index, or add the table to the index "
-                             "a copy was made from and copy it again")
+            raise TableError(
+                f"{self.location}: the index has no table {key!r} ({_describe_table(name, params)}); "
+                f"{TABLE_SOURCES}. Launch again against this index, or add the table to the index "
+                "a copy was made from and copy it again"
+            )
         else:
             self._tables[key] = self._store_table(key, name, params, compute)
         return self._tables[key]
@@ -298,16 +318,16 @@ class EmbeddingIndex:
                 store.publish(self._added, self.manifest)
         except IndexLoadError:
             raise
-        except Exception as err:   # OSError, or a remote filesystem's own error class
+        except Exception as err:  # OSError, or a remote filesystem's own error class
             raise _store_failed(self.location, ", ".join(map(repr, self._added)), err) from None
 
     def _map_table(self, entry: dict) -> np.ndarray:
         meta = self.manifest["files"][entry["file"]]
-        return np.memmap(self.path / entry["file"], dtype=np.dtype(meta["dtype"]), mode="r",
-                         shape=tuple(meta["shape"]))
+        return np.memmap(self.path / entry["file"], dtype=np.dtype(meta["dtype"]), mode="r", shape=tuple(meta["shape"]))
 
-    def _store_table(self, key: str, name: str, params: dict | None,
-                     compute: Callable[["EmbeddingIndex"], np.ndarray]) -> np.ndarray:
+    def _store_table(
+        self, key: str, name: str, params: dict | None, compute: Callable[["EmbeddingIndex"], np.ndarray]
+    ) -> np.ndarray:
         """Compute a missing table and store it beside the index: the table file first (named by its
         hash, so two launchers never overwrite each other's), then the manifest naming it, so no
         reader sees a manifest naming a missing file. A local index serialises processes on a lock
@@ -321,17 +341,25 @@ class EmbeddingIndex:
                 _check_same_index(stored, self.manifest, self.location)
                 entry = stored.get("tables", {}).get(key)
                 if entry is None:
-                    store.check_writable(key)      # before the computing, which can take hours
+                    store.check_writable(key)  # before the computing, which can take hours
                     started = time.time()
                     computing = True
                     array = np.ascontiguousarray(compute(self))
                     computing = False
                     array = array.astype(array.dtype.newbyteorder("<"), copy=False)
                     digest = hashlib.sha256(array.data).hexdigest()
-                    meta = {"sha256": digest, "bytes": array.nbytes, "dtype": array.dtype.str,
-                            "shape": list(array.shape)}
-                    entry = {"file": f"{key}-{digest[:10]}.{array.dtype.str.lstrip('<|')}", "name": name,
-                             "params": params or {}, "build_seconds": round(time.time() - started, 2)}
+                    meta = {
+                        "sha256": digest,
+                        "bytes": array.nbytes,
+                        "dtype": array.dtype.str,
+                        "shape": list(array.shape),
+                    }
+                    entry = {
+                        "file": f"{key}-{digest[:10]}.{array.dtype.str.lstrip('<|')}",
+                        "name": name,
+                        "params": params or {},
+                        "build_seconds": round(time.time() - started, 2),
+                    }
                     store.write(entry["file"], array)
                     store.publish({key: (entry, meta)}, self.manifest)
                     self._added[key] = (entry, meta)
@@ -340,7 +368,7 @@ class EmbeddingIndex:
                     array = store.read_array(entry["file"], meta) if store.remote else None
         except IndexLoadError:
             raise
-        except Exception as err:   # OSError, or a remote filesystem's own error class; compute's own errors pass
+        except Exception as err:  # OSError, or a remote filesystem's own error class; compute's own errors pass
             if computing:
                 raise
             raise _store_failed(self.location, f"{key!r} ({_describe_table(name, params)})", err) from None
@@ -351,9 +379,17 @@ class EmbeddingIndex:
 
     # ---- build ---------------------------------------------------------------------------
     @classmethod
-    def build(cls, words: Sequence[str], vectors: np.ndarray, out_dir, neighbours: int = DEFAULT_NEIGHBOURS,
-              annoy_trees: int = DEFAULT_ANNOY_TREES, source: dict | None = None,
-              progress: bool = True, tables: Tables | None = None) -> "EmbeddingIndex":
+    def build(
+        cls,
+        words: Sequence[str],
+        vectors: np.ndarray,
+        out_dir,
+        neighbours: int = DEFAULT_NEIGHBOURS,
+        annoy_trees: int = DEFAULT_ANNOY_TREES,
+        source: dict | None = None,
+        progress: bool = True,
+        tables: Tables | None = None,
+    ) -> "EmbeddingIndex":
         """Compute the exact tables (unless a distributed build already did) and write the index
         directory; returns the loaded index."""
         words = list(words)
@@ -376,15 +412,21 @@ class EmbeddingIndex:
             np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tofile(out / name)
         (out / VOCAB).write_text("".join(w + "\n" for w in words), encoding="utf-8")
         _build_annoy(vectors, out / ANNOY, annoy_trees)
-        files = {name: {"sha256": sha256_file(out / name), "bytes": (out / name).stat().st_size}
-                 for name in (VOCAB, ANNOY, *arrays)}
+        files = {
+            name: {"sha256": sha256_file(out / name), "bytes": (out / name).stat().st_size}
+            for name in (VOCAB, ANNOY, *arrays)
+        }
         for name, array in arrays.items():
             files[name].update(dtype=array.dtype.newbyteorder("<").str, shape=list(array.shape))
         manifest = {
             "format_version": FORMAT_VERSION,
-            "n": n, "d": d, "neighbours": neighbours,
-            "dmin": tables.dmin, "dmin_pair": [words[i] for i in tables.dmin_pair],
-            "dmax": tables.dmax, "dmax_pair": [words[i] for i in tables.dmax_pair],
+            "n": n,
+            "d": d,
+            "neighbours": neighbours,
+            "dmin": tables.dmin,
+            "dmin_pair": [words[i] for i in tables.dmin_pair],
+            "dmax": tables.dmax,
+            "dmax_pair": [words[i] for i in tables.dmax_pair],
             "metric": "euclidean",
             "annoy_trees": annoy_trees,
             "source": source or {},
@@ -421,8 +463,10 @@ class EmbeddingIndex:
         except (ValueError, UnicodeDecodeError) as err:
             raise IndexLoadError(f"{manifest_path}: corrupt manifest ({err})") from None
         if isinstance(manifest, dict) and manifest.get("format_version") != FORMAT_VERSION:
-            raise IndexLoadError(f"{manifest_path}: index format {manifest.get('format_version')!r} "
-                                 f"is not supported (this dptext reads format {FORMAT_VERSION}); rebuild it")
+            raise IndexLoadError(
+                f"{manifest_path}: index format {manifest.get('format_version')!r} "
+                f"is not supported (this dptext reads format {FORMAT_VERSION}); rebuild it"
+            )
         check_manifest(manifest, manifest_path)
         for name, meta in manifest["files"].items():
             file = path / name
@@ -430,13 +474,20 @@ class EmbeddingIndex:
                 raise IndexLoadError(f"{file}: missing from the index directory")
             size = file.stat().st_size
             if size != meta["bytes"]:
-                raise IndexLoadError(f"{file}: {size} bytes, the manifest says {meta['bytes']}; "
-                                     "the file is truncated or corrupt")
+                raise IndexLoadError(
+                    f"{file}: {size} bytes, the manifest says {meta['bytes']}; the file is truncated or corrupt"
+                )
         if verify:
             verify_once(path, manifest_bytes, manifest)
-        arrays = {name: np.memmap(path / name, dtype=np.dtype(manifest["files"][name]["dtype"]), mode="r",
-                                  shape=tuple(manifest["files"][name]["shape"]))
-                  for name in (VECTORS, NEIGHBOUR_IDS, NEIGHBOUR_DISTANCES)}
+        arrays = {
+            name: np.memmap(
+                path / name,
+                dtype=np.dtype(manifest["files"][name]["dtype"]),
+                mode="r",
+                shape=tuple(manifest["files"][name]["shape"]),
+            )
+            for name in (VECTORS, NEIGHBOUR_IDS, NEIGHBOUR_DISTANCES)
+        }
         words = (path / VOCAB).read_text(encoding="utf-8").split("\n")[:-1]
         if len(words) != manifest["n"]:
             raise IndexLoadError(f"{path / VOCAB}: {len(words)} words, the manifest says {manifest['n']}")
@@ -453,6 +504,7 @@ _REBUILD = "restore the manifest or rebuild the index with `dptext build-index`"
 def check_manifest(manifest, where) -> None:
     """Every manifest field the index relies on, with its type and range, so a hand-edited or
     damaged manifest fails at load naming the field, not later inside numpy or a mechanism."""
+
     def bad(field: str, problem: str) -> IndexLoadError:
         return IndexLoadError(f"{where}: field {field!r} {problem}; {_REBUILD}")
 
@@ -476,8 +528,9 @@ def check_manifest(manifest, where) -> None:
         if field not in manifest:
             raise bad(field, "is missing")
         if not number(manifest[field]) or manifest[field] <= 0:
-            raise bad(field, f"must be a finite number > 0 (a distance between distinct words), "
-                             f"got {manifest[field]!r}")
+            raise bad(
+                field, f"must be a finite number > 0 (a distance between distinct words), got {manifest[field]!r}"
+            )
     if manifest["dmax"] < manifest["dmin"]:
         raise bad("dmax", f"must be >= dmin {manifest['dmin']!r}, got {manifest['dmax']!r}")
     files = manifest.get("files")
@@ -511,8 +564,11 @@ def check_manifest(manifest, where) -> None:
             if name in shapes and shape != shapes[name]:
                 raise bad(f"{field}.shape", f"must be {shapes[name]} for n={n}, d={d}, neighbours={k}, got {shape}")
             if math.prod(shape) * dtype.itemsize != meta["bytes"]:
-                raise bad(f"{field}.bytes", f"must be {math.prod(shape) * dtype.itemsize} for shape {shape} "
-                                            f"and dtype {meta['dtype']}, got {meta['bytes']}")
+                raise bad(
+                    f"{field}.bytes",
+                    f"must be {math.prod(shape) * dtype.itemsize} for shape {shape} "
+                    f"and dtype {meta['dtype']}, got {meta['bytes']}",
+                )
     tables = manifest.get("tables", {})
     if not isinstance(tables, dict):
         raise bad("tables", f"must be an object, got a {type(tables).__name__}")
@@ -550,7 +606,7 @@ def _file_lock(path: Path):
 
 def _float32_score_error(point_norms: np.ndarray, max_norm: float, d: int) -> np.ndarray:
     """Twice a bound on |float32 (|v|^2 - 2 p.v) - exact| (Higham 3.1 for the dot product)."""
-    error = 2 * gamma32(d) * point_norms * max_norm + 4 * U32 * (max_norm ** 2 + 2 * point_norms * max_norm)
+    error = 2 * gamma32(d) * point_norms * max_norm + 4 * U32 * (max_norm**2 + 2 * point_norms * max_norm)
     return 2 * error + 1e-12
 
 
@@ -577,7 +633,7 @@ def _write_marker(key: str) -> None:
     try:
         markers.mkdir(parents=True, exist_ok=True)
         _write_atomically(markers / key, lambda partial: Path(partial).write_text(f"{time.time()}\n"))
-    except OSError:      # an unwritable cache: the next process hashes again, nothing worse
+    except OSError:  # an unwritable cache: the next process hashes again, nothing worse
         pass
 
 
@@ -597,14 +653,14 @@ def verify_once(path: Path, manifest_bytes: bytes, manifest: dict) -> None:
         try:
             markers.mkdir(parents=True, exist_ok=True)
             held.enter_context(_file_lock(markers / f"{key}.lock"))
-        except OSError:     # an unwritable cache: this process hashes on its own
+        except OSError:  # an unwritable cache: this process hashes on its own
             pass
         if (markers / key).is_file():
             return
         for name, meta in manifest["files"].items():
             if sha256_file(path / name) != meta["sha256"]:
                 raise IndexLoadError(f"{path / name}: sha256 does not match the manifest; the file is corrupt")
-        if _state_key(path, manifest_bytes, manifest["files"]) == key:   # nothing changed while hashing
+        if _state_key(path, manifest_bytes, manifest["files"]) == key:  # nothing changed while hashing
             _write_marker(key)
 
 
@@ -629,7 +685,7 @@ def localize(uri: str) -> Path:
         with _open_remote(uri, MANIFEST) as handle:
             manifest_bytes = handle.read()
         manifest = json.loads(manifest_bytes)
-    except Exception as err:   # any filesystem's not-found or IO error, or a corrupt manifest
+    except Exception as err:  # any filesystem's not-found or IO error, or a corrupt manifest
         raise IndexLoadError(f"{uri}/{MANIFEST}: cannot read the index manifest ({err})") from None
     check_manifest(manifest, f"{uri}/{MANIFEST}")
     root = cache_root()
@@ -638,13 +694,13 @@ def localize(uri: str) -> Path:
         return local
     local.mkdir(parents=True, exist_ok=True)
     with _file_lock(root / f"{local.name}.lock"):
-        if (local / MANIFEST).is_file():       # another process copied it while this one waited
+        if (local / MANIFEST).is_file():  # another process copied it while this one waited
             return local
         hashed_all = True
         for name, meta in manifest["files"].items():
             target = local / name
             if target.is_file() and target.stat().st_size == meta["bytes"]:
-                hashed_all = False             # left by an interrupted copy: load hashes it
+                hashed_all = False  # left by an interrupted copy: load hashes it
                 continue
 
             def copy(partial, name=name, meta=meta):
@@ -654,8 +710,11 @@ def localize(uri: str) -> Path:
                         digest.update(chunk)
                         dst.write(chunk)
                 if digest.hexdigest() != meta["sha256"]:
-                    raise IndexLoadError(f"{uri}/{name}: sha256 does not match the manifest; the object is "
-                                         "corrupt, or the index was replaced while this machine copied it")
+                    raise IndexLoadError(
+                        f"{uri}/{name}: sha256 does not match the manifest; the object is "
+                        "corrupt, or the index was replaced while this machine copied it"
+                    )
+
             _write_atomically(target, copy)
         _write_atomically(local / MANIFEST, lambda partial: Path(partial).write_bytes(manifest_bytes))
         if hashed_all:
@@ -689,14 +748,19 @@ class _TableStore:
     def write(self, name: str, data) -> None:
         """data: bytes, or an array written as its raw bytes."""
         if not self.remote:
-            _write_atomically(self.local / name, data.tofile if isinstance(data, np.ndarray)
-                              else lambda partial: Path(partial).write_bytes(data))
+            _write_atomically(
+                self.local / name,
+                data.tofile if isinstance(data, np.ndarray) else lambda partial: Path(partial).write_bytes(data),
+            )
             return
         from apache_beam.io.filesystem import CompressionTypes
         from apache_beam.io.filesystems import FileSystems
 
-        with FileSystems.create(FileSystems.join(self.location, name), mime_type="application/octet-stream",
-                                compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        with FileSystems.create(
+            FileSystems.join(self.location, name),
+            mime_type="application/octet-stream",
+            compression_type=CompressionTypes.UNCOMPRESSED,
+        ) as handle:
             handle.write(data.tobytes() if isinstance(data, np.ndarray) else data)
 
     def check_writable(self, key: str) -> None:
@@ -737,17 +801,21 @@ class _TableStore:
                 stored["files"][entry["file"]] = meta
                 tables[key] = entry
             self.write(MANIFEST, (json.dumps(stored, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-        raise TableError(f"{self.location}/{MANIFEST}: the table entries {', '.join(map(repr, missing))} were "
-                         f"written {attempts - 1} times and replaced each time by another writer; launch again "
-                         "when no other launcher adds tables to this index")
+        raise TableError(
+            f"{self.location}/{MANIFEST}: the table entries {', '.join(map(repr, missing))} were "
+            f"written {attempts - 1} times and replaced each time by another writer; launch again "
+            "when no other launcher adds tables to this index"
+        )
 
 
 def _check_same_index(stored: dict, loaded: dict, location: str) -> None:
     """A table is stored only beside the index it was computed from (not one rebuilt meanwhile)."""
     for name in (VOCAB, VECTORS, NEIGHBOUR_IDS, NEIGHBOUR_DISTANCES, ANNOY):
         if stored["files"][name]["sha256"] != loaded["files"][name]["sha256"]:
-            raise TableError(f"{location}: the index there was replaced after this process loaded it ({name} "
-                             "differs); launch again so the job loads the index as it is now")
+            raise TableError(
+                f"{location}: the index there was replaced after this process loaded it ({name} "
+                "differs); launch again so the job loads the index as it is now"
+            )
 
 
 def _describe_table(name: str, params: dict | None) -> str:
@@ -755,12 +823,17 @@ def _describe_table(name: str, params: dict | None) -> str:
 
 
 def _store_failed(location: str, what: str, err: BaseException) -> TableError:
-    reason = err.strerror if isinstance(err, OSError) and err.strerror else \
-        (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-    return TableError(f"{location}: cannot store table {what} beside the index ({reason}); {TABLE_SOURCES}. "
-                      "Launch once with write access to the index (`dptext run` with these parameters, under "
-                      "credentials that can write there, stores the table), or copy the index to a place the "
-                      "launcher can write")
+    reason = (
+        err.strerror
+        if isinstance(err, OSError) and err.strerror
+        else (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    )
+    return TableError(
+        f"{location}: cannot store table {what} beside the index ({reason}); {TABLE_SOURCES}. "
+        "Launch once with write access to the index (`dptext run` with these parameters, under "
+        "credentials that can write there, stores the table), or copy the index to a place the "
+        "launcher can write"
+    )
 
 
 def _check_build_inputs(words: list[str], vectors: np.ndarray, neighbours: int) -> None:

@@ -5,6 +5,7 @@ float64 from the vectors, and a rigorous float32 error bound decides when the fa
 could have been wrong, in which case that row is recomputed exactly. So the tables and Dmin,
 Dmax are exact, never estimated from a sample.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,24 +14,23 @@ from dataclasses import dataclass
 import numpy as np
 
 from dptext.transforms.errors import ParameterError
-
 from dptext.transforms.numerics import U32, gamma32
 
-CHUNK_ROWS = 1024        # at most this many rows of the n x n distance matrix at once ...
+CHUNK_ROWS = 1024  # at most this many rows of the n x n distance matrix at once ...
 CHUNK_BYTES = 256 << 20  # ... and at most this many bytes of it, so memory stays bounded as n grows
-MARGIN = 8               # extra candidates ranked in float32 before exact re-scoring
-EXACT_SUBCHUNK = 128     # rows re-scored in float64 at once (bounds the (rows, K, d) difference array)
-EXACT_COLUMNS = 65536    # words per float64 slice of an exact row (bounds its (words, d) difference array)
-SAMPLE_COLUMNS = 16384   # columns sampled per row to bound its (K + MARGIN + 1)-th smallest distance
+MARGIN = 8  # extra candidates ranked in float32 before exact re-scoring
+EXACT_SUBCHUNK = 128  # rows re-scored in float64 at once (bounds the (rows, K, d) difference array)
+EXACT_COLUMNS = 65536  # words per float64 slice of an exact row (bounds its (words, d) difference array)
+SAMPLE_COLUMNS = 16384  # columns sampled per row to bound its (K + MARGIN + 1)-th smallest distance
 
 
 @dataclass(frozen=True)
 class Tables:
-    neighbour_ids: np.ndarray        # int32 (n, K + 1), each row starts with the word itself
+    neighbour_ids: np.ndarray  # int32 (n, K + 1), each row starts with the word itself
     neighbour_distances: np.ndarray  # float32 (n, K + 1), plain Euclidean, row[0] == 0
-    dmin: float                      # smallest non-zero distance over all pairs
+    dmin: float  # smallest non-zero distance over all pairs
     dmin_pair: tuple[int, int]
-    dmax: float                      # largest distance over all pairs
+    dmax: float  # largest distance over all pairs
     dmax_pair: tuple[int, int]
 
 
@@ -42,7 +42,7 @@ def _float32_d2_error_bound(norms: np.ndarray, d: int) -> np.ndarray:
     a few u (|x|^2 + |y|^2). The bound is taken against the largest norm in the vocabulary.
     """
     top = norms.max()
-    return 2 * gamma32(d) * norms * top + 8 * U32 * (norms ** 2 + top ** 2) + 1e-12
+    return 2 * gamma32(d) * norms * top + 8 * U32 * (norms**2 + top**2) + 1e-12
 
 
 class Geometry:
@@ -55,8 +55,8 @@ class Geometry:
         self.n, self.d = self.v32.shape
         sq64 = np.zeros(self.n)
         for s in range(0, self.n, EXACT_COLUMNS):
-            block = self.v32[s:s + EXACT_COLUMNS].astype(np.float64)
-            sq64[s:s + EXACT_COLUMNS] = np.einsum("ij,ij->i", block, block)
+            block = self.v32[s : s + EXACT_COLUMNS].astype(np.float64)
+            sq64[s : s + EXACT_COLUMNS] = np.einsum("ij,ij->i", block, block)
         self.sq32 = sq64.astype(np.float32)
         self.tol = _float32_d2_error_bound(np.sqrt(sq64), self.d)
 
@@ -65,8 +65,8 @@ class Geometry:
         out = np.empty(self.n)
         vi = self.v32[i].astype(np.float64)
         for s in range(0, self.n, EXACT_COLUMNS):
-            diff = self.v32[s:s + EXACT_COLUMNS].astype(np.float64) - vi
-            out[s:s + EXACT_COLUMNS] = np.einsum("ij,ij->i", diff, diff)
+            diff = self.v32[s : s + EXACT_COLUMNS].astype(np.float64) - vi
+            out[s : s + EXACT_COLUMNS] = np.einsum("ij,ij->i", diff, diff)
         return out
 
     def sample_stride(self) -> int:
@@ -99,12 +99,13 @@ def _ranked(ids: np.ndarray, d2: np.ndarray):
 @dataclass(frozen=True)
 class RowBlock:
     """Exact figures of rows [start, start + len): the unit of work of a (distributed) build."""
+
     start: int
-    neighbour_ids: np.ndarray   # int32 (rows, K + 1)
-    neighbour_d2: np.ndarray    # float64 (rows, K + 1), exact squared distances
-    min_pos: np.ndarray         # float64 (rows,): exact smallest non-zero squared distance of the row
-    min_arg: np.ndarray         # int64 (rows,): the word at that distance
-    max_approx: np.ndarray      # float64 (rows,): float32 row maximum, for the exact Dmax pass
+    neighbour_ids: np.ndarray  # int32 (rows, K + 1)
+    neighbour_d2: np.ndarray  # float64 (rows, K + 1), exact squared distances
+    min_pos: np.ndarray  # float64 (rows,): exact smallest non-zero squared distance of the row
+    min_arg: np.ndarray  # int64 (rows,): the word at that distance
+    max_approx: np.ndarray  # float64 (rows,): float32 row maximum, for the exact Dmax pass
 
 
 def row_block(geom: Geometry, start: int, stop: int, k: int) -> RowBlock:
@@ -196,13 +197,13 @@ def _candidates_whole(geom: Geometry, start: int, stop: int, m: int):
     rows = np.arange(start, stop)
     d2 = _float32_d2(geom, start, stop, slice(None))
     max_approx = d2.max(axis=1).astype(np.float64)
-    d2[rows - start, rows] = np.inf           # the word itself is added back in front
+    d2[rows - start, rows] = np.inf  # the word itself is added back in front
     if m >= n - 1:
         return np.argsort(d2, axis=1)[:, : n - 1], np.full(len(rows), np.inf), max_approx
     stride = geom.sample_stride()
     if stride < 2:
         part = _argpartition_threaded(d2, m)
-        return part[:, :m], np.take_along_axis(d2, part[:, m:m + 1], 1)[:, 0].astype(np.float64), max_approx
+        return part[:, :m], np.take_along_axis(d2, part[:, m : m + 1], 1)[:, 0].astype(np.float64), max_approx
     # The (m + 1)-th smallest of an evenly spaced sample bounds the row's (m + 1)-th smallest from
     # above: the columns at or under it hold the m smallest and the (m + 1)-th.
     bound = np.partition(d2[:, ::stride], m, axis=1)[:, m]
@@ -217,11 +218,11 @@ def _candidates_tiled(geom: Geometry, start: int, stop: int, m: int):
     still leaves at least m + 1 columns under it."""
     n, stride = geom.n, geom.sample_stride()
     rows = np.arange(start, stop)
-    sample = _float32_d2(geom, start, stop, np.arange(0, n, stride))   # ids: a contiguous copy for the product
-    sampled_self = rows % stride == 0                 # the word's own column is in the sample
+    sample = _float32_d2(geom, start, stop, np.arange(0, n, stride))  # ids: a contiguous copy for the product
+    sampled_self = rows % stride == 0  # the word's own column is in the sample
     sample[np.flatnonzero(sampled_self), rows[sampled_self] // stride] = np.inf
     bound = np.partition(sample, m, axis=1)[:, m].astype(np.float64) + 2 * geom.tol[rows]
-    bound = np.nextafter(bound.astype(np.float32), np.float32(np.inf))    # rounded up, never down
+    bound = np.nextafter(bound.astype(np.float32), np.float32(np.inf))  # rounded up, never down
     del sample
     max_approx = np.full(len(rows), -np.inf, dtype=np.float32)
     found_rows, found_cols, found_d2 = [], [], []
@@ -236,8 +237,9 @@ def _candidates_tiled(geom: Geometry, start: int, stop: int, m: int):
         found_rows.append(r), found_cols.append(c + c0), found_d2.append(d2[r, c])
     r = np.concatenate(found_rows)
     order = np.argsort(r, kind="stable")
-    cand, rest_min = _smallest_per_row(r[order], np.concatenate(found_cols)[order],
-                                       np.concatenate(found_d2)[order], len(rows), m)
+    cand, rest_min = _smallest_per_row(
+        r[order], np.concatenate(found_cols)[order], np.concatenate(found_d2)[order], len(rows), m
+    )
     return cand, rest_min, max_approx.astype(np.float64)
 
 
@@ -245,7 +247,7 @@ def _float32_d2(geom: Geometry, start: int, stop: int, columns) -> np.ndarray:
     """Float32 squared distances from the words [start, stop) to the words `columns` (a slice or
     ids), always computed in the same order, so the float32 error bound holds for every block and
     tile."""
-    d2 = (-2.0 * geom.v32[start:stop]) @ geom.v32[columns].T   # scaling by -2 is exact
+    d2 = (-2.0 * geom.v32[start:stop]) @ geom.v32[columns].T  # scaling by -2 is exact
     d2 += geom.sq32[start:stop, None]
     d2 += geom.sq32[None, columns]
     return d2
@@ -259,7 +261,7 @@ def _smallest_per_row(rows: np.ndarray, cols: np.ndarray, d2: np.ndarray, n_rows
     cand = np.empty((n_rows, m), dtype=np.intp)
     rest_min = np.empty(n_rows)
     for r in range(n_rows):
-        c, values = cols[ends[r]:ends[r + 1]], d2[ends[r]:ends[r + 1]]
+        c, values = cols[ends[r] : ends[r + 1]], d2[ends[r] : ends[r + 1]]
         part = np.argpartition(values, m)
         cand[r], rest_min[r] = c[part[:m]], values[part[m]]
     return cand, rest_min
@@ -272,7 +274,7 @@ def _argpartition_threaded(d2: np.ndarray, m: int) -> np.ndarray:
     workers = max(1, min(os.cpu_count() or 1, len(d2)))
     blocks = np.array_split(np.arange(len(d2)), workers)
     with ThreadPoolExecutor(workers) as pool:
-        parts = pool.map(lambda b: np.argpartition(d2[b[0]:b[-1] + 1], m, axis=1), blocks)
+        parts = pool.map(lambda b: np.argpartition(d2[b[0] : b[-1] + 1], m, axis=1), blocks)
         return np.concatenate(list(parts))
 
 

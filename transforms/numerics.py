@@ -5,11 +5,12 @@ the vocabulary-wide exponential sampler, the KDE prior's pair screen) bounds its
 U32 and gamma32 and recomputes in float64 whatever that bound cannot decide; the embedding's
 covariance is the one that the KDE prior and the Mahalanobis noise both use.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
-U32 = float(np.finfo(np.float32).eps) / 2   # unit roundoff of float32
+U32 = float(np.finfo(np.float32).eps) / 2  # unit roundoff of float32
 
 
 def gamma32(d: int) -> float:
@@ -24,11 +25,11 @@ def mean_and_covariance(vectors: np.ndarray, chunk: int = 65536) -> tuple[np.nda
     n, d = vectors.shape
     mean = np.zeros(d)
     for s in range(0, n, chunk):
-        mean += np.asarray(vectors[s:s + chunk], dtype=np.float64).sum(axis=0)
+        mean += np.asarray(vectors[s : s + chunk], dtype=np.float64).sum(axis=0)
     mean /= n
     cov = np.zeros((d, d))
     for s in range(0, n, chunk):
-        centred = np.asarray(vectors[s:s + chunk], dtype=np.float64) - mean
+        centred = np.asarray(vectors[s : s + chunk], dtype=np.float64) - mean
         cov += centred.T @ centred
     cov /= n - 1
     return mean, cov

@@ -4,6 +4,7 @@ A word is a maximal run of letters, digits (\\w without "_") and combining marks
 ' \u2019 - _ punctuation and emoji included, is a separator kept as is: the default vocabulary has no word with them.
 Two adjacent word characters are thus always in one word; `transforms.beam.split_long_text` relies on that.
 """
+
 from __future__ import annotations
 
 import re
@@ -48,7 +49,7 @@ _NEEDS_SPLIT = re.compile(rf"[_{_PLANE1_SPAN}]")
 
 class Tokens(NamedTuple):
     words: list[str]
-    separators: list[str]      # len(words) + 1: before the first word, between words, after the last
+    separators: list[str]  # len(words) + 1: before the first word, between words, after the last
 
 
 def split_tokens(text: str) -> Tokens:
@@ -60,8 +61,9 @@ def split_tokens(text: str) -> Tokens:
 def rejoin(words: list[str], separators: list[str]) -> str:
     """separators[0] + words[0] + separators[1] + ... + words[-1] + separators[-1]."""
     if len(separators) != len(words) + 1:
-        raise ValueError(f"rejoin needs len(separators) == len(words) + 1; "
-                         f"got {len(separators)} separators for {len(words)} words")
+        raise ValueError(
+            f"rejoin needs len(separators) == len(words) + 1; got {len(separators)} separators for {len(words)} words"
+        )
     pieces = [""] * (2 * len(words) + 1)
     pieces[0::2] = separators
     pieces[1::2] = words

@@ -12,6 +12,7 @@ one namespace: `dptext`, `dptext.pipeline`, `dptext.transforms`.
 The public names load on first use (PEP 562): `dptext run` starts its supervisor, which must
 catch Ctrl-C at once, through `dptext.pipeline.cli` without importing Beam.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -37,8 +38,11 @@ def __getattr__(name: str):
     if name not in _PUBLIC:
         raise AttributeError(f"module 'dptext' has no attribute {name!r}")
     module = _PUBLIC[name]
-    value = importlib.import_module(f"dptext.transforms.{name}") if module is None else \
-        getattr(importlib.import_module(module), name)
+    value = (
+        importlib.import_module(f"dptext.transforms.{name}")
+        if module is None
+        else getattr(importlib.import_module(module), name)
+    )
     globals()[name] = value
     return value
 

@@ -1,5 +1,6 @@
 """Word-level mechanisms: `create(name, index, epsilon, **params)`, `NAMES` and the `REGISTRY` they
 come from (one class per mechanism, listed here)."""
+
 from __future__ import annotations
 
 from dptext.transforms.errors import ParameterError
@@ -20,8 +21,16 @@ from dptext.transforms.mechanisms.tem import TEM
 from dptext.transforms.mechanisms.truncated_gumbel import TruncatedGumbel
 from dptext.transforms.mechanisms.vickrey import Vickrey
 
-MECHANISMS: tuple[type[Mechanism], ...] = (TruncatedGumbel, MultivariateLaplace, DistanceTruncatedLaplace,
-                                           KNNExponential, KDEPrior, Mahalanobis, Vickrey, TEM)
+MECHANISMS: tuple[type[Mechanism], ...] = (
+    TruncatedGumbel,
+    MultivariateLaplace,
+    DistanceTruncatedLaplace,
+    KNNExponential,
+    KDEPrior,
+    Mahalanobis,
+    Vickrey,
+    TEM,
+)
 REGISTRY: dict[str, type[Mechanism]] = {cls.name: cls for cls in MECHANISMS}
 NAMES = tuple(sorted(REGISTRY))
 
@@ -35,10 +44,23 @@ def create(name: str, index, epsilon: float, **params) -> Mechanism:
     accepted = {p.name for p in cls.parameters()}
     unknown = sorted(set(params) - accepted)
     if unknown:
-        raise ParameterError(f"mechanism {name!r} has no parameter {', '.join(unknown)}; "
-                             f"it accepts: {', '.join(sorted(accepted)) or 'none'}")
+        raise ParameterError(
+            f"mechanism {name!r} has no parameter {', '.join(unknown)}; "
+            f"it accepts: {', '.join(sorted(accepted)) or 'none'}"
+        )
     return cls(index, epsilon, **params)
 
 
-__all__ = ["MECHANISMS", "NAMES", "REGISTRY", "create", "Guarantee", "Claim", "NOT_PROTECTED", "Mechanism",
-           "Parameter", "InfeasibleEpsilonError", "EpsilonOutOfRangeError"]
+__all__ = [
+    "MECHANISMS",
+    "NAMES",
+    "REGISTRY",
+    "create",
+    "Guarantee",
+    "Claim",
+    "NOT_PROTECTED",
+    "Mechanism",
+    "Parameter",
+    "InfeasibleEpsilonError",
+    "EpsilonOutOfRangeError",
+]

@@ -6,6 +6,7 @@ A mechanism is a class with a `name`, a frozen `Params` dataclass (each field de
 generated from these), `_perturb` and `compute_guarantee`. The base class validates epsilon and
 the ids once, and keeps the guarantee once computed.
 """
+
 from __future__ import annotations
 
 import abc
@@ -47,6 +48,7 @@ def parameter(default: Any, help: str, choices: tuple | None = None) -> Any:
 @dataclass(frozen=True)
 class Parameter:
     """One declared mechanism parameter, as the CLI and the template metadata see it."""
+
     name: str
     default: Any
     help: str
@@ -55,8 +57,11 @@ class Parameter:
 
 def parameters_of(params_type: type) -> tuple[Parameter, ...]:
     """The declared parameters of a Params dataclass, in field order."""
-    return tuple(Parameter(f.name, f.default, f.metadata["help"], f.metadata.get("choices"))
-                 for f in dataclasses.fields(params_type) if f.init)
+    return tuple(
+        Parameter(f.name, f.default, f.metadata["help"], f.metadata.get("choices"))
+        for f in dataclasses.fields(params_type)
+        if f.init
+    )
 
 
 @dataclass(frozen=True)
@@ -111,8 +116,10 @@ class Mechanism(abc.ABC):
 
 # ---- epsilon ------------------------------------------------------------------------------
 FLOAT_MAX = sys.float_info.max
-TOO_LARGE = ("above it epsilon x Dmax, the per-token bound the report composes, is not a finite float64; "
-             "any epsilon near the largest already keeps every word (its outputs equal its inputs)")
+TOO_LARGE = (
+    "above it epsilon x Dmax, the per-token bound the report composes, is not a finite float64; "
+    "any epsilon near the largest already keeps every word (its outputs equal its inputs)"
+)
 
 
 def largest_epsilon(dmax: float, per_unit_distance: float = 1.0) -> float:
@@ -121,13 +128,17 @@ def largest_epsilon(dmax: float, per_unit_distance: float = 1.0) -> float:
     return FLOAT_MAX / (max(dmax, 1e-300) * per_unit_distance) * (1 - 1e-12)
 
 
-def check_epsilon_range(name: str, epsilon: float, smallest: float, largest: float, below: str,
-                        above: str = TOO_LARGE) -> float:
+def check_epsilon_range(
+    name: str, epsilon: float, smallest: float, largest: float, below: str, above: str = TOO_LARGE
+) -> float:
     """Refuse an epsilon outside [smallest, largest] with the range and the reason for the bound it broke."""
     if not smallest <= epsilon <= largest:
         raise EpsilonOutOfRangeError(
             f"epsilon {epsilon:g} is outside the range {name} supports on this index, "
-            f"[{smallest:.6g}, {largest:.6g}]: {below if epsilon < smallest else above}", smallest, largest)
+            f"[{smallest:.6g}, {largest:.6g}]: {below if epsilon < smallest else above}",
+            smallest,
+            largest,
+        )
     return epsilon
 
 
@@ -148,8 +159,10 @@ def as_ids(ids, n: int) -> np.ndarray:
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
         raise ParameterError("ids must be a 1-d integer array")
     if ids.size and (ids.min() < 0 or ids.max() >= n):
-        raise ParameterError(f"ids must be vocabulary ids in [0, {n}); out-of-vocabulary tokens are "
-                             "handled by the OOV policy before the mechanism")
+        raise ParameterError(
+            f"ids must be vocabulary ids in [0, {n}); out-of-vocabulary tokens are "
+            "handled by the OOV policy before the mechanism"
+        )
     return ids.astype(np.int32, copy=False)
 
 

@@ -2,6 +2,7 @@
 (truncated_gumbel; knn_exponential with Poisson k): the law of k, its sampler, and what it implies
 for the guarantee over a whole vocabulary.
 """
+
 from __future__ import annotations
 
 import math
@@ -46,8 +47,8 @@ def poisson_tail_log_ratio_bound(n: int) -> float:
     from scipy.stats import poisson
 
     lam = math.log(n)
-    log_mass = math.log1p(-math.exp(-lam) - float(poisson.sf(n - 1, lam)))       # P(1 <= k <= n - 1)
-    log_last = (n - 1) * math.log(lam) - lam - float(gammaln(n)) - log_mass       # ln P(k = n - 1)
+    log_mass = math.log1p(-math.exp(-lam) - float(poisson.sf(n - 1, lam)))  # P(1 <= k <= n - 1)
+    log_last = (n - 1) * math.log(lam) - lam - float(gammaln(n)) - log_mass  # ln P(k = n - 1)
     return -log_last - math.log(n)
 
 
@@ -57,13 +58,20 @@ def distant_words(n: int, eps: float, dmax: float, bound: float, delta: float) -
     when it exceeds epsilon x Dmax (so metric DP at rate epsilon fails), else the audit's hockey-stick
     delta at epsilon x distance when it is large, else only that no bound is proved."""
     if bound > eps * dmax:
-        why = (f"over this vocabulary of n = {n} words the worst-case log-ratio is at least {bound:.4g}, above "
-               f"epsilon x Dmax = {eps * dmax:.4g} (a word ranked last among w's {n - 1} others is w's candidate "
-               f"only when k = {n - 1})")
+        why = (
+            f"over this vocabulary of n = {n} words the worst-case log-ratio is at least {bound:.4g}, above "
+            f"epsilon x Dmax = {eps * dmax:.4g} (a word ranked last among w's {n - 1} others is w's candidate "
+            f"only when k = {n - 1})"
+        )
     elif delta >= 0.5:
-        why = ("in the audit the outputs of far-apart words are nearly disjoint (hockey-stick delta up to "
-               f"{delta:.3g} at epsilon x distance)")
+        why = (
+            "in the audit the outputs of far-apart words are nearly disjoint (hockey-stick delta up to "
+            f"{delta:.3g} at epsilon x distance)"
+        )
     else:
-        return ("Protection is at best local: the candidates are a word's nearest neighbours, and dptext proves no "
-                "bound between distant words.", "distant words: dptext proves no bound between them")
+        return (
+            "Protection is at best local: the candidates are a word's nearest neighbours, and dptext proves no "
+            "bound between distant words.",
+            "distant words: dptext proves no bound between them",
+        )
     return f"Protection is local: distant words are not hidden from each other: {why}.", f"distant words: {why}"

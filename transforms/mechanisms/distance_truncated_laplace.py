@@ -9,6 +9,7 @@ exp(eps D) wherever both densities are positive, and the mass where only w's is 
 within R of phi(w) but not of phi(w')) lies in the shell |z - phi(w)| > R - D. Words farther
 apart than R are not protected: their noisy vectors can have disjoint supports.
 """
+
 from __future__ import annotations
 
 import math
@@ -60,9 +61,9 @@ def restricted_gamma(rng: np.random.Generator, d: int, epsilon: float, R: float,
     1: s ~ 1 / (d - 1 - x)), and rejected ones are drawn again.
     """
     x = epsilon * R
-    if d == 1:       # Exponential(eps) on [0, R]: r = R t, t = -ln(1 - u (1 - e^-x)) / x (t = u as x -> 0)
+    if d == 1:  # Exponential(eps) on [0, R]: r = R t, t = -ln(1 - u (1 - e^-x)) / x (t = u as x -> 0)
         u = rng.random(size)
-        if x < 1e-300:                                 # eps R underflows: the density is flat on [0, R]
+        if x < 1e-300:  # eps R underflows: the density is flat on [0, R]
             return R * u
         return R * np.minimum(-np.log1p(u * np.expm1(-x)) / x, 1.0)
     if x >= d - 1:
@@ -86,8 +87,9 @@ def default_radius(index) -> float:
 
 @dataclass(frozen=True)
 class DistanceTruncatedLaplaceParams:
-    radius: float = parameter(0.0, "largest noise radius R (0: the median distance from a word to its 10th nearest "
-                                   "neighbour)")
+    radius: float = parameter(
+        0.0, "largest noise radius R (0: the median distance from a word to its 10th nearest neighbour)"
+    )
     search: str = search_parameter()
     search_k: int = search_k_parameter()
 
@@ -105,27 +107,34 @@ class DistanceTruncatedLaplace(MultivariateLaplace):
     def prepare(self) -> None:
         """R first: the epsilon range depends on it."""
         index = self.index
-        self.radius_rule = ("given" if self.p.radius else
-                            f"median distance to the {min(DEFAULT_RANK, index.neighbours)}th neighbour")
+        self.radius_rule = (
+            "given" if self.p.radius else f"median distance to the {min(DEFAULT_RANK, index.neighbours)}th neighbour"
+        )
         self.R = float(self.p.radius) or default_radius(index)
         if not (math.isfinite(self.R) and self.R > 0):
             raise ParameterError(RADIUS_RULE.format(self.R))
         if self.R <= index.dmin:
-            raise ParameterError(f"radius R = {self.R:.6g} ({self.radius_rule}) does not exceed Dmin = "
-                                 f"{index.dmin:.6g}: no two vocabulary words would be within R of each other, so no "
-                                 f"pair would be protected; give --radius above {index.dmin:.6g}")
+            raise ParameterError(
+                f"radius R = {self.R:.6g} ({self.radius_rule}) does not exceed Dmin = "
+                f"{index.dmin:.6g}: no two vocabulary words would be within R of each other, so no "
+                f"pair would be protected; give --radius above {index.dmin:.6g}"
+            )
 
     def epsilon_range(self) -> tuple[float, float, str]:
         """The noise radius never exceeds R: when float64 resolves a point R away, any epsilon; otherwise
         the multivariate Laplace bound (the radius reaches R only when epsilon is small)."""
         low, high, why = super().epsilon_range()
-        if self.R * 2.0 ** -52 <= RESOLUTION * self.index.dmin:
+        if self.R * 2.0**-52 <= RESOLUTION * self.index.dmin:
             return math.ulp(0.0), high, ""
         return low, high, why
 
     def params(self) -> dict:
-        return {**super().params(), "radius": f"Gamma(shape={self.index.d}, scale=1/epsilon) restricted to [0, R]",
-                "R": self.R, "R_rule": self.radius_rule}
+        return {
+            **super().params(),
+            "radius": f"Gamma(shape={self.index.d}, scale=1/epsilon) restricted to [0, R]",
+            "R": self.R,
+            "R_rule": self.radius_rule,
+        }
 
     def radii(self, rng: np.random.Generator, size: int) -> np.ndarray:
         return restricted_gamma(rng, self.index.d, self.epsilon, self.R, size)
@@ -140,22 +149,29 @@ class DistanceTruncatedLaplace(MultivariateLaplace):
             log_ratio = d * np.log1p(-D / R)
         else:
             log_ratio = log_gamma_cdf(d, eps * (R - D)) - log_gamma_cdf(d, eps * R)[0]
-        return np.clip(-np.expm1(log_ratio), 0.0, 1.0) + 0.0      # + 0.0: never print -0
+        return np.clip(-np.expm1(log_ratio), 0.0, 1.0) + 0.0  # + 0.0: never print -0
 
     def compute_guarantee(self) -> Guarantee:
         eps, R = self.epsilon, self.R
         distances = sorted({D for D in (self.index.dmin, R / 4, R / 2, 3 * R / 4) if D < R})
         table = {f"{D:.4g}": {"epsilon": eps * D, "delta": float(x)} for D, x in zip(distances, self.delta(distances))}
         return Guarantee(
-            mechanism=self.name, kind="(eps*D, delta(D))-DP for D < R", rate=eps,
+            mechanism=self.name,
+            kind="(eps*D, delta(D))-DP for D < R",
+            rate=eps,
             basis="computed (delta(D) in closed form)",
-            statement=(f"For two vocabulary words at distance D < R = {R:.4g}: (epsilon x D, delta(D))-DP with "
-                       "delta(D) = P(R - D < r <= R) / P(r <= R), r ~ Gamma(d, 1/epsilon) restricted to [0, R] "
-                       f"(e.g. D = {distances[1]:.3g}: epsilon {eps * distances[1]:.3g}, delta "
-                       f"{table[f'{distances[1]:.4g}']['delta']:.3g}). Words farther apart than R are NOT "
-                       "protected from each other: their noisy vectors can have disjoint supports."),
+            statement=(
+                f"For two vocabulary words at distance D < R = {R:.4g}: (epsilon x D, delta(D))-DP with "
+                "delta(D) = P(R - D < r <= R) / P(r <= R), r ~ Gamma(d, 1/epsilon) restricted to [0, R] "
+                f"(e.g. D = {distances[1]:.3g}: epsilon {eps * distances[1]:.3g}, delta "
+                f"{table[f'{distances[1]:.4g}']['delta']:.3g}). Words farther apart than R are NOT "
+                "protected from each other: their noisy vectors can have disjoint supports."
+            ),
             delta_at_distance=table,
             per_token_pure_epsilon=None,
-            confirmed_by=("tests/test_continuous_mechanisms.py: the radius follows the restricted Gamma (KS), the "
-                          "direction is uniform, delta(D) agrees with direct integration"),
-            not_protected=NOT_PROTECTED + (f"words farther apart than R = {R:.4g}, and any pair only up to delta(D)",))
+            confirmed_by=(
+                "tests/test_continuous_mechanisms.py: the radius follows the restricted Gamma (KS), the "
+                "direction is uniform, delta(D) agrees with direct integration"
+            ),
+            not_protected=NOT_PROTECTED + (f"words farther apart than R = {R:.4g}, and any pair only up to delta(D)",),
+        )

@@ -4,6 +4,7 @@ Every mechanism's guarantee() returns one; the report, its Markdown and the job'
 fields, and `as_dict()` is the one place it becomes the JSON report's "guarantee" object
 (`from_dict` reads that object back, e.g. to render the Markdown again from the JSON).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
@@ -12,15 +13,18 @@ from typing import Any, Mapping
 from dptext.transforms.audit import json_safe
 
 # What no word-level mechanism protects: every guarantee's not_protected starts with these.
-NOT_PROTECTED = ("out-of-vocabulary tokens (handled by the OOV policy)",
-                 "document length, token positions and punctuation",
-                 "which tokens are in the vocabulary")
+NOT_PROTECTED = (
+    "out-of-vocabulary tokens (handled by the OOV policy)",
+    "document length, token positions and punctuation",
+    "which tokens are in the vocabulary",
+)
 BASES = ("proved", "computed", "audited")
 
 
 @dataclass(frozen=True)
 class Claim:
     """A claim the mechanism's paper makes and dptext does not prove: its statement and figures."""
+
     statement: str
     figures: Mapping[str, Any] = field(default_factory=dict)
 
@@ -36,6 +40,7 @@ class Guarantee:
     followed by a parenthesised precision. `extra` carries mechanism-specific facts that the JSON
     report lists beside the guarantee (the nearest-word search, the prior's summary, ...).
     """
+
     mechanism: str
     kind: str
     rate: float | None
@@ -44,12 +49,12 @@ class Guarantee:
     per_token_pure_epsilon: float | None
     per_token_pure_epsilon_note: str | None = None
     not_protected: tuple[str, ...] = NOT_PROTECTED
-    worst_case_log_ratio: float | None = None              # where it is known exactly (e.g. infinite)
-    worst_case_log_ratio_at_least: float | None = None     # a proved lower bound on it
-    claimed: Claim | None = None                           # the paper's claim, where dptext does not prove it
-    delta_at_distance: Mapping[str, Mapping[str, float]] | None = None   # "D" -> {"epsilon", "delta"}
-    audited: Any = None                                    # the audit's figures (rows per vocabulary, or a dict)
-    confirmed_by: str | None = None                        # the tests or computation that check the statement
+    worst_case_log_ratio: float | None = None  # where it is known exactly (e.g. infinite)
+    worst_case_log_ratio_at_least: float | None = None  # a proved lower bound on it
+    claimed: Claim | None = None  # the paper's claim, where dptext does not prove it
+    delta_at_distance: Mapping[str, Mapping[str, float]] | None = None  # "D" -> {"epsilon", "delta"}
+    audited: Any = None  # the audit's figures (rows per vocabulary, or a dict)
+    confirmed_by: str | None = None  # the tests or computation that check the statement
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):

@@ -7,6 +7,7 @@ z = r S^(1/2) x with x uniform on the sphere and r ~ Gamma(d, 1/eps) (no renorma
 output is the word nearest to phi(w) + z. S^(1/2) depends only on the embedding: it is computed
 once and stored in the index directory.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,8 +31,9 @@ TABLE = "mahalanobis_sqrt"
 
 
 def regularization_parameter() -> float:
-    return parameter(0.5, "lambda in S = lambda Sigma + (1 - lambda) I (0: plain multivariate Laplace; 1: the "
-                          "covariance alone)")
+    return parameter(
+        0.5, "lambda in S = lambda Sigma + (1 - lambda) I (0: plain multivariate Laplace; 1: the covariance alone)"
+    )
 
 
 def check_regularization(regularization) -> None:
@@ -73,15 +75,18 @@ class Mahalanobis(MultivariateLaplace):
     def prepare(self) -> None:
         """S first: the epsilon range depends on its eigenvalues."""
         self.regularization = self.p.regularization
-        table = self.index.table(TABLE, lambda idx: regularized_sqrt(idx.vectors, self.regularization),
-                                 {"lambda": self.regularization})
+        table = self.index.table(
+            TABLE, lambda idx: regularized_sqrt(idx.vectors, self.regularization), {"lambda": self.regularization}
+        )
         self.sqrt_S = np.asarray(table[:-1])
         self.min_eigenvalue = float(table[-1].min())
         self.max_eigenvalue = float(table[-1].max())
         if self.min_eigenvalue <= 0:
-            raise ParameterError(f"S is singular at regularization {self.regularization:g} (the embedding's "
-                                 "covariance is degenerate, e.g. fewer words than dimensions): choose "
-                                 "regularization < 1")
+            raise ParameterError(
+                f"S is singular at regularization {self.regularization:g} (the embedding's "
+                "covariance is degenerate, e.g. fewer words than dimensions): choose "
+                "regularization < 1"
+            )
 
     def noise_stretch(self) -> float:
         """|S^(1/2) x| <= sqrt(largest eigenvalue of S) for a unit x."""
@@ -91,11 +96,15 @@ class Mahalanobis(MultivariateLaplace):
         return largest_epsilon(self.index.dmax, 1.0 / math.sqrt(self.min_eigenvalue))
 
     def params(self) -> dict:
-        return {**super().params(), "lambda": self.regularization, "noise": "r S^(1/2) x, S = lambda Sigma + (1 - "
-                "lambda) I, Sigma scaled to trace d", "min_eigenvalue_of_S": self.min_eigenvalue}
+        return {
+            **super().params(),
+            "lambda": self.regularization,
+            "noise": "r S^(1/2) x, S = lambda Sigma + (1 - lambda) I, Sigma scaled to trace d",
+            "min_eigenvalue_of_S": self.min_eigenvalue,
+        }
 
     def noise(self, rng: np.random.Generator, size: int) -> np.ndarray:
-        directions = unit_directions(rng, size, self.index.d) @ self.sqrt_S     # S^(1/2) symmetric
+        directions = unit_directions(rng, size, self.index.d) @ self.sqrt_S  # S^(1/2) symmetric
         return self.radii(rng, size)[:, None] * directions
 
     def compute_guarantee(self) -> Guarantee:
@@ -103,15 +112,26 @@ class Mahalanobis(MultivariateLaplace):
         euclidean_rate = eps / math.sqrt(self.min_eigenvalue)
         g = super().compute_guarantee()
         return dataclasses.replace(
-            g, rate=eps,
-            statement=(f"P[M(w)=y] <= exp({eps:g} * ||S^(-1/2)(phi(w) - phi(w'))||) * P[M(w')=y] for every pair "
-                       f"of vocabulary words and every output (S = {self.regularization:g} Sigma + "
-                       f"{1 - self.regularization:g} I); in Euclidean distance a rate of epsilon / sqrt(min "
-                       f"eigenvalue of S) = {euclidean_rate:.4g}."),
+            g,
+            rate=eps,
+            statement=(
+                f"P[M(w)=y] <= exp({eps:g} * ||S^(-1/2)(phi(w) - phi(w'))||) * P[M(w')=y] for every pair "
+                f"of vocabulary words and every output (S = {self.regularization:g} Sigma + "
+                f"{1 - self.regularization:g} I); in Euclidean distance a rate of epsilon / sqrt(min "
+                f"eigenvalue of S) = {euclidean_rate:.4g}."
+            ),
             per_token_pure_epsilon=euclidean_rate * dmax,
-            per_token_pure_epsilon_note=(f"vocabulary-wide: the Mahalanobis distance is at most Dmax / sqrt(min "
-                                         f"eigenvalue of S) = {dmax / math.sqrt(self.min_eigenvalue):.6g}"),
-            confirmed_by=("tests/test_continuous_mechanisms.py: the noise is r S^(1/2) x with r ~ Gamma(d, 1/eps) "
-                          "(KS on the whitened radius) and covariance proportional to S"),
-            extra={**g.extra, "metric": "regularized Mahalanobis ||S^(-1/2) (phi(w) - phi(w'))||",
-                   "euclidean_equivalent_rate": euclidean_rate})
+            per_token_pure_epsilon_note=(
+                f"vocabulary-wide: the Mahalanobis distance is at most Dmax / sqrt(min "
+                f"eigenvalue of S) = {dmax / math.sqrt(self.min_eigenvalue):.6g}"
+            ),
+            confirmed_by=(
+                "tests/test_continuous_mechanisms.py: the noise is r S^(1/2) x with r ~ Gamma(d, 1/eps) "
+                "(KS on the whitened radius) and covariance proportional to S"
+            ),
+            extra={
+                **g.extra,
+                "metric": "regularized Mahalanobis ||S^(-1/2) (phi(w) - phi(w'))||",
+                "euclidean_equivalent_rate": euclidean_rate,
+            },
+        )

@@ -4,6 +4,7 @@ v = phi(w) + r x with x uniform on the unit sphere and r ~ Gamma(d, 1/eps); the 
 vocabulary word nearest to v. The search is post-processing, so Annoy's approximate search keeps
 the guarantee; the exact search is a batched matrix product.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from dptext.transforms.mechanisms.base import (
 from dptext.transforms.mechanisms.guarantee import Guarantee
 
 SEARCHES = ("auto", "annoy", "exact")
-SEARCH_K_MAX = 2 ** 31 - 1
+SEARCH_K_MAX = 2**31 - 1
 # "auto" searches exactly up to this many vocabulary entries (n * d): on the default embedding
 # (10M) the exact search is faster than an Annoy search with comparable recall (README).
 AUTO_EXACT_LIMIT = 50_000_000
@@ -42,13 +43,14 @@ def largest_radius_factor(d: int) -> float:
 def smallest_resolved_epsilon(d: int, dmin: float, stretch: float = 1.0) -> float:
     """The smallest epsilon whose noise (radius up to largest_radius_factor(d) x stretch / epsilon)
     float64 still places within RESOLUTION x Dmin."""
-    return largest_radius_factor(d) * stretch * 2.0 ** -52 / (RESOLUTION * dmin)
+    return largest_radius_factor(d) * stretch * 2.0**-52 / (RESOLUTION * dmin)
 
 
 def search_parameter() -> str:
     """The nearest-word search of the noisy vector (every mechanism built on this noise has it)."""
-    return parameter("auto", "nearest-word search of the noisy vector: exact, annoy, or auto (exact up to n*d = 50M)",
-                     SEARCHES)
+    return parameter(
+        "auto", "nearest-word search of the noisy vector: exact, annoy, or auto (exact up to n*d = 50M)", SEARCHES
+    )
 
 
 def search_k_parameter() -> int:
@@ -61,14 +63,16 @@ def check_search(params) -> None:
         raise ParameterError(f"unknown nearest-word search {params.search!r}; valid: {', '.join(SEARCHES)}")
     object.__setattr__(params, "search_k", int(params.search_k))
     if params.search_k != -1 and not 1 <= params.search_k <= SEARCH_K_MAX:
-        raise ParameterError(f"search_k must be -1 (Annoy's default) or in [1, {SEARCH_K_MAX}] (Annoy takes a C int), "
-                             f"got {params.search_k}")
+        raise ParameterError(
+            f"search_k must be -1 (Annoy's default) or in [1, {SEARCH_K_MAX}] (Annoy takes a C int), "
+            f"got {params.search_k}"
+        )
 
 
 @dataclass(frozen=True)
 class MultivariateLaplaceParams:
     search: str = search_parameter()
-    search_k: int = search_k_parameter()      # Annoy's search_k; -1 means n_trees * n
+    search_k: int = search_k_parameter()  # Annoy's search_k; -1 means n_trees * n
 
     def __post_init__(self):
         check_search(self)
@@ -97,19 +101,28 @@ class MultivariateLaplace(Mechanism):
         """The smallest and largest epsilon this mechanism computes faithfully here, and why the smallest."""
         low = smallest_resolved_epsilon(self.index.d, self.index.dmin, self.noise_stretch())
         radius = largest_radius_factor(self.index.d) * self.noise_stretch()
-        return low, self.largest_epsilon(), (
-            f"below it the noise radius (r ~ Gamma(d = {self.index.d}, 1/epsilon), up to {radius:.4g} / epsilon at "
-            f"its 1 - {RADIUS_QUANTILE:g} quantile) is so large that float64 rounds the noisy point by more than "
-            f"{RESOLUTION:g} x Dmin (Dmin = {self.index.dmin:.4g}): rounding, not the mechanism, would pick the "
-            "output; at the smallest epsilon the per-token bound epsilon x Dmax is already "
-            f"{low * self.index.dmax:.3g}")
+        return (
+            low,
+            self.largest_epsilon(),
+            (
+                f"below it the noise radius (r ~ Gamma(d = {self.index.d}, 1/epsilon), up to {radius:.4g} / epsilon at "
+                f"its 1 - {RADIUS_QUANTILE:g} quantile) is so large that float64 rounds the noisy point by more than "
+                f"{RESOLUTION:g} x Dmin (Dmin = {self.index.dmin:.4g}): rounding, not the mechanism, would pick the "
+                "output; at the smallest epsilon the per-token bound epsilon x Dmax is already "
+                f"{low * self.index.dmax:.3g}"
+            ),
+        )
 
     def largest_epsilon(self) -> float:
         return largest_epsilon(self.index.dmax)
 
     def params(self) -> dict:
-        return {"epsilon": self.epsilon, "radius": f"Gamma(shape={self.index.d}, scale=1/epsilon)",
-                "search": self.search, "search_k": self.p.search_k}
+        return {
+            "epsilon": self.epsilon,
+            "radius": f"Gamma(shape={self.index.d}, scale=1/epsilon)",
+            "search": self.search,
+            "search_k": self.p.search_k,
+        }
 
     def radii(self, rng: np.random.Generator, size: int) -> np.ndarray:
         """r ~ Gamma(d, 1/eps): with a uniform direction, noise of density proportional to exp(-eps |z|)."""
@@ -135,11 +148,19 @@ class MultivariateLaplace(Mechanism):
     def compute_guarantee(self) -> Guarantee:
         dmax = self.index.dmax
         return Guarantee(
-            mechanism=self.name, kind="metric-DP", rate=self.epsilon, basis="proved",
-            statement=(f"P[M(w)=y] <= exp({self.epsilon:g} * d(w, w')) * P[M(w')=y] for every pair of "
-                       "vocabulary words w, w' and every output y (Euclidean distance in the embedding)."),
+            mechanism=self.name,
+            kind="metric-DP",
+            rate=self.epsilon,
+            basis="proved",
+            statement=(
+                f"P[M(w)=y] <= exp({self.epsilon:g} * d(w, w')) * P[M(w')=y] for every pair of "
+                "vocabulary words w, w' and every output y (Euclidean distance in the embedding)."
+            ),
             per_token_pure_epsilon=self.epsilon * dmax,
-            per_token_pure_epsilon_note=(f"vocabulary-wide: epsilon * Dmax = {self.epsilon:g} * {dmax:.6g}; "
-                                         "any two words are protected at least this well"),
+            per_token_pure_epsilon_note=(
+                f"vocabulary-wide: epsilon * Dmax = {self.epsilon:g} * {dmax:.6g}; "
+                "any two words are protected at least this well"
+            ),
             confirmed_by="noise-distribution tests (radius Gamma(d, 1/eps), uniform direction)",
-            extra={"nearest_search": self.nearest_search()})
+            extra={"nearest_search": self.nearest_search()},
+        )

@@ -6,6 +6,7 @@ P[M(w) = y] proportional to exp(-(eps / 2) min(d(w, y), gamma)) over the whole v
 paper's Gumbel-max over the near words plus one "other" outcome (a uniform far word) is exactly
 this distribution, which is sampled here without touching the whole vocabulary per token.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,11 @@ def tem_gamma(epsilon: float, n: int, beta: float) -> float:
 
 @dataclass(frozen=True)
 class TEMParams:
-    beta: float = parameter(0.001, "the probability mass the paper's truncation threshold gamma leaves to the far "
-                                   "words (0 < beta < (n-1)/n); gamma = (2/eps) ln((1-beta)(n-1)/beta)")
+    beta: float = parameter(
+        0.001,
+        "the probability mass the paper's truncation threshold gamma leaves to the far "
+        "words (0 < beta < (n-1)/n); gamma = (2/eps) ln((1-beta)(n-1)/beta)",
+    )
 
     def __post_init__(self):
         if not (isinstance(self.beta, (int, float)) and 0 < self.beta < 1):
@@ -49,8 +53,10 @@ class TEM(Mechanism):
         super().__init__(index, epsilon, *args, **kwargs)
         n, beta = index.n, self.p.beta
         if tem_gamma(self.epsilon, n, beta) <= 0:
-            raise ParameterError(f"beta {beta:g} gives no truncation threshold (gamma <= 0) for n={n}; "
-                                 f"beta must be below (n - 1) / n = {(n - 1) / n:.6g}")
+            raise ParameterError(
+                f"beta {beta:g} gives no truncation threshold (gamma <= 0) for n={n}; "
+                f"beta must be below (n - 1) / n = {(n - 1) / n:.6g}"
+            )
         self.gamma = tem_gamma(self.epsilon, n, beta)
 
     def params(self) -> dict:
@@ -66,15 +72,27 @@ class TEM(Mechanism):
         eps_gamma = 2.0 * tem_log_odds(self.index.n, self.p.beta)
         with np.errstate(over="ignore"):
             pure = min(float(np.float64(eps) * dmax), eps_gamma)
-        cap = (f"never worse than epsilon * gamma = {eps_gamma:.4g} because distances beyond gamma = {gamma:.4g} "
-               "all score alike" if gamma < dmax else
-               f"gamma = {gamma:.4g} is at least Dmax = {dmax:.4g}, so the cap never binds on this vocabulary")
+        cap = (
+            f"never worse than epsilon * gamma = {eps_gamma:.4g} because distances beyond gamma = {gamma:.4g} "
+            "all score alike"
+            if gamma < dmax
+            else f"gamma = {gamma:.4g} is at least Dmax = {dmax:.4g}, so the cap never binds on this vocabulary"
+        )
         return Guarantee(
-            mechanism=NAME, kind="metric-DP", rate=eps, basis="proved",
-            statement=(f"P[M(w)=y] <= exp({eps:g} * min(d(w, w'), {gamma:.4g})) * P[M(w')=y] for every pair of "
-                       f"vocabulary words w, w' and every output y: metric DP at rate epsilon, {cap}."),
+            mechanism=NAME,
+            kind="metric-DP",
+            rate=eps,
+            basis="proved",
+            statement=(
+                f"P[M(w)=y] <= exp({eps:g} * min(d(w, w'), {gamma:.4g})) * P[M(w')=y] for every pair of "
+                f"vocabulary words w, w' and every output y: metric DP at rate epsilon, {cap}."
+            ),
             per_token_pure_epsilon=pure,
-            per_token_pure_epsilon_note=(f"vocabulary-wide: min(epsilon * Dmax, epsilon * gamma) = "
-                                         f"min({eps:g} * {dmax:.6g}, {eps_gamma:.6g})"),
-            confirmed_by=("tests/test_exponential_mechanisms.py: the sampler matches the closed form (chi-square) "
-                          "and the exact audit finds every log-ratio <= epsilon * min(d(w, w'), gamma)"))
+            per_token_pure_epsilon_note=(
+                f"vocabulary-wide: min(epsilon * Dmax, epsilon * gamma) = min({eps:g} * {dmax:.6g}, {eps_gamma:.6g})"
+            ),
+            confirmed_by=(
+                "tests/test_exponential_mechanisms.py: the sampler matches the closed form (chi-square) "
+                "and the exact audit finds every log-ratio <= epsilon * min(d(w, w'), gamma)"
+            ),
+        )

@@ -4,6 +4,7 @@ Xu, Feyisetan, Aggarwal, Xu, Teissier, FLAIRS 2021. Each token picks k ~ Poisson
 to [1, n - 1], adds Gumbel(0, b) noise truncated to [-Dmax, Dmax] to the distances from the word
 to itself and its k nearest neighbours, and outputs the candidate with the smallest noisy distance.
 """
+
 from __future__ import annotations
 
 import math
@@ -58,11 +59,13 @@ def gumbel_scale(epsilon: float, n: int, dmin: float, dmax: float) -> float:
     """b = 2 Dmax / min(W0(2 a Dmax), ln(a Dmin)) with a = (eps - 2 (1 + ln n) / Dmin) / 3."""
     a = (epsilon - 2 * (1 + math.log(n)) / dmin) / 3
     floor = smallest_feasible_epsilon(n, dmin)
-    if epsilon <= floor:      # the same condition as a > 0 and a Dmin > 1, without rounding at the edge
+    if epsilon <= floor:  # the same condition as a > 0 and a Dmin > 1, without rounding at the edge
         raise InfeasibleEpsilonError(
             f"epsilon {epsilon:g} is infeasible for truncated_gumbel on this index "
             f"(n={n}, Dmin={dmin:.6g}); the smallest feasible epsilon is {floor:.6g} "
-            f"(= (2 (1 + ln n) + 3) / Dmin); choose a larger epsilon", floor)
+            f"(= (2 (1 + ln n) + 3) / Dmin); choose a larger epsilon",
+            floor,
+        )
     w0 = float(lambertw(2 * a * dmax, 0).real)
     # ln(a Dmin) = ln(1 + (eps - floor) Dmin / 3): positive for every eps above the floor, where
     # a Dmin itself may round to 1 (b would divide by 0).
@@ -77,6 +80,7 @@ def epsilon_of_scale(b: float, n: int, dmin: float, dmax: float) -> float:
 @dataclass(frozen=True)
 class GumbelCalibration:
     """The paper's calibration of the Gumbel scale b to epsilon on a vocabulary (n, Dmin, Dmax)."""
+
     epsilon: float
     n: int
     dmin: float
@@ -96,12 +100,13 @@ class TruncatedGumbel(Mechanism):
 
     def __init__(self, index, epsilon: float):
         super().__init__(index, epsilon)
-        if self.epsilon > largest_epsilon(index.dmax):      # below the floor: gumbel_scale says so
-            check_epsilon_range(NAME, self.epsilon, smallest_feasible_epsilon(index.n, index.dmin),
-                                largest_epsilon(index.dmax), "")
+        if self.epsilon > largest_epsilon(index.dmax):  # below the floor: gumbel_scale says so
+            check_epsilon_range(
+                NAME, self.epsilon, smallest_feasible_epsilon(index.n, index.dmin), largest_epsilon(index.dmax), ""
+            )
         self.gumbel = GumbelCalibration(self.epsilon, index.n, index.dmin, index.dmax)
         self._table_ids = index.neighbour_ids
-        self._table_distances = index.neighbour_distances   # memory-mapped: shared by processes
+        self._table_distances = index.neighbour_distances  # memory-mapped: shared by processes
         # Scores E exp(-d / b) are compared in float32 where it resolves them: just above the
         # feasibility floor b grows without bound and the noise and the weights differ by less than
         # float32 resolves (Dmax / b < 1e-3); far above it E reaches exp(Dmax / b), beyond float32's
@@ -113,16 +118,21 @@ class TruncatedGumbel(Mechanism):
         # restricted to [exp(-Dmax / b), exp(Dmax / b)], whose width is 2 sinh(Dmax / b).
         self._e_lo = math.exp(-t)
         self._e_width = 2.0 * math.sinh(t)
-        self._e_span = -math.expm1(-self._e_width)            # P(E in range | E > e_lo)
+        self._e_span = -math.expm1(-self._e_width)  # P(E in range | E > e_lo)
         self._log_span = math.log(self._e_span)
         # Groups of tokens by k (upper edges); the last edge is the table's K, beyond it exact search.
         K = index.neighbours
         self._group_edges = np.array(sorted({min(e, K) for e in (11, 19)} | {K}))
 
     def params(self) -> dict:
-        return {"epsilon": self.epsilon, "b": self.gumbel.b, "poisson_rate": self.gumbel.poisson_rate,
-                "k_support": [1, self.index.n - 1], "table_neighbours": self.index.neighbours,
-                "gumbel_truncation": [-self.gumbel.dmax, self.gumbel.dmax]}
+        return {
+            "epsilon": self.epsilon,
+            "b": self.gumbel.b,
+            "poisson_rate": self.gumbel.poisson_rate,
+            "k_support": [1, self.index.n - 1],
+            "table_neighbours": self.index.neighbours,
+            "gumbel_truncation": [-self.gumbel.dmax, self.gumbel.dmax],
+        }
 
     def truncated_exponential(self, rng: np.random.Generator, shape) -> np.ndarray:
         """E ~ Exponential(1) restricted to [e_lo, e_hi] = [exp(-Dmax/b), exp(Dmax/b)], exactly, in float64.
@@ -142,10 +152,10 @@ class TruncatedGumbel(Mechanism):
         e = x + (self._e_lo - self._log_span)
         # ln(1 + exp(X - c)) < e^-40 (below float64's resolution of E >= X) unless X > c - 40.
         c = self._e_width + self._log_span
-        if c < 60.0:                       # X > c - 40 is common: every draw
+        if c < 60.0:  # X > c - 40 is common: every draw
             x -= c
             e -= np.logaddexp(0.0, x, out=x)
-        else:                              # only the draws in the far tail (probability < e^-20)
+        else:  # only the draws in the far tail (probability < e^-20)
             clamp = np.flatnonzero(x.reshape(-1) > c - 40.0)
             if clamp.size:
                 e.reshape(-1)[clamp] -= np.logaddexp(0.0, x.reshape(-1)[clamp] - c)
@@ -162,8 +172,8 @@ class TruncatedGumbel(Mechanism):
                 continue
             if g < len(self._group_edges):
                 out[rows] = self._perturb_from_table(ids[rows], k[rows], rng)
-            else:                              # k beyond the table: P ~ 1e-25 for the default
-                for word in np.unique(ids[rows]):        # one exact search per distinct word
+            else:  # k beyond the table: P ~ 1e-25 for the default
+                for word in np.unique(ids[rows]):  # one exact search per distinct word
                     same = rows[ids[rows] == word]
                     out[same] = self._perturb_exact_rows(int(word), k[same], rng)
         return out
@@ -204,15 +214,24 @@ class TruncatedGumbel(Mechanism):
         n, eps, dmax = self.index.n, self.epsilon, self.index.dmax
         bound = poisson_tail_log_ratio_bound(n) if n > 2 else -math.inf
         head, distant = distant_words(n, eps, dmax, bound, delta)
-        whole = (f" Over this vocabulary of n = {n} words the worst-case log-ratio is at least {bound:.4g}: a word "
-                 f"ranked last among w's {n - 1} others is w's candidate only when k = {n - 1} (-ln P(k = n - 1) - "
-                 "ln n)." if 0 < bound <= eps * dmax else "")     # above it, the first sentence says so
+        whole = (
+            f" Over this vocabulary of n = {n} words the worst-case log-ratio is at least {bound:.4g}: a word "
+            f"ranked last among w's {n - 1} others is w's candidate only when k = {n - 1} (-ln P(k = n - 1) - "
+            "ln n)."
+            if 0 < bound <= eps * dmax
+            else ""
+        )  # above it, the first sentence says so
         return Guarantee(
-            mechanism=NAME, kind="local (audited); no vocabulary-wide DP bound", rate=None,
+            mechanism=NAME,
+            kind="local (audited); no vocabulary-wide DP bound",
+            rate=None,
             basis="audited (local figures only)",
             worst_case_log_ratio_at_least=bound if bound > 0 else None,
-            claimed=Claim("the paper states epsilon-DP from this calibration of b; its proof is not reproduced in "
-                          "dptext's specification", {"epsilon": eps, "b": self.gumbel.b}),
+            claimed=Claim(
+                "the paper states epsilon-DP from this calibration of b; its proof is not reproduced in "
+                "dptext's specification",
+                {"epsilon": eps, "b": self.gumbel.b},
+            ),
             audited=audited,
             statement=(
                 f"{head} An exact audit at the same relative epsilon on vocabularies of "
@@ -222,9 +241,11 @@ class TruncatedGumbel(Mechanism):
                 f"{worst['claimed_epsilon_times_dmax']:.3g}), {near['worst_log_ratio_within_typical_candidates']:.3g} "
                 f"between words among each other's {near['typical_candidates']} nearest (n={near['n']}; that "
                 f"subset's epsilon x Dmin is {near['claimed_epsilon_times_dmin']:.3g}), and a hockey-stick delta up "
-                f"to {delta:.3g} at epsilon x distance. dptext claims no vocabulary-wide epsilon-DP." + whole),
+                f"to {delta:.3g} at epsilon x distance. dptext claims no vocabulary-wide epsilon-DP." + whole
+            ),
             per_token_pure_epsilon=None,
-            not_protected=NOT_PROTECTED + (distant,))
+            not_protected=NOT_PROTECTED + (distant,),
+        )
 
 
 # ---- the exact output distribution (the test oracle) and its audit ----------------------------------
@@ -239,12 +260,12 @@ def _gumbel_pieces(z: np.ndarray, b: float, dmax: float):
     The survival is computed as G(dmax) (1 - G(z) / G(dmax)) with expm1, so it keeps its
     relative accuracy near the upper end where the integrand divides by it.
     """
-    lo, hi = math.exp(-math.exp(dmax / b)), math.exp(-math.exp(-dmax / b))   # G(-dmax), G(dmax)
+    lo, hi = math.exp(-math.exp(dmax / b)), math.exp(-math.exp(-dmax / b))  # G(-dmax), G(dmax)
     mass = hi - lo
     inside = np.abs(z) <= dmax
     t = np.exp(-z / b)
     density = np.where(inside, t * np.exp(-t) / b / mass, 0.0)
-    above = -hi * np.expm1(math.exp(-dmax / b) - t)        # G(dmax) - G(z)
+    above = -hi * np.expm1(math.exp(-dmax / b) - t)  # G(dmax) - G(z)
     survival = np.where(z < -dmax, 1.0, np.where(z > dmax, 0.0, above / mass))
     return density, np.clip(survival, 0.0, 1.0)
 
@@ -262,14 +283,13 @@ def truncated_gumbel_distribution(dist: np.ndarray, b: float, dmax: float, lam: 
         half = np.diff(edges)[:, None] / 2
         x = (edges[:-1, None] + half * (_NODES[None, :] + 1)).ravel()
         wx = (half * _WEIGHTS[None, :]).ravel()
-        density, survival = _gumbel_pieces(x[None, :] - d[:, None], b, dmax)      # (rank, node)
-        running = np.cumprod(survival, axis=0)                                   # prod_{i<=k} S_i
+        density, survival = _gumbel_pieces(x[None, :] - d[:, None], b, dmax)  # (rank, node)
+        running = np.cumprod(survival, axis=0)  # prod_{i<=k} S_i
         # T_j = sum_{k >= j} P(k) prod_{i<=k} S_i; then P[j] = integral f_j / S_j * T_j.
         tail = np.cumsum((pk[:, None] * running)[::-1], axis=0)[::-1]
         ratio = np.divide(density, survival, out=np.zeros_like(density), where=survival > 0)
         out[w, order] = (ratio * tail) @ wx
     return out
-
 
 
 def audit_truncated_gumbel_subsets(index, epsilon: float, sizes=AUDIT_SIZES, seed: int = 0) -> list[dict]:
@@ -281,8 +301,15 @@ def audit_truncated_gumbel_subsets(index, epsilon: float, sizes=AUDIT_SIZES, see
         dmin, dmax = float(dist[dist > 0].min()), float(dist.max())
         eps = relative * smallest_feasible_epsilon(len(dist), dmin)
         b = gumbel_scale(eps, len(dist), dmin, dmax)
-        row = {"epsilon": eps, "relative_to_floor": relative, "dmin": dmin, "dmax": dmax, "b": b,
-               "claimed_epsilon_times_dmin": eps * dmin, "claimed_epsilon_times_dmax": eps * dmax}
+        row = {
+            "epsilon": eps,
+            "relative_to_floor": relative,
+            "dmin": dmin,
+            "dmax": dmax,
+            "b": b,
+            "claimed_epsilon_times_dmin": eps * dmin,
+            "claimed_epsilon_times_dmax": eps * dmax,
+        }
         return row, truncated_gumbel_distribution(dist, b, dmax), eps
 
     return audit_subsets(index, sizes, seed, audit_one)

@@ -6,6 +6,7 @@ u1, u2 at distances d1 <= d2 from v = phi(w) + z: u1 with probability
 the guarantee is the base mechanism's. The input word is never excluded from the pair (some
 implementations drop it, which gives it probability 0 and an infinite privacy loss).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,11 +25,12 @@ BASES = {"laplace": MultivariateLaplace, "mahalanobis": Mahalanobis}
 
 @dataclass(frozen=True)
 class VickreyParams:
-    threshold: float = parameter(0.75, "t in [0, 1]; the nearest word wins with probability (1-t) d2 / (t d1 + "
-                                       "(1-t) d2)")
+    threshold: float = parameter(
+        0.75, "t in [0, 1]; the nearest word wins with probability (1-t) d2 / (t d1 + (1-t) d2)"
+    )
     base: str = parameter("laplace", "the noise: laplace (multivariate Laplace) or mahalanobis", tuple(BASES))
-    regularization: float = regularization_parameter()       # checked by the mahalanobis base
-    search: str = search_parameter()                         # checked by the base mechanism
+    regularization: float = regularization_parameter()  # checked by the mahalanobis base
+    search: str = search_parameter()  # checked by the base mechanism
     search_k: int = search_k_parameter()
 
     def __post_init__(self):
@@ -53,11 +55,15 @@ class Vickrey(Mechanism):
         self.t, self.base_name = float(self.p.threshold), self.p.base
         p = self.p
         try:
-            self.base = (Mahalanobis(index, epsilon, p.regularization, p.search, p.search_k)
-                         if p.base == "mahalanobis" else MultivariateLaplace(index, epsilon, p.search, p.search_k))
-        except EpsilonOutOfRangeError as err:      # the noise is the base mechanism's: so is the range
-            raise EpsilonOutOfRangeError(f"vickrey (noise of {p.base}): {err}", err.smallest_feasible,
-                                         err.largest_feasible) from None
+            self.base = (
+                Mahalanobis(index, epsilon, p.regularization, p.search, p.search_k)
+                if p.base == "mahalanobis"
+                else MultivariateLaplace(index, epsilon, p.search, p.search_k)
+            )
+        except EpsilonOutOfRangeError as err:  # the noise is the base mechanism's: so is the range
+            raise EpsilonOutOfRangeError(
+                f"vickrey (noise of {p.base}): {err}", err.smallest_feasible, err.largest_feasible
+            ) from None
         self.epsilon = self.base.epsilon
 
     def params(self) -> dict:
@@ -65,7 +71,7 @@ class Vickrey(Mechanism):
 
     def choose(self, pair: np.ndarray, points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """u1 or u2 of each pair, by the Vickrey probability of their distances to the point."""
-        vectors = np.asarray(self.index.vectors)          # only the pair's rows go to float64
+        vectors = np.asarray(self.index.vectors)  # only the pair's rows go to float64
         d1 = np.linalg.norm(vectors[pair[:, 0]].astype(np.float64) - points, axis=1)
         d2 = np.linalg.norm(vectors[pair[:, 1]].astype(np.float64) - points, axis=1)
         return np.where(rng.random(len(pair)) < first_of_two(d1, d2, self.t), pair[:, 0], pair[:, 1])
@@ -77,7 +83,15 @@ class Vickrey(Mechanism):
     def compute_guarantee(self) -> Guarantee:
         g = self.base.guarantee()
         return dataclasses.replace(
-            g, mechanism=self.name, statement=g.statement + " The Vickrey choice is post-processing and keeps it.",
-            extra={**g.extra, "post_processing": (
-                f"the choice between the two words nearest to the noisy vector (t = {self.t:g}) uses only the noisy "
-                f"vector: post-processing of {self.base.name}, same guarantee")})
+            g,
+            mechanism=self.name,
+            statement=g.statement + " The Vickrey choice is post-processing and keeps it.",
+            extra={
+                **g.extra,
+                "post_processing": (
+                    f"the choice between the two words nearest to the noisy vector (t = {self.t:g}) uses only the "
+                    "noisy "
+                    f"vector: post-processing of {self.base.name}, same guarantee"
+                ),
+            },
+        )

@@ -19,6 +19,7 @@ still pending after MAX_ROUNDS rounds may take its word from P directly (one exa
 vocabulary, O(n d)) without changing the distribution: no token loops for ever, whatever the
 prior or epsilon.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,11 +33,11 @@ from dptext.transforms.numerics import U32, gamma32
 # The table stores float32 distances: shrinking dK by this relative margin keeps it below the
 # exact distance of every word outside the table, so an acceptance probability never exceeds 1.
 _DK_MARGIN = 1e-5
-_PROPOSALS_PER_CALL = 16384   # tail proposals scored at once (memory: x d x 4 bytes)
+_PROPOSALS_PER_CALL = 16384  # tail proposals scored at once (memory: x d x 4 bytes)
 # Rounds after which a still pending token is drawn by one exact pass over the vocabulary. With an
 # acceptance of 1% per round a token gets there with probability 0.99^1024 = 3e-5.
 MAX_ROUNDS = 1024
-_EXACT_COLUMNS = 65536        # words per float64 slice of the exact pass
+_EXACT_COLUMNS = 65536  # words per float64 slice of the exact pass
 
 
 def _log_base(n: int, log_base) -> np.ndarray | None:
@@ -52,8 +53,9 @@ def _log_base(n: int, log_base) -> np.ndarray | None:
     return log_base - top
 
 
-def sample_capped_exponential(index, ids, rng: np.random.Generator, epsilon: float, log_base=None,
-                              cap: float = math.inf) -> np.ndarray:
+def sample_capped_exponential(
+    index, ids, rng: np.random.Generator, epsilon: float, log_base=None, cap: float = math.inf
+) -> np.ndarray:
     """One exact draw of y ~ exp(log_base[y] - (eps / 2) min(d(w, y), cap)) for every id w (vocabulary ids,
     validated by the mechanism's perturb)."""
     ids = np.asarray(ids)
@@ -62,17 +64,17 @@ def sample_capped_exponential(index, ids, rng: np.random.Generator, epsilon: flo
         return out
     base = _log_base(index.n, log_base)
     half_eps = 0.5 * float(epsilon)
-    table_ids = np.asarray(index.neighbour_ids[ids])                       # (m, K + 1)
+    table_ids = np.asarray(index.neighbour_ids[ids])  # (m, K + 1)
     table_d = np.asarray(index.neighbour_distances[ids], dtype=np.float64)
     with np.errstate(over="ignore"):
-        near_logw = -half_eps * np.minimum(table_d, cap)                  # -inf where eps d overflows
+        near_logw = -half_eps * np.minimum(table_d, cap)  # -inf where eps d overflows
     if base is not None:
         near_logw += base[table_ids]
     dk = np.minimum(table_d[:, -1] * (1.0 - _DK_MARGIN), cap)
-    outside = index.n - table_ids.shape[1]                                   # words outside every table
+    outside = index.n - table_ids.shape[1]  # words outside every table
     # Envelope in logs: the table words at their exact weights, the tail at outside x exp(-eps dK / 2).
     shift = near_logw.max(axis=1)
-    shift[~np.isfinite(shift)] = 0.0                # a row of weight 0: log_near is -inf below
+    shift[~np.isfinite(shift)] = 0.0  # a row of weight 0: log_near is -inf below
     near_w = np.exp(near_logw - shift[:, None])
     with np.errstate(divide="ignore", over="ignore"):
         log_near = np.log(near_w.sum(axis=1)) + shift
@@ -102,7 +104,7 @@ def sample_capped_exponential(index, ids, rng: np.random.Generator, epsilon: flo
     for i in np.concatenate((pending, np.flatnonzero(unsampled))):
         out[i] = _exact_draw(index, int(ids[i]), rng, half_eps, base, cap)
     rows = np.flatnonzero(from_table)
-    if rows.size:                          # a table word, by its exact weight (inverse CDF)
+    if rows.size:  # a table word, by its exact weight (inverse CDF)
         cumulative = np.cumsum(near_w[rows], axis=1)
         u = rng.random(rows.size) * cumulative[:, -1]
         col = np.minimum((cumulative <= u[:, None]).sum(axis=1), table_ids.shape[1] - 1)
@@ -117,7 +119,7 @@ def uniform_outside(sorted_table: np.ndarray, u: np.ndarray, n: int) -> np.ndarr
     outside word is u plus the number of table words t_j with t_j - j <= u: exact, no redraws.
     """
     m, width = sorted_table.shape
-    below = sorted_table.astype(np.int64) - np.arange(width)               # (m, K + 1), non-decreasing
+    below = sorted_table.astype(np.int64) - np.arange(width)  # (m, K + 1), non-decreasing
     # One searchsorted for every row: row r's values are offset by r (n + 1), above any row before it.
     offset = np.arange(m, dtype=np.int64)[:, None] * (n + 1)
     flat = (below + offset).ravel()
@@ -131,17 +133,17 @@ def _rounds(index, ids, sorted_table, dk, p_table, half_eps, cap, base, rng, pen
     m = pending.size
     table_round = rng.random((m, rounds)) < p_table[pending, None]
     outside = index.n - sorted_table.shape[1]
-    if not outside:                        # p_table is 1: every round is a table round
+    if not outside:  # p_table is 1: every round is a table round
         first = np.where(table_round.any(axis=1), np.argmax(table_round, axis=1), -1)
         return first, np.full(m, -1, dtype=np.int32)
     y = uniform_outside(sorted_table[pending], rng.integers(0, outside, (m, rounds)), index.n)
-    vectors = np.asarray(index.vectors)             # a plain view: memmap indexing is slow per call
+    vectors = np.asarray(index.vectors)  # a plain view: memmap indexing is slow per call
     sq = index.squared_norms()
     source = vectors[ids[pending]]
     dot = np.empty((m, rounds), dtype=np.float32)
-    step = max(1, _PROPOSALS_PER_CALL // rounds)   # bounds the gathered (rows, rounds, d) vectors
+    step = max(1, _PROPOSALS_PER_CALL // rounds)  # bounds the gathered (rows, rounds, d) vectors
     for s in range(0, m, step):
-        dot[s:s + step] = np.einsum("ijk,ik->ij", vectors[y[s:s + step]], source[s:s + step])
+        dot[s : s + step] = np.einsum("ijk,ik->ij", vectors[y[s : s + step]], source[s : s + step])
     # d^2 = |y|^2 + |w|^2 - 2 y.w with the dot product in float32: its error is at most
     # gamma_d |y| |w| (Higham 3.1, gamma_d = d u / (1 - d u)), plus rounding of the sum; the
     # proposals whose acceptance that error could flip are recomputed exactly in float64.
@@ -158,7 +160,7 @@ def _rounds(index, ids, sorted_table, dk, p_table, half_eps, cap, base, rng, pen
         if base is not None:
             slack += base[y]
         threshold = dk[pending, None] + slack / half_eps
-    threshold[np.isnan(threshold)] = -np.inf                                 # 0 / 0: U = 1 - never
+    threshold[np.isnan(threshold)] = -np.inf  # 0 / 0: U = 1 - never
     accepted = approx + error < threshold
     unsure = np.nonzero(np.abs(approx - threshold) <= error)
     if unsure[0].size:
@@ -178,8 +180,8 @@ def exact_log_weights(index, word: int, half_eps: float, base, cap: float) -> np
     source = vectors[word].astype(np.float64)
     dist = np.empty(index.n)
     for s in range(0, index.n, _EXACT_COLUMNS):
-        diff = vectors[s:s + _EXACT_COLUMNS].astype(np.float64) - source
-        dist[s:s + _EXACT_COLUMNS] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+        diff = vectors[s : s + _EXACT_COLUMNS].astype(np.float64) - source
+        dist[s : s + _EXACT_COLUMNS] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
     with np.errstate(over="ignore"):
         logw = -half_eps * np.minimum(dist, cap)
     return logw if base is None else logw + base
@@ -189,8 +191,9 @@ def _exact_draw(index, word: int, rng, half_eps: float, base, cap: float) -> int
     """One draw from P[M(word) = .] by Gumbel-max over every word (O(n d))."""
     logw = exact_log_weights(index, word, half_eps, base, cap)
     if not np.isfinite(logw).any():
-        raise ParameterError(f"every word has weight 0 for word id {word}: the base measure and epsilon "
-                             "leave nothing to sample")
+        raise ParameterError(
+            f"every word has weight 0 for word id {word}: the base measure and epsilon leave nothing to sample"
+        )
     return int(np.argmax(logw + rng.gumbel(size=logw.shape)))
 
 
