@@ -1,4 +1,5 @@
 """Small shared fixtures: tiny real indexes (Annoy file and all) built from random vectors."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,9 +35,18 @@ def build_random_index(path, n: int, d: int, neighbours: int, seed: int) -> Embe
     return EmbeddingIndex.build([f"w{i}" for i in range(n)], vectors, path, neighbours=neighbours, progress=False)
 
 
+def build_words_index(path, words, d: int, neighbours: int, seed: int):
+    """An index of the given words with standard normal vectors (seeded), built in path."""
+    vectors = np.random.default_rng(seed).normal(size=(len(words), d)).astype(np.float32)
+    EmbeddingIndex.build(list(words), vectors, path, neighbours=neighbours, progress=False)
+    return path
+
+
 @pytest.fixture(scope="module")
 def random_index(tmp_path_factory):
     """random_index(n, d, neighbours, seed): a tiny real index in a fresh temporary directory."""
+
     def make(n: int, d: int, neighbours: int, seed: int) -> EmbeddingIndex:
         return build_random_index(tmp_path_factory.mktemp(f"idx{n}x{d}k{neighbours}s{seed}"), n, d, neighbours, seed)
+
     return make

@@ -1,4 +1,5 @@
 """gs:// everywhere, against a real GCS emulator: input glob, index, outputs, dead letter, report."""
+
 from __future__ import annotations
 
 import json
@@ -8,9 +9,9 @@ import pytest
 from apache_beam.io.filesystems import FileSystems
 
 from dptext.pipeline.run import run
-from tests.conftest import shard_lines
-from tests.gcs_emulator import gcs_emulator
 from dptext.transforms.index import EmbeddingIndex, IndexLoadError
+from tests.conftest import build_words_index, shard_lines
+from tests.gcs_emulator import gcs_emulator
 
 WORDS = "the cat sat on a mat dog ran to park hello world good bad day night".split()
 
@@ -28,8 +29,7 @@ def _get(uri: str) -> bytes:
 @pytest.fixture(scope="module")
 def bucket(tmp_path_factory, request):
     local = tmp_path_factory.mktemp("idx")
-    EmbeddingIndex.build(WORDS, np.random.default_rng(3).normal(size=(len(WORDS), 5)).astype(np.float32),
-                         local, neighbours=6, progress=False)
+    build_words_index(local, WORDS, d=5, neighbours=6, seed=3)
     with gcs_emulator("dptext-test") as root:
         for f in local.iterdir():
             _put(f"{root}/index/{f.name}", f.read_bytes())
@@ -47,7 +47,7 @@ def test_remote_index_is_copied_once_and_verified(bucket, index_cache):
     again = EmbeddingIndex.load(f"{bucket}/index")
     assert first.path == again.path and first.path.parent == index_cache
     assert first.words([0, 1]) == WORDS[:2] and first.n == len(WORDS)
-    assert not list(first.path.glob(".*.part"))      # no partial files left behind
+    assert not list(first.path.glob(".*.part"))  # no partial files left behind
 
 
 def test_missing_remote_index_names_the_uri(bucket):
@@ -60,8 +60,20 @@ def test_pipeline_reads_and_writes_gs_paths(bucket):
     _put(f"{bucket}/corpus/part-0.jsonl", "".join(json.dumps(r) + "\n" for r in records).encode())
     _put(f"{bucket}/corpus/part-1.jsonl", b'{"id": 3, "text": "good day"}\n{"id": 4, broken\n')
     output = f"{bucket}/out/run"
-    run(["--input", f"{bucket}/corpus/*.jsonl", "--output", output, "--index", f"{bucket}/index",
-         "--epsilon", "1000", "--runner", "DirectRunner"])
+    run(
+        [
+            "--input",
+            f"{bucket}/corpus/*.jsonl",
+            "--output",
+            output,
+            "--index",
+            f"{bucket}/index",
+            "--epsilon",
+            "1000",
+            "--runner",
+            "DirectRunner",
+        ]
+    )
     docs = [json.loads(line) for line in shard_lines(output + "-*.jsonl")]
     dead = [json.loads(line) for line in shard_lines(output + ".dead_letter-*.jsonl")]
     assert sorted(d["id"] for d in docs) == [1, 2, 3]
@@ -79,22 +91,48 @@ def test_a_gs_prefix_with_outputs_is_refused_and_overwrite_replaces_exactly_its_
 
     _put(f"{bucket}/c2/part-0.jsonl", b'{"id": 1, "text": "the cat sat"}\n{"id": 2, "text": "good day"}\n')
     output = f"{bucket}/out2/run"
-    argv = ["--input", f"{bucket}/c2/*.jsonl", "--output", output, "--index", f"{bucket}/index",
-            "--epsilon", "1000", "--runner", "DirectRunner"]
+    argv = [
+        "--input",
+        f"{bucket}/c2/*.jsonl",
+        "--output",
+        output,
+        "--index",
+        f"{bucket}/index",
+        "--epsilon",
+        "1000",
+        "--runner",
+        "DirectRunner",
+    ]
     run(argv)
-    stale = [f"{output}-00001-of-00003.jsonl", f"{output}.dead_letter-00000-of-00002.jsonl",
-             f"{bucket}/out2/beam-temp-run-0123456789abcdef0123456789abcdef/x.run.jsonl"]
-    others = [f"{bucket}/out2/run2-00000-of-00001.jsonl", f"{bucket}/out2/run-notes.txt",
-              f"{bucket}/out2/beam-temp-run2-0123456789abcdef0123456789abcdef/x.run2.jsonl"]
+    stale = [
+        f"{output}-00001-of-00003.jsonl",
+        f"{output}.dead_letter-00000-of-00002.jsonl",
+        f"{bucket}/out2/beam-temp-run-0123456789abcdef0123456789abcdef/x.run.jsonl",
+    ]
+    others = [
+        f"{bucket}/out2/run2-00000-of-00001.jsonl",
+        f"{bucket}/out2/run-notes.txt",
+        f"{bucket}/out2/beam-temp-run2-0123456789abcdef0123456789abcdef/x.run2.jsonl",
+    ]
     for uri in stale + others:
         _put(uri, b"stale\n")
-    with pytest.raises(OptionsError, match=rf"--output {output}: {output}-00000-of-00001.jsonl and 6 more of its "
-                                           "outputs already exist; pass --overwrite"):
+    with pytest.raises(
+        OptionsError,
+        match=rf"--output {output}: {output}-00000-of-00001.jsonl and 6 more of its "
+        "outputs already exist; pass --overwrite",
+    ):
         run(argv)
     run(argv + ["--overwrite"])
     left = sorted(m.path for m in FileSystems.match([f"{bucket}/out2/**"])[0].metadata_list)
-    assert left == sorted(others + [f"{output}-00000-of-00001.jsonl", f"{output}.dead_letter-00000-of-00001.jsonl",
-                                    f"{output}.privacy_report.json", f"{output}.privacy_report.md"])
+    assert left == sorted(
+        others
+        + [
+            f"{output}-00000-of-00001.jsonl",
+            f"{output}.dead_letter-00000-of-00001.jsonl",
+            f"{output}.privacy_report.json",
+            f"{output}.privacy_report.md",
+        ]
+    )
     assert sorted(json.loads(line)["id"] for line in shard_lines(output + "-*-of-*.jsonl")) == [1, 2]
 
 
@@ -111,14 +149,37 @@ def test_an_interrupted_cli_run_on_gs_leaves_no_object_behind(bucket, tmp_path):
     rng = np.random.default_rng(0)
     _put(f"{bucket}/c3/a.txt", "".join(" ".join(rng.choice(WORDS, 10)) + "\n" for _ in range(3000)).encode())
     output = f"{bucket}/out3/c"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
-           "DPTEXT_INDEX_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.Popen([sys.executable, "-m", "dptext.pipeline.cli", "run", "--input", f"{bucket}/c3/a.txt", "--output",
-                             output, "--index", f"{bucket}/index", "--epsilon", "1000", "--batch-chars", "1"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "DPTEXT_INDEX_CACHE": str(tmp_path / "cache"),
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dptext.pipeline.cli",
+            "run",
+            "--input",
+            f"{bucket}/c3/a.txt",
+            "--output",
+            output,
+            "--index",
+            f"{bucket}/index",
+            "--epsilon",
+            "1000",
+            "--batch-chars",
+            "1",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
 
     def objects():
         return [m.path for m in FileSystems.match([f"{bucket}/out3/**"])[0].metadata_list]
+
     deadline = time.monotonic() + 90
     while not any("/beam-temp-c-" in path for path in objects()):
         assert proc.poll() is None and time.monotonic() < deadline, "the job ended before writing"
@@ -146,6 +207,7 @@ def _means(calls: list):
     def compute(idx):
         calls.append(1)
         return np.asarray(idx.vectors, dtype=np.float64).mean(axis=0)
+
     return compute
 
 
@@ -163,7 +225,7 @@ def test_the_launcher_stores_a_table_beside_a_gs_index_and_workers_read_it(bucke
     entry = stored["tables"][table_key("means", {"kind": "mean"})]
     assert hashlib.sha256(_get(f"{uri}/{entry['file']}")).hexdigest() == stored["files"][entry["file"]]["sha256"]
     assert stored["embedding_id"] == embedding_id
-    assert _objects(uri) == sorted([*stored["files"], "manifest.json"])      # no probe object left
+    assert _objects(uri) == sorted([*stored["files"], "manifest.json"])  # no probe object left
     # A worker on another machine copies the new manifest's files and reads the table; never computes.
     monkeypatch.setenv("DPTEXT_INDEX_CACHE", str(tmp_path / "worker-machine"))
     worker = EmbeddingIndex.load(uri, read_only=True)
@@ -190,7 +252,7 @@ def test_launchers_that_loaded_the_same_gs_index_keep_each_others_tables(bucket)
     stale = dict(stored, tables={})
     _put(f"{uri}/manifest.json", json.dumps(stale).encode())
     a.ensure_tables_stored()
-    assert sorted(json.loads(_get(f"{uri}/manifest.json"))["tables"]) == ["firsts"]   # a's own; b re-adds its own
+    assert sorted(json.loads(_get(f"{uri}/manifest.json"))["tables"]) == ["firsts"]  # a's own; b re-adds its own
     b.ensure_tables_stored()
     assert len(json.loads(_get(f"{uri}/manifest.json"))["tables"]) == 2
 
@@ -231,14 +293,13 @@ def test_two_processes_loading_a_fresh_gs_index_at_once_copy_and_hash_it_once(bu
     uri = _copy_index(bucket, "fresh")
     log, go = tmp_path / "events.log", tmp_path / "go"
     env = {**os.environ, "DPTEXT_INDEX_CACHE": str(tmp_path / "machine")}
-    procs = [subprocess.Popen([sys.executable, "-c", _LOAD_REMOTE, uri, str(log), str(go)], env=env)
-             for _ in range(2)]
-    time.sleep(4.0)            # both imported Beam and wait
+    procs = [subprocess.Popen([sys.executable, "-c", _LOAD_REMOTE, uri, str(log), str(go)], env=env) for _ in range(2)]
+    time.sleep(4.0)  # both imported Beam and wait
     go.touch()
     assert [p.wait(120) for p in procs] == [0, 0]
     events = [line.split(" ", 1) for line in log.read_text().split("\n")[:-1]]
     opened = [e.split()[1] for _, e in events if e.startswith("open ") and e != "open manifest.json"]
-    assert sorted(opened) == sorted(n for n in _objects(uri) if n != "manifest.json")    # each object once
+    assert sorted(opened) == sorted(n for n in _objects(uri) if n != "manifest.json")  # each object once
     assert [e for _, e in events if e.startswith("hash ")] == []
     loaded = {e for _, e in events if e.startswith("loaded ")}
     assert len(loaded) == 1 and len({pid for pid, _ in events}) == 2
@@ -262,9 +323,28 @@ def test_a_job_with_non_default_tables_on_a_gs_index(bucket):
     uri = _copy_index(bucket, "kde")
     _put(f"{bucket}/c4/part-0.jsonl", b'{"id": 1, "text": "the cat sat on the mat"}\n')
     output = f"{bucket}/out4/run"
-    run(["--input", f"{bucket}/c4/*.jsonl", "--output", output, "--index", uri, "--mechanism", "kde_prior",
-         "--sampler", "mh", "--bandwidth-scale", "2", "--chain-length", "5", "--epsilon", "3",
-         "--runner", "DirectRunner"])
+    run(
+        [
+            "--input",
+            f"{bucket}/c4/*.jsonl",
+            "--output",
+            output,
+            "--index",
+            uri,
+            "--mechanism",
+            "kde_prior",
+            "--sampler",
+            "mh",
+            "--bandwidth-scale",
+            "2",
+            "--chain-length",
+            "5",
+            "--epsilon",
+            "3",
+            "--runner",
+            "DirectRunner",
+        ]
+    )
     assert [json.loads(line)["id"] for line in shard_lines(output + "-*.jsonl")] == [1]
     names = sorted(e["name"] for e in json.loads(_get(f"{uri}/manifest.json"))["tables"].values())
     assert names == ["kde_log_prior", "knn_mutual"]

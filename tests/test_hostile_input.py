@@ -22,6 +22,7 @@ cores. A long run draws new examples each time (DPTEXT_HYPOTHESIS_EXAMPLES=40 to
 
     DPTEXT_HYPOTHESIS_EXAMPLES=500 .venv/bin/python -m pytest tests/test_hostile_input.py
 """
+
 from __future__ import annotations
 
 import bz2
@@ -34,7 +35,6 @@ import os
 import zlib
 from pathlib import Path
 
-import numpy as np
 import pytest
 from apache_beam.io import source_test_utils
 from hypothesis import HealthCheck, Phase, given, settings
@@ -42,43 +42,64 @@ from hypothesis import strategies as st
 
 from dptext.pipeline.cli import main
 from dptext.pipeline.io import ParseRecordFn, Unreadable, _LineSource, _rows, format_document, json_text
-from tests.conftest import shard_lines
 from dptext.transforms.beam import DEAD_LETTER, Document
 from dptext.transforms.index import EmbeddingIndex
 from dptext.transforms.mechanisms.truncated_gumbel import smallest_feasible_epsilon
+from tests.conftest import build_words_index, shard_lines
 
 EXAMPLES = int(os.environ.get("DPTEXT_HYPOTHESIS_EXAMPLES", 8))
-UNIT = settings(max_examples=50 * EXAMPLES, deadline=None, derandomize="DPTEXT_HYPOTHESIS_EXAMPLES" not in os.environ,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                       HealthCheck.data_too_large])
+UNIT = settings(
+    max_examples=50 * EXAMPLES,
+    deadline=None,
+    derandomize="DPTEXT_HYPOTHESIS_EXAMPLES" not in os.environ,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 # A job takes seconds: shrinking a failure would take many minutes, so a failing job example is
 # reported as generated.
 JOB = settings(UNIT, max_examples=EXAMPLES, phases=[Phase.explicit, Phase.reuse, Phase.generate])
 
 WORDS = "the cat sat on a mat and dog ran to park hello world good bad day night".split()
-CANARY = "quokkaflux"      # out of the vocabulary: may reach only the documents (as the placeholder)
+CANARY = "quokkaflux"  # out of the vocabulary: may reach only the documents (as the placeholder)
 BOM = b"\xef\xbb\xbf"
 TEXT_FIELD = "text"
 
 
 # --- strategies ------------------------------------------------------------------------------
 
-any_char = st.characters(blacklist_categories=())            # every code point, lone surrogates too
+any_char = st.characters(blacklist_categories=())  # every code point, lone surrogates too
 unicode_text = st.text(any_char, max_size=20)
 words = st.lists(st.sampled_from(WORDS + [CANARY, CANARY.upper()]), max_size=10).map(" ".join)
 document_text = st.one_of(
-    words, st.tuples(words, unicode_text, words).map("".join), st.just(""),
-    st.integers(2_000, 40_000).map(lambda n: ("the cat " + CANARY + " ") * (n // 20)))    # over --max-doc-chars
+    words,
+    st.tuples(words, unicode_text, words).map("".join),
+    st.just(""),
+    st.integers(2_000, 40_000).map(lambda n: ("the cat " + CANARY + " ") * (n // 20)),
+)  # over --max-doc-chars
 ws = st.sampled_from(["", "", " ", "\t", "\r", " \t "])
 number = st.one_of(
-    st.integers().map(str), st.floats(allow_nan=False, allow_infinity=False).map(repr),
-    st.sampled_from(["1.10", "1e400", "-1e400", "1E+2", "0e0", "-0", "-0.0", "123456789012345678901234567890",
-                     "NaN", "Infinity", "-Infinity"]),
-    st.integers(4_000, 6_000).map(lambda n: "9" * n))
-json_string = st.builds(lambda s, escape: json.dumps(s, ensure_ascii=escape), st.one_of(unicode_text, words),
-                        st.booleans())
-key = st.one_of(st.sampled_from(["id2", "label", "meta", "é", "", "a b", "Text", "text2"]).map(json.dumps),
-                json_string)
+    st.integers().map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.sampled_from(
+        [
+            "1.10",
+            "1e400",
+            "-1e400",
+            "1E+2",
+            "0e0",
+            "-0",
+            "-0.0",
+            "123456789012345678901234567890",
+            "NaN",
+            "Infinity",
+            "-Infinity",
+        ]
+    ),
+    st.integers(4_000, 6_000).map(lambda n: "9" * n),
+)
+json_string = st.builds(
+    lambda s, escape: json.dumps(s, ensure_ascii=escape), st.one_of(unicode_text, words), st.booleans()
+)
+key = st.one_of(st.sampled_from(["id2", "label", "meta", "é", "", "a b", "Text", "text2"]).map(json.dumps), json_string)
 scalar = st.one_of(number, st.sampled_from(["true", "false", "null"]), json_string)
 
 
@@ -90,9 +111,13 @@ def _object(pairs):
     return "{" + ",".join(f"{k}:{v}" for k, v in pairs) + "}"
 
 
-value = st.recursive(scalar, lambda inner: st.one_of(st.lists(inner, max_size=3).map(_array),
-                                                      st.lists(st.tuples(key, inner), max_size=3).map(_object)),
-                     max_leaves=12)
+value = st.recursive(
+    scalar,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3).map(_array), st.lists(st.tuples(key, inner), max_size=3).map(_object)
+    ),
+    max_leaves=12,
+)
 # Nesting far from Python's recursion limit either way, so the oracle (json.loads here) and the job
 # (deeper in the stack) agree.
 deep = st.one_of(st.integers(1, 150), st.integers(1_200, 3_000)).map(lambda d: "[" * d + "]" * d)
@@ -111,12 +136,17 @@ def json_record(draw, rid: int):
     left = draw(ws) + "{" + draw(ws)
     for i in range(len(pairs) + 1):
         if i == position and kind != "missing":
-            field = {"string": token, "number": draw(number), "null": "null", "duplicate": token,
-                     "nested": _object([(json.dumps(TEXT_FIELD), token)])}[kind]
+            field = {
+                "string": token,
+                "number": draw(number),
+                "null": "null",
+                "duplicate": token,
+                "nested": _object([(json.dumps(TEXT_FIELD), token)]),
+            }[kind]
             head = json.dumps(TEXT_FIELD) + draw(ws) + ":" + draw(ws)
             if kind == "string":
                 prefix = left + "".join(p + "," + draw(ws) for p in parts) + head
-                parts.append(None)          # the text field's place
+                parts.append(None)  # the text field's place
             else:
                 parts.append(head + field)
         if i < len(pairs):
@@ -126,7 +156,7 @@ def json_record(draw, rid: int):
     tail = draw(ws) + "}" + draw(ws)
     if kind == "string":
         at = parts.index(None)
-        suffix = "".join("," + draw(ws) + p for p in parts[at + 1:]) + tail
+        suffix = "".join("," + draw(ws) + p for p in parts[at + 1 :]) + tail
         return prefix + token + suffix, text, prefix, suffix
     return left + ",".join(parts) + tail, None, None, None
 
@@ -137,7 +167,7 @@ def jsonl_line(draw, rid: int):
     kind = draw(st.sampled_from(["record"] * 8 + ["garbage", "text", "value", "blank"]))
     if kind == "record":
         line, text, prefix, suffix = draw(json_record(rid))
-        return line.encode("utf-8", "surrogatepass"), text, prefix, suffix   # a raw surrogate: not UTF-8
+        return line.encode("utf-8", "surrogatepass"), text, prefix, suffix  # a raw surrogate: not UTF-8
     if kind == "garbage":
         raw = draw(st.binary(max_size=40)).replace(b"\n", b"") + CANARY.encode()
     elif kind == "text":
@@ -149,10 +179,13 @@ def jsonl_line(draw, rid: int):
     return raw, None, None, None
 
 
-text_line = st.one_of(st.tuples(unicode_text, words, unicode_text).map("".join).map(
-    lambda s: s.replace("\n", "").encode("utf-8", "surrogatepass")), st.binary(max_size=30).map(
-    lambda b: b.replace(b"\n", b"") + b" " + CANARY.encode()),
-    document_text.map(lambda s: s.replace("\n", "").encode("utf-8", "surrogatepass")))
+text_line = st.one_of(
+    st.tuples(unicode_text, words, unicode_text)
+    .map("".join)
+    .map(lambda s: s.replace("\n", "").encode("utf-8", "surrogatepass")),
+    st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"") + b" " + CANARY.encode()),
+    document_text.map(lambda s: s.replace("\n", "").encode("utf-8", "surrogatepass")),
+)
 
 
 @st.composite
@@ -194,10 +227,15 @@ def _refuse(name):
 def expected_json_document(raw: bytes, offset: int) -> bool:
     """Whether a JSONL line must become a document, by Python's json module: UTF-8, strict JSON
     (no NaN), an object with exactly one text field, a string."""
-    raw = raw[len(BOM):] if raw.startswith(BOM) else raw
+    raw = raw[len(BOM) :] if raw.startswith(BOM) else raw
     try:
-        parsed = json.loads(raw.decode("utf-8"), object_pairs_hook=_Pairs, parse_int=_Number, parse_float=_Number,
-                            parse_constant=_refuse)
+        parsed = json.loads(
+            raw.decode("utf-8"),
+            object_pairs_hook=_Pairs,
+            parse_int=_Number,
+            parse_float=_Number,
+            parse_constant=_refuse,
+        )
     except (ValueError, RecursionError):
         return False
     if not isinstance(parsed, _Pairs):
@@ -248,9 +286,9 @@ def test_a_json_line_is_a_document_or_a_reasoned_dead_letter(data, offset):
     assert isinstance(output, Document) and (output.source, output.offset) == ("f.jsonl", offset)
     line = raw.removeprefix(BOM).decode("utf-8")
     written = format_document(output, "jsonl", TEXT_FIELD)
-    written.encode("utf-8")                                        # always UTF-8, whatever the input
+    written.encode("utf-8")  # always UTF-8, whatever the input
     assert strict_pairs(written) == [(k, _surrogate_free(v) if k == TEXT_FIELD else v) for k, v in strict_pairs(line)]
-    if prefix is not None:                                         # the rest of the line byte for byte
+    if prefix is not None:  # the rest of the line byte for byte
         assert output.text == _surrogate_free(text)
         assert written == prefix + json.dumps(output.text, ensure_ascii=False) + suffix
 
@@ -260,7 +298,7 @@ def test_a_json_line_is_a_document_or_a_reasoned_dead_letter(data, offset):
 def test_a_text_line_is_a_document_or_a_reasoned_dead_letter(raw, offset, bom):
     raw = BOM + raw if bom else raw
     (output,) = _parse("text", raw, offset)
-    body = raw[len(BOM):] if offset == 0 and raw.startswith(BOM) else raw
+    body = raw[len(BOM) :] if offset == 0 and raw.startswith(BOM) else raw
     try:
         expected = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -284,21 +322,35 @@ def test_the_reader_yields_every_line_once_or_says_where_the_file_is_damaged(dat
         return
     decompressor = zlib.decompressobj(zlib.MAX_WBITS | 16) if suffix == ".gz" else bz2.BZ2Decompressor()
     readable = decompressor.decompress(compressed[:cut])
-    complete = readable[:readable.rfind(b"\n") + 1]
+    complete = readable[: readable.rfind(b"\n") + 1]
     *good, (source, offset, last) = read
     assert [r[2] for r in good] == (complete.split(b"\n")[:-1] if complete else [])
     assert (source, offset) == (str(path), len(complete)) and isinstance(last, Unreadable) and last.damaged_file
 
 
 @UNIT
-@given(rows=st.lists(st.fixed_dictionaries({
-    "id": st.integers(-2 ** 63, 2 ** 63 - 1), "text": st.one_of(st.none(), st.text(max_size=30)),
-    "score": st.floats(), "tags": st.one_of(st.none(), st.lists(st.text(max_size=5), max_size=3))}), max_size=20))
+@given(
+    rows=st.lists(
+        st.fixed_dictionaries(
+            {
+                "id": st.integers(-(2**63), 2**63 - 1),
+                "text": st.one_of(st.none(), st.text(max_size=30)),
+                "score": st.floats(),
+                "tags": st.one_of(st.none(), st.lists(st.text(max_size=5), max_size=3)),
+            }
+        ),
+        max_size=20,
+    )
+)
 def test_parquet_rows_read_back_as_written(rows):
     import pyarrow as pa
 
-    table = pa.Table.from_pylist(rows, schema=pa.schema([("id", pa.int64()), ("text", pa.string()),
-                                                         ("score", pa.float64()), ("tags", pa.list_(pa.string()))]))
+    table = pa.Table.from_pylist(
+        rows,
+        schema=pa.schema(
+            [("id", pa.int64()), ("text", pa.string()), ("score", pa.float64()), ("tags", pa.list_(pa.string()))]
+        ),
+    )
     got = _rows(table)
     assert len(got) == len(rows)
     for a, b in zip(got, rows):
@@ -315,8 +367,7 @@ def _same(a, b) -> bool:
 @pytest.fixture(scope="module")
 def index_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("index")
-    EmbeddingIndex.build(WORDS, np.random.default_rng(5).normal(size=(len(WORDS), 6)).astype(np.float32), out,
-                         neighbours=8, progress=False)
+    build_words_index(out, WORDS, d=6, neighbours=8, seed=5)
     return out
 
 
@@ -329,8 +380,24 @@ def epsilon(index_dir):
 def _run(index_dir, epsilon, inputs, output, caplog, capfd, *extra) -> tuple[int, str, str]:
     capfd.readouterr()
     with caplog.at_level(logging.DEBUG):
-        code = main(["run", "--input", str(inputs), "--output", str(output), "--index", str(index_dir),
-                     "--epsilon", epsilon, "--max-doc-chars", "5000", "--runner", "DirectRunner", *extra])
+        code = main(
+            [
+                "run",
+                "--input",
+                str(inputs),
+                "--output",
+                str(output),
+                "--index",
+                str(index_dir),
+                "--epsilon",
+                epsilon,
+                "--max-doc-chars",
+                "5000",
+                "--runner",
+                "DirectRunner",
+                *extra,
+            ]
+        )
     captured = capfd.readouterr()
     logged = "\n".join(r.getMessage() for r in caplog.records)
     caplog.clear()
@@ -368,8 +435,9 @@ def test_jsonl_corpus_end_to_end(data, index_dir, epsilon, tmp_path_factory, cap
         blob, suffix, records = data.draw(file_layout([line[0] for line in lines]))
         files.append((blob, suffix, records, [line[1:] for line in lines]))
     corpus = _write_corpus(directory, files, ".jsonl")
-    mistake = data.draw(st.sampled_from([None] * 6 + ["readme", "misnamed gzip", "utf-16", "directory", "bad name",
-                                                      "pretty-printed"]))
+    mistake = data.draw(
+        st.sampled_from([None] * 6 + ["readme", "misnamed gzip", "utf-16", "directory", "bad name", "pretty-printed"])
+    )
     inputs = directory / "*"
     if mistake == "readme":
         (directory / "README").write_text(f"the {CANARY} corpus\n", encoding="utf-8")
@@ -394,25 +462,25 @@ def test_jsonl_corpus_end_to_end(data, index_dir, epsilon, tmp_path_factory, cap
     written = shard_lines(f"{output}-*")
     by_id = {}
     for line in written:
-        rid = _id(strict_pairs(line))                           # RFC 8259, UTF-8 (shard_lines decodes strictly)
+        rid = _id(strict_pairs(line))  # RFC 8259, UTF-8 (shard_lines decodes strictly)
         if rid is not None:
             by_id[rid] = line
     dead_at = {(d["source"], d["offset"]) for d in dead}
     assert len(dead_at) == len(dead)
     records = [(path, *r) for path, rs in corpus.items() for r in rs]
-    assert len(written) + len(dead) == len(records)             # every record once
+    assert len(written) + len(dead) == len(records)  # every record once
     for path, offset, raw, text, prefix, suffix in records:
         if not expected_json_document(raw, offset):
             assert (path, offset) in dead_at
             continue
-        if prefix is None:                                     # a document only a count can check
+        if prefix is None:  # a document only a count can check
             continue
         # Every other field byte for byte: the line is the input's, with another JSON string
         # (the canary, out of the vocabulary, became the placeholder) between prefix and suffix.
         line = by_id[_id(strict_pairs(raw.removeprefix(BOM).decode()))]
         end = suffix + ("\r" if raw.endswith(b"\r") else "")
         assert line.startswith(prefix) and line.endswith(end)
-        new_text = json.loads(line[len(prefix):len(line) - len(end)])
+        new_text = json.loads(line[len(prefix) : len(line) - len(end)])
         assert isinstance(new_text, str) and CANARY not in new_text.lower()
 
 
@@ -434,14 +502,14 @@ def test_text_corpus_end_to_end(data, index_dir, epsilon, tmp_path_factory, capl
     expected_dead = set()
     for path, records in corpus.items():
         for offset, raw in records:
-            body = raw[len(BOM):] if offset == 0 and raw.startswith(BOM) else raw
+            body = raw[len(BOM) :] if offset == 0 and raw.startswith(BOM) else raw
             try:
                 body.decode("utf-8")
             except UnicodeDecodeError:
                 expected_dead.add((path, offset))
     assert {(d["source"], d["offset"]) for d in dead} == expected_dead and len(dead) == len(expected_dead)
     assert len(written) == sum(len(r) for r in corpus.values()) - len(expected_dead)
-    assert all(CANARY not in line.lower() for line in written)     # OOV: the placeholder
+    assert all(CANARY not in line.lower() for line in written)  # OOV: the placeholder
 
 
 @JOB
@@ -450,21 +518,34 @@ def test_parquet_corpus_end_to_end(data, index_dir, epsilon, tmp_path_factory, c
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([("id", pa.int64()), ("text", pa.string()), ("score", pa.float64()),
-                        ("big", pa.int64()), ("tags", pa.list_(pa.string())), ("blob", pa.binary())])
+    schema = pa.schema(
+        [
+            ("id", pa.int64()),
+            ("text", pa.string()),
+            ("score", pa.float64()),
+            ("big", pa.int64()),
+            ("tags", pa.list_(pa.string())),
+            ("blob", pa.binary()),
+        ]
+    )
     directory = tmp_path_factory.mktemp("parquet")
     rows_by_file, rid = {}, 0
     for n in range(data.draw(st.integers(1, 2))):
         rows = []
         for _ in range(data.draw(st.integers(0, 8))):
-            rows.append({"id": rid, "text": data.draw(st.one_of(st.none(), document_text.map(_surrogate_free))),
-                         "score": data.draw(st.floats()), "big": data.draw(st.sampled_from([-2 ** 63, 2 ** 63 - 1, 0])),
-                         "tags": data.draw(st.one_of(st.none(), st.lists(st.text(max_size=4), max_size=2))),
-                         "blob": data.draw(st.binary(max_size=8))})
+            rows.append(
+                {
+                    "id": rid,
+                    "text": data.draw(st.one_of(st.none(), document_text.map(_surrogate_free))),
+                    "score": data.draw(st.floats()),
+                    "big": data.draw(st.sampled_from([-(2**63), 2**63 - 1, 0])),
+                    "tags": data.draw(st.one_of(st.none(), st.lists(st.text(max_size=4), max_size=2))),
+                    "blob": data.draw(st.binary(max_size=8)),
+                }
+            )
             rid += 1
         path = directory / f"part-{n}.parquet"
-        pq.write_table(pa.Table.from_pylist(rows, schema=schema), path,
-                       row_group_size=data.draw(st.integers(1, 5)))
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), path, row_group_size=data.draw(st.integers(1, 5)))
         rows_by_file[str(path)] = rows
     output = directory / "out" / "c"
     code, printed, err = _run(index_dir, epsilon, directory / "*.parquet", output, caplog, capfd)

@@ -5,6 +5,7 @@ as Flink and Spark run Python). Outputs, dead letter, report counts and metrics 
 multivariate_laplace at an enormous epsilon maps every word to itself, so even the documents
 must be identical across runners, not just their counts.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,11 +15,10 @@ import numpy as np
 import pytest
 
 from dptext.pipeline.run import run
-from tests.conftest import dptext_counters, shard_lines
-from dptext.transforms.index import EmbeddingIndex
+from tests.conftest import build_words_index, dptext_counters, shard_lines
 
 WORDS = "the cat sat on a mat dog ran to park hello world good bad day night".split()
-pytestmark = pytest.mark.timeout(300)   # a hung job service or worker pool fails instead of stalling CI
+pytestmark = pytest.mark.timeout(300)  # a hung job service or worker pool fails instead of stalling CI
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +46,7 @@ def parallel_portable_services(tmp_path_factory):
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("runners")
-    EmbeddingIndex.build(WORDS, np.random.default_rng(5).normal(size=(len(WORDS), 5)).astype(np.float32),
-                         root / "idx", neighbours=6, progress=False)
+    build_words_index(root / "idx", WORDS, d=5, neighbours=6, seed=5)
     rng = np.random.default_rng(0)
     for shard in range(3):
         lines = []
@@ -63,12 +62,30 @@ def corpus(tmp_path_factory):
 
 def _run_with(corpus: Path, name: str, runner_args: list[str]) -> dict:
     output = str(corpus / name / "out")
-    result = run(["--input", str(corpus / "part-*.jsonl"), "--output", output, "--index", str(corpus / "idx"),
-                  "--mechanism", "multivariate_laplace", "--search", "exact", "--epsilon", "1e9", *runner_args])
+    result = run(
+        [
+            "--input",
+            str(corpus / "part-*.jsonl"),
+            "--output",
+            output,
+            "--index",
+            str(corpus / "idx"),
+            "--mechanism",
+            "multivariate_laplace",
+            "--search",
+            "exact",
+            "--epsilon",
+            "1e9",
+            *runner_args,
+        ]
+    )
     report = json.loads(Path(output + ".privacy_report.json").read_text("utf-8"))
-    return {"documents": sorted(shard_lines(output + "-*.jsonl")),
-            "dead_letter": sorted(shard_lines(output + ".dead_letter-*.jsonl")),
-            "counts": report["counts"], "metrics": dptext_counters(result)}
+    return {
+        "documents": sorted(shard_lines(output + "-*.jsonl")),
+        "dead_letter": sorted(shard_lines(output + ".dead_letter-*.jsonl")),
+        "counts": report["counts"],
+        "metrics": dptext_counters(result),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +101,11 @@ def test_reference_run_accounts_for_every_record(reference):
 
 
 def test_multi_processing_direct_runner_agrees(corpus, reference):
-    other = _run_with(corpus, "multi", ["--runner", "DirectRunner", "--direct_running_mode", "multi_processing",
-                                        "--direct_num_workers", "2"])
+    other = _run_with(
+        corpus,
+        "multi",
+        ["--runner", "DirectRunner", "--direct_running_mode", "multi_processing", "--direct_num_workers", "2"],
+    )
     assert other == reference
 
 
@@ -101,15 +121,18 @@ def test_portable_runner_with_two_sdk_workers_agrees(corpus, reference, parallel
     assert (logs / "pool.log").read_text().count("Starting worker") == 2
 
 
-@pytest.mark.parametrize("argv, expected", [
-    ([], False),                                                     # DirectRunner
-    (["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"], False),
-    (["--runner", "FnApiRunner"], False),
-    (["--runner", "PortableRunner"], True),
-    (["--runner", "DataflowRunner"], True),
-    (["--runner", "DataflowRunner", "--rebalance", "false"], False),
-    (["--rebalance", "true"], True),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        ([], False),  # DirectRunner
+        (["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"], False),
+        (["--runner", "FnApiRunner"], False),
+        (["--runner", "PortableRunner"], True),
+        (["--runner", "DataflowRunner"], True),
+        (["--runner", "DataflowRunner", "--rebalance", "false"], False),
+        (["--rebalance", "true"], True),
+    ],
+)
 def test_rebalance_is_on_except_on_the_direct_runner(argv, expected):
     from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -119,8 +142,20 @@ def test_rebalance_is_on_except_on_the_direct_runner(argv, expected):
 
 
 def test_with_the_rebalancing_shuffle_agrees(corpus, reference):
-    other = _run_with(corpus, "rebalanced", ["--runner", "DirectRunner", "--direct_running_mode",
-                                             "multi_processing", "--direct_num_workers", "2", "--rebalance", "true"])
+    other = _run_with(
+        corpus,
+        "rebalanced",
+        [
+            "--runner",
+            "DirectRunner",
+            "--direct_running_mode",
+            "multi_processing",
+            "--direct_num_workers",
+            "2",
+            "--rebalance",
+            "true",
+        ],
+    )
     assert other == reference
 
 
@@ -134,20 +169,41 @@ def _run_with_fault(corpus: Path, name: str, runner_args: list[str], error: str)
     from tests.faults import FlakyConfig
 
     output = str(corpus / name / "out")
-    options = PipelineOptions(["--input", str(corpus / "part-*.jsonl"), "--output", output, "--index",
-                               str(corpus / "idx"), "--mechanism", "multivariate_laplace", "--search", "exact",
-                               "--epsilon", "1e9", *runner_args])
+    options = PipelineOptions(
+        [
+            "--input",
+            str(corpus / "part-*.jsonl"),
+            "--output",
+            output,
+            "--index",
+            str(corpus / "idx"),
+            "--mechanism",
+            "multivariate_laplace",
+            "--search",
+            "exact",
+            "--epsilon",
+            "1e9",
+            *runner_args,
+        ]
+    )
     job = prepare(options.view_as(DPTextOptions))
     flag = corpus / f"{name}.fault"
-    flaky = FlakyConfig(**{f: getattr(job.config, f) for f in job.config.__dataclass_fields__},
-                        flag_file=str(flag), trigger_id=WORDS.index("cat"), error=error)
+    flaky = FlakyConfig(
+        **{f: getattr(job.config, f) for f in job.config.__dataclass_fields__},
+        flag_file=str(flag),
+        trigger_id=WORDS.index("cat"),
+        error=error,
+    )
     result = execute(options, job.with_config(flaky))
     assert flag.exists(), "the fault was never injected"
     report = json.loads(Path(output + ".privacy_report.json").read_text("utf-8"))
     counters = dptext_counters(result)
-    return {"documents": sorted(shard_lines(output + "-*.jsonl")),
-            "dead_letter": sorted(shard_lines(output + ".dead_letter-*.jsonl")),
-            "counts": report["counts"], "metrics": counters}
+    return {
+        "documents": sorted(shard_lines(output + "-*.jsonl")),
+        "dead_letter": sorted(shard_lines(output + ".dead_letter-*.jsonl")),
+        "counts": report["counts"],
+        "metrics": counters,
+    }
 
 
 def _same_as_reference(faulty: dict, reference: dict, retries: int) -> None:
@@ -158,17 +214,20 @@ def _same_as_reference(faulty: dict, reference: dict, retries: int) -> None:
 def test_transient_fault_is_retried_in_the_dofn_on_the_direct_runner(corpus, reference):
     """FnApiRunner does not retry failed bundles (an exception fails the job): the DoFn retries a
     batch on a transient error, emitting nothing until the batch succeeded."""
-    _same_as_reference(_run_with_fault(corpus, "fault-direct", ["--runner", "DirectRunner"], "OSError"),
-                       reference, retries=1)
+    _same_as_reference(
+        _run_with_fault(corpus, "fault-direct", ["--runner", "DirectRunner"], "OSError"), reference, retries=1
+    )
 
 
 def test_any_fault_is_retried_by_the_bundle_based_direct_runner(corpus, reference):
     """BundleBasedDirectRunner retries a failed bundle (up to 4 attempts, executor.TransformExecutor)
     and commits only the successful attempt's outputs, so even a non-transient error is survived."""
-    _same_as_reference(_run_with_fault(corpus, "fault-bundle", ["--runner", "BundleBasedDirectRunner"],
-                                       "RuntimeError"), reference, retries=0)
+    _same_as_reference(
+        _run_with_fault(corpus, "fault-bundle", ["--runner", "BundleBasedDirectRunner"], "RuntimeError"),
+        reference,
+        retries=0,
+    )
 
 
 def test_transient_fault_is_retried_on_the_portable_runner(corpus, reference, portable_services):
-    _same_as_reference(_run_with_fault(corpus, "fault-portable", portable_services, "OSError"),
-                       reference, retries=1)
+    _same_as_reference(_run_with_fault(corpus, "fault-portable", portable_services, "OSError"), reference, retries=1)
