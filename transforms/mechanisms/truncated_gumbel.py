@@ -31,6 +31,11 @@ FLOAT32_SCALE_LIMIT = 80.0
 
 
 _TAIL_STEP = 30.0
+# Below this width the inverse CDF from one float64 uniform reaches every E up to e_hi: 1 - span u
+# never falls below exp(-20) ~ 2e-9, where consecutive uniforms (2^-53 apart) still move E by under
+# 1e-7 (the float32 draw of old stopped at width ~ 5.6, where 2^-24 apart they moved it by 1).
+# It is three times faster than the unbounded-exponential form the wider ranges need.
+_NARROW_WIDTH = 20.0
 
 
 def unbounded_exponential(rng: np.random.Generator, shape) -> np.ndarray:
@@ -137,14 +142,14 @@ class TruncatedGumbel(Mechanism):
     def truncated_exponential(self, rng: np.random.Generator, shape) -> np.ndarray:
         """E ~ Exponential(1) restricted to [e_lo, e_hi] = [exp(-Dmax/b), exp(Dmax/b)], exactly, in float64.
 
-        E = e_lo - ln(1 - span u), u uniform, is the inverse CDF. When the range is narrow (width < 1)
-        1 - span u >= 1/e and that formula is accurate as it stands. When it is wide, the lower tail of
+        E = e_lo - ln(1 - span u), u uniform in float64, is the inverse CDF. When the range is narrow
+        (width < _NARROW_WIDTH) 1 - span u >= exp(-20) and that formula is accurate as it stands. When it is wide, the lower tail of
         the noise (E near e_hi) is where 1 - span u nears 1 - span = exp(-width), far below the spacing
         of any uniform u (a float32 u stopped E at 16.6, i.e. the noise at -2.81 b). There, with
         1 - u = exp(-X), X ~ Exponential(1) (unbounded), 1 - span u = exp(-width) + span exp(-X) and
         E = e_lo - ln(span) + X - ln(1 + exp(X - width - ln span)): every value up to e_hi is reached.
         """
-        if self._e_width < 1.0:
+        if self._e_width < _NARROW_WIDTH:
             e = np.log1p(rng.random(shape) * -self._e_span)
             np.subtract(self._e_lo, e, out=e)
             return e.astype(self._dtype, copy=False)
