@@ -145,9 +145,10 @@ class TruncatedGumbel(Mechanism):
         E = e_lo - ln(1 - span u), u uniform in float64, is the inverse CDF. When the range is narrow
         (width < _NARROW_WIDTH) 1 - span u >= exp(-20) and that formula is accurate as it stands. When
         it is wide, the lower tail of the noise (E near e_hi) is where 1 - span u nears 1 - span =
-        exp(-width), far below the spacing of any uniform u (a float32 u stopped E at 16.6, i.e. the noise at -2.81 b). There, with
-        1 - u = exp(-X), X ~ Exponential(1) (unbounded), 1 - span u = exp(-width) + span exp(-X) and
-        E = e_lo - ln(span) + X - ln(1 + exp(X - width - ln span)): every value up to e_hi is reached.
+        exp(-width), far below the spacing of any uniform u (a float32 u stopped E at 16.6, i.e. the
+        noise at -2.81 b). There, with 1 - u = exp(-X), X ~ Exponential(1) (unbounded),
+        1 - span u = exp(-width) + span exp(-X) and E = e_lo - ln(span) + X - ln(1 + exp(X - width -
+        ln span)): every value up to e_hi is reached.
         """
         if self._e_width < _NARROW_WIDTH:
             e = np.log1p(rng.random(shape) * -self._e_span)
