@@ -44,10 +44,10 @@ def poisson_tail_log_ratio_bound(n: int) -> float:
     exchangeable with the others', so P[M(y) = y] >= 1 / (k + 1) >= 1 / n. Hence
     max ln P[M(y) = y] / P[M(w) = y] >= -ln P(k = n - 1) - ln n, in logs (P(k = n - 1) underflows).
     """
-    from scipy.stats import poisson
+    from scipy.special import gammainc  # P(k > n - 1) = gammainc(n, lam); scipy.stats costs 20 MB to import
 
     lam = math.log(n)
-    log_mass = math.log1p(-math.exp(-lam) - float(poisson.sf(n - 1, lam)))  # P(1 <= k <= n - 1)
+    log_mass = math.log1p(-math.exp(-lam) - float(gammainc(n, lam)))  # P(1 <= k <= n - 1)
     log_last = (n - 1) * math.log(lam) - lam - float(gammaln(n)) - log_mass  # ln P(k = n - 1)
     return -log_last - math.log(n)
 
