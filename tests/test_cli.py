@@ -19,21 +19,14 @@ def _glove(path):
     return path
 
 
+def _build_index(tmp_path) -> None:
+    """`dptext build-index` on a small GloVe file, into tmp_path / "idx" (K = 6)."""
+    args = ["build-index", "--embedding", str(_glove(tmp_path / "e.txt")), "--out", str(tmp_path / "idx")]
+    assert main([*args, "--neighbours", "6"]) == 0
+
+
 def test_build_index_then_run_then_audit(tmp_path, capsys):
-    assert (
-        main(
-            [
-                "build-index",
-                "--embedding",
-                str(_glove(tmp_path / "e.txt")),
-                "--out",
-                str(tmp_path / "idx"),
-                "--neighbours",
-                "6",
-            ]
-        )
-        == 0
-    )
+    _build_index(tmp_path)
     assert "n=16 d=5 K=6" in capsys.readouterr().out
     manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
     assert manifest["source"]["format"] == "glove"
@@ -124,20 +117,7 @@ def test_every_registered_mechanism_runs_end_to_end_with_its_report(tmp_path, ca
     index, each report names the mechanism and carries its guarantee and exact counts."""
     from dptext.transforms import mechanisms
 
-    assert (
-        main(
-            [
-                "build-index",
-                "--embedding",
-                str(_glove(tmp_path / "e.txt")),
-                "--out",
-                str(tmp_path / "idx"),
-                "--neighbours",
-                "6",
-            ]
-        )
-        == 0
-    )
+    _build_index(tmp_path)
     (tmp_path / "c.txt").write_text("the cat sat on a mat\nhello world, good day\n", encoding="utf-8")
     for name in mechanisms.NAMES:
         prefix = tmp_path / name / "out"
@@ -189,20 +169,7 @@ def test_build_index_mistakes_are_one_line_errors_naming_the_path(tmp_path, caps
 
 
 def test_a_hand_edited_manifest_is_a_one_line_error_naming_manifest_and_field(tmp_path, capsys):
-    assert (
-        main(
-            [
-                "build-index",
-                "--embedding",
-                str(_glove(tmp_path / "e.txt")),
-                "--out",
-                str(tmp_path / "idx"),
-                "--neighbours",
-                "6",
-            ]
-        )
-        == 0
-    )
+    _build_index(tmp_path)
     manifest = tmp_path / "idx" / "manifest.json"
     good = json.loads(manifest.read_text())
     (tmp_path / "c.txt").write_text("the cat\n", encoding="utf-8")
