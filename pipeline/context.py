@@ -7,6 +7,7 @@ import dataclasses
 import apache_beam as beam
 import numpy as np
 
+from dptext.pipeline.options import runner_name
 from dptext.pipeline.report import ReportContext
 from dptext.transforms.audit import json_safe
 from dptext.transforms.config import InvalidParameter, JobConfig
@@ -68,9 +69,3 @@ def check_placeholder(config: JobConfig, index) -> None:
                 "from perturbed words; choose a token outside the vocabulary such as <unk>"
             ),
         )
-
-
-def runner_name(runner) -> str:
-    if runner is None:
-        return "DirectRunner"
-    return runner if isinstance(runner, str) else type(runner).__name__

@@ -39,7 +39,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from dptext.transforms.beam import DEAD_LETTER, METRICS_NAMESPACE, Document, dead_letter
+from dptext.transforms.beam import DEAD_LETTER, METRICS_NAMESPACE, Document, dead_letter, text_field_problem
 from dptext.transforms.errors import DptextError
 
 FORMATS = ("text", "jsonl", "parquet")
@@ -610,11 +610,9 @@ class ParseRecordFn(beam.DoFn):
 
     def _document(self, source, offset, record: dict):
         """A Document from a Parquet row, or the dead-letter record saying why not."""
-        if self.text_field not in record:
-            return self._reject(source, offset, f"missing text field {self.text_field!r}")
-        if not isinstance(record[self.text_field], str):
-            kind = type(record[self.text_field]).__name__
-            return self._reject(source, offset, f"text field {self.text_field!r} is a {kind}, not a string")
+        problem = text_field_problem(record, self.text_field)
+        if problem:
+            return self._reject(source, offset, problem)
         return Document(source, offset, record[self.text_field], record)
 
     def _reject(self, source, offset, reason):

@@ -160,18 +160,28 @@ def rebalance(options: PipelineOptions) -> bool:
     return default_rebalance(options.view_as(StandardOptions).runner)
 
 
+def runner_name(runner) -> str:
+    """--runner as given (a name or a runner object); None is dptext's default, the DirectRunner."""
+    if runner is None:
+        return "DirectRunner"
+    return runner if isinstance(runner, str) else type(runner).__name__
+
+
+def _short_runner_name(runner) -> str:
+    """ "apache_beam.runners.dask.dask_runner.DaskRunner" -> "DaskRunner"."""
+    return runner_name(runner).rsplit(".", 1)[-1]
+
+
 def default_rebalance(runner) -> bool:
     """--rebalance auto: on, except on the runners that execute in the launching process."""
-    name = runner or "DirectRunner"
-    return (name if isinstance(name, str) else type(name).__name__).rsplit(".", 1)[-1] not in LOCAL_RUNNERS
+    return _short_runner_name(runner) not in LOCAL_RUNNERS
 
 
 def check_runner(runner) -> None:
     """Refuse runners known to lose data for this job's shape."""
-    name = runner if isinstance(runner, str) else type(runner).__name__ if runner is not None else ""
-    short = name.rsplit(".", 1)[-1]
+    short = _short_runner_name(runner)
     if short in REFUSED_RUNNERS:
-        raise OptionsError(f"--runner {name}: refused. {REFUSED_RUNNERS[short]}")
+        raise OptionsError(f"--runner {runner_name(runner)}: refused. {REFUSED_RUNNERS[short]}")
 
 
 # Runners whose job server takes pipeline options Python Beam does not define (passed through).
@@ -189,8 +199,7 @@ def check_unknown_options(argv: list[str], runner=None) -> None:
         cls._add_argparse_args(parser)
     known = sorted({o for action in parser._actions for o in action.option_strings if o.startswith("--")})
     _, unknown = parser.parse_known_args(list(argv))
-    name = runner if isinstance(runner, str) else type(runner).__name__ if runner is not None else ""
-    portable = name.rsplit(".", 1)[-1] in PORTABLE_RUNNERS
+    portable = _short_runner_name(runner) in PORTABLE_RUNNERS
     for arg in unknown:
         if arg == "--":
             break

@@ -17,7 +17,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import StandardOptions
 
-from dptext.pipeline.options import default_rebalance
+from dptext.pipeline.options import default_rebalance, runner_name
 from dptext.pipeline.report import BuildReport, ReportContext
 from dptext.transforms.beam import (
     ACCOUNTING,
@@ -27,6 +27,7 @@ from dptext.transforms.beam import (
     Document,
     PerturbDocuments,
     dead_letter,
+    text_field_problem,
 )
 from dptext.transforms.config import JobConfig
 
@@ -104,8 +105,6 @@ class Privatize(beam.PTransform):
         rebalance = default_rebalance(runner) if self.rebalance is None else self.rebalance
         context = self.context
         if context.input is None:  # inside a user's pipeline: record the runner it runs on
-            from dptext.pipeline.context import runner_name
-
             context = dataclasses.replace(context, runner=runner_name(runner))
         docs = elements | "ToDocuments" >> beam.ParDo(_ToDocumentFn(self.config.text_field, self.label)).with_outputs(
             DEAD_LETTER, main=DOCUMENTS
@@ -134,11 +133,8 @@ class _ToDocumentFn(beam.DoFn):
                 yield self._reject(f"element is a {type(element).__name__}, not a str (text_field is None)")
         elif not isinstance(element, dict):
             yield self._reject(f"element is a {type(element).__name__}, not a dict with {self.text_field!r}")
-        elif self.text_field not in element:
-            yield self._reject(f"missing text field {self.text_field!r}")
-        elif not isinstance(element[self.text_field], str):
-            kind = type(element[self.text_field]).__name__
-            yield self._reject(f"text field {self.text_field!r} is a {kind}, not a string")
+        elif problem := text_field_problem(element, self.text_field):
+            yield self._reject(problem)
         else:
             yield Document(None, None, element[self.text_field], element, element="dict")
 

@@ -8,13 +8,12 @@ sees document text.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 
 import apache_beam as beam
 
 from dptext.transforms.accounting import CorpusAccount, basic_bound, composed_bound
-from dptext.transforms.audit import format_audit
+from dptext.transforms.audit import format_audit, json_safe
 from dptext.transforms.config import JobConfig
 from dptext.transforms.mechanisms.guarantee import Guarantee
 
@@ -278,17 +277,7 @@ def _fmt(value) -> str:
 def report_json(report: dict) -> str:
     """The JSON report, RFC 8259 throughout: a bound that overflows float64 (a huge per-token epsilon
     times many tokens) is written as the string "inf", never as the non-standard Infinity."""
-    return json.dumps(_finite(report), indent=2, ensure_ascii=False, default=str, allow_nan=False) + "\n"
-
-
-def _finite(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+    return json.dumps(json_safe(report), indent=2, ensure_ascii=False, default=str, allow_nan=False) + "\n"
 
 
 def report_paths(prefix: str) -> tuple[str, str]:

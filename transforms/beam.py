@@ -40,6 +40,15 @@ class Document(NamedTuple):
     element: str = "document"  # what Privatize gives back: "document", "str" or "dict"
 
 
+def text_field_problem(record: dict, text_field: str) -> Optional[str]:
+    """Why a record's text field cannot be privatized (its dead-letter reason), or None."""
+    if text_field not in record:
+        return f"missing text field {text_field!r}"
+    if not isinstance(record[text_field], str):
+        return f"text field {text_field!r} is a {type(record[text_field]).__name__}, not a string"
+    return None
+
+
 def dead_letter(source: str, offset: int, reason: str) -> dict:
     """A dead-letter record: where the record was and why it failed, never its text."""
     return {"source": source, "offset": offset, "reason": reason}
