@@ -105,6 +105,7 @@ def _params(name: str, index) -> list[dict]:
             {"candidates": -1},
             {"candidates": index.neighbours + 1},
         ],
+        "diffractor": [{"lists": 1}, {"lists": 32}, {"lists": 0}, {"lists": 33}],
     }[name]
 
 

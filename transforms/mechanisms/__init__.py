@@ -11,6 +11,7 @@ from dptext.transforms.mechanisms.base import (
     Parameter,
     check_epsilon,
 )
+from dptext.transforms.mechanisms.diffractor import Diffractor
 from dptext.transforms.mechanisms.distance_truncated_laplace import DistanceTruncatedLaplace
 from dptext.transforms.mechanisms.guarantee import NOT_PROTECTED, Claim, Guarantee
 from dptext.transforms.mechanisms.kde_prior import KDEPrior
@@ -30,6 +31,7 @@ MECHANISMS: tuple[type[Mechanism], ...] = (
     Mahalanobis,
     Vickrey,
     TEM,
+    Diffractor,
 )
 REGISTRY: dict[str, type[Mechanism]] = {cls.name: cls for cls in MECHANISMS}
 NAMES = tuple(sorted(REGISTRY))
