@@ -116,8 +116,8 @@ variable "extra_parameters" {
 
   validation {
     # The optional parameters of templates/metadata.json; the five above have their own variables.
-    condition     = alltrue([for name in keys(var.extra_parameters) : contains(["format", "text_field", "oov", "oov_placeholder", "case", "overwrite", "max_doc_chars", "long_docs", "batch_chars", "rebalance", "delta", "radius", "search", "search_k", "alpha", "sampler", "chain_length", "bandwidth_scale", "candidates", "regularization", "beta", "threshold", "base", "lists"], name)])
-    error_message = "extra_parameters accepts: format, text_field, oov, oov_placeholder, case, overwrite, max_doc_chars, long_docs, batch_chars, rebalance, delta, radius, search, search_k, alpha, sampler, chain_length, bandwidth_scale, candidates, regularization, beta, threshold, base, lists (input, output, index, mechanism and epsilon have their own variables)."
+    condition     = alltrue([for name in keys(var.extra_parameters) : contains(["format", "text_field", "oov", "oov_placeholder", "case", "overwrite", "max_doc_chars", "long_docs", "batch_chars", "rebalance", "delta", "privacy_unit", "max_tokens_per_unit", "budget_ledger", "unit_budget", "radius", "search", "search_k", "alpha", "sampler", "chain_length", "bandwidth_scale", "candidates", "regularization", "beta", "threshold", "base", "lists"], name)])
+    error_message = "extra_parameters accepts: format, text_field, oov, oov_placeholder, case, overwrite, max_doc_chars, long_docs, batch_chars, rebalance, delta, privacy_unit, max_tokens_per_unit, budget_ledger, unit_budget, radius, search, search_k, alpha, sampler, chain_length, bandwidth_scale, candidates, regularization, beta, threshold, base, lists (input, output, index, mechanism and epsilon have their own variables)."
   }
 }
 

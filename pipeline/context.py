@@ -30,10 +30,12 @@ def describe_job(
     index.ensure_tables_stored()  # the mechanism's derived tables, beside the index: workers only read them
     manifest = index.manifest
     config = dataclasses.replace(config, embedding_id=manifest["embedding_id"])
+    guarantee = mechanism.guarantee()
+    check_unit_budget(config, guarantee)
     return ReportContext(
         config=config,
         parameters=json_safe(mechanism.params()),
-        guarantee=mechanism.guarantee(),
+        guarantee=guarantee,
         index={
             "path": config.index_path,
             "embedding_id": manifest["embedding_id"],
@@ -50,6 +52,27 @@ def describe_job(
         input=input,
         output=output,
     )
+
+
+def check_unit_budget(config: JobConfig, guarantee) -> None:
+    """A budget is spent in per-token pure epsilons: refuse it for a mechanism that states none, and a
+    budget too small for a single token."""
+    if config.unit_budget is None:
+        return
+    per_token = guarantee.per_token_pure_epsilon
+    if per_token is None:
+        raise InvalidParameter(
+            "unit_budget",
+            f"cannot be spent with --mechanism {config.mechanism}: dptext states no vocabulary-wide per-token pure "
+            "epsilon for it, so a unit's spend has no measure; use a mechanism with one (multivariate_laplace, "
+            "mahalanobis, vickrey, tem, kde_prior with its exact sampler)",
+        )
+    if config.unit_budget < per_token:
+        raise InvalidParameter(
+            "unit_budget",
+            f"{config.unit_budget:g} is below one token's pure epsilon {per_token:.6g} under this mechanism and "
+            "epsilon: no unit could release a single token",
+        )
 
 
 def check_placeholder(config: JobConfig, index) -> None:

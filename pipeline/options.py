@@ -118,6 +118,44 @@ class DPTextOptions(PipelineOptions):
             default=1e-6,
             help="delta for the composed per-document bound in the report (default 1e-6).",
         )
+        # Privacy units (pipeline/units.py, pipeline/ledger.py).
+        add(
+            "--privacy-unit",
+            "--privacy_unit",
+            dest="privacy_unit",
+            default=None,
+            help="JSONL field or Parquet column naming the person (e.g. a user id): the report adds a per-unit "
+            "section (word tokens released per unit and the composed bound). A record without it goes to the "
+            "dead letter; refused for text input.",
+        )
+        add(
+            "--max-tokens-per-unit",
+            "--max_tokens_per_unit",
+            dest="max_tokens_per_unit",
+            type=int,
+            default=None,
+            help="With --privacy-unit: release at most this many word tokens per unit (a uniformly random order "
+            "of its documents, admitted while they fit; the others go to PREFIX.withheld-*.jsonl, without "
+            "text); the report then states a bound that holds for every unit.",
+        )
+        add(
+            "--budget-ledger",
+            "--budget_ledger",
+            dest="budget_ledger",
+            default=None,
+            help="With --privacy-unit and --unit-budget: ledger directory (local or gs://) of what each unit "
+            "spent across runs, as HMAC-SHA256 hashes under the key in DPTEXT_LEDGER_KEY; units past the "
+            "budget are withheld, and a new ledger version is committed atomically when the run succeeds.",
+        )
+        add(
+            "--unit-budget",
+            "--unit_budget",
+            dest="unit_budget",
+            type=float,
+            default=None,
+            help="With --budget-ledger: the most epsilon (basic composition: released tokens x per-token pure "
+            "epsilon, summed over runs) any unit may spend.",
+        )
         add(
             "--overwrite",
             type=parse_bool,
@@ -291,6 +329,8 @@ def validate(opts: DPTextOptions) -> JobConfig:
         raise OptionsError(f"--mechanism {opts.mechanism!r} is unknown; valid: {', '.join(mechanisms.NAMES)}")
     if not opts.text_field:
         raise OptionsError("--text-field must not be empty")
+    if (getattr(opts, "budget_ledger", None) is None) != (getattr(opts, "unit_budget", None) is None):
+        raise OptionsError("--budget-ledger and --unit-budget go together: a ledger records spend against a budget")
     try:
         return JobConfig(
             index_path=str(opts.index),
@@ -306,6 +346,9 @@ def validate(opts: DPTextOptions) -> JobConfig:
             batch_chars=opts.batch_chars,
             delta=opts.delta,
             test_seed=opts.test_seed,
+            privacy_unit=getattr(opts, "privacy_unit", None),
+            max_tokens_per_unit=getattr(opts, "max_tokens_per_unit", None),
+            unit_budget=getattr(opts, "unit_budget", None),
         )
     except InvalidParameter as err:
         raise option_error(err) from None

@@ -8,7 +8,8 @@ never outlives the run that replaced it.
 
 A run's outputs under PREFIX (Beam names its temporary directories beam-temp-NAME-UUID1HEX):
   PREFIX-SSSSS-of-NNNNN.{txt,jsonl,parquet}, PREFIX.dead_letter-SSSSS-of-NNNNN.jsonl,
-  PREFIX.privacy_report.{json,md}, and DIR/beam-temp-NAME-*, DIR/beam-temp-NAME.dead_letter-*.
+  PREFIX.withheld-SSSSS-of-NNNNN.jsonl, PREFIX.privacy_report.{json,md}, and DIR/beam-temp-NAME-*,
+  DIR/beam-temp-NAME.dead_letter-*, DIR/beam-temp-NAME.withheld-*.
 Anything else, PREFIX2-00000-of-00001.txt or PREFIX-notes.txt, is not this prefix's.
 """
 
@@ -47,9 +48,9 @@ def _patterns(name: str) -> tuple[re.Pattern, re.Pattern]:
     n = re.escape(name)
     files = re.compile(
         rf"{n}(-\d{{5,}}-of-\d{{5,}}\.(txt|jsonl|parquet)"
-        rf"|\.dead_letter-\d{{5,}}-of-\d{{5,}}\.jsonl|\.privacy_report\.(json|md))"
+        rf"|\.(dead_letter|withheld)-\d{{5,}}-of-\d{{5,}}\.jsonl|\.privacy_report\.(json|md))"
     )
-    temps = re.compile(rf"beam-temp-{n}(\.dead_letter)?-[0-9a-f]{{32}}")
+    temps = re.compile(rf"beam-temp-{n}(\.dead_letter|\.withheld)?-[0-9a-f]{{32}}")
     return files, temps
 
 

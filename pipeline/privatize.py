@@ -4,6 +4,7 @@
     result.documents     # the input's element type (str, dict or Document), text replaced
     result.dead_letter   # {"source", "offset", "reason"} dicts, never text
     result.report        # exactly one element: the privacy report dict
+    result.withheld      # with privacy_unit and max_tokens_per_unit: {"source", "offset", "reason"}
 
 `dptext run` is this transform between its readers and writers.
 """
@@ -19,6 +20,7 @@ from apache_beam.options.pipeline_options import StandardOptions
 
 from dptext.pipeline.options import default_rebalance, runner_name
 from dptext.pipeline.report import BuildReport, ReportContext
+from dptext.pipeline.units import PrivacyUnits, UnitPolicy, random_policy_key
 from dptext.transforms.beam import (
     ACCOUNTING,
     DEAD_LETTER,
@@ -36,6 +38,8 @@ class PrivatizeResult(NamedTuple):
     documents: beam.PCollection
     dead_letter: beam.PCollection
     report: beam.PCollection
+    withheld: Optional[beam.PCollection] = None  # documents a unit's cap or budget held back (no text)
+    ledger_spend: Optional[beam.PCollection] = None  # (unit hash, spent after this run), with a ledger
 
 
 class Privatize(beam.PTransform):
@@ -64,6 +68,8 @@ class Privatize(beam.PTransform):
         delta: float = 1e-6,
         rebalance: Optional[bool] = None,
         test_seed: Optional[int] = None,
+        privacy_unit: Optional[str] = None,
+        max_tokens_per_unit: Optional[int] = None,
         **mechanism_params,
     ):
         from dptext.pipeline.context import describe_job
@@ -82,19 +88,25 @@ class Privatize(beam.PTransform):
             batch_chars=batch_chars,
             delta=delta,
             test_seed=test_seed,
+            privacy_unit=privacy_unit,
+            max_tokens_per_unit=max_tokens_per_unit,
         )
         self.__init_from_context(describe_job(config), rebalance)
 
     @classmethod
-    def prepared(cls, context: ReportContext, rebalance: Optional[bool] = None) -> "Privatize":
-        """From a context the driver already built (`dptext run` validates and loads once)."""
+    def prepared(
+        cls, context: ReportContext, rebalance: Optional[bool] = None, ledger=None, ledger_key: Optional[bytes] = None
+    ) -> "Privatize":
+        """From a context the driver already built (`dptext run` validates and loads once); with a
+        budget ledger, the LedgerRun that the job reads and the HMAC key of its unit hashes."""
         transform = cls.__new__(cls)
-        transform.__init_from_context(context, rebalance)
+        transform.__init_from_context(context, rebalance, ledger, ledger_key)
         return transform
 
-    def __init_from_context(self, context: ReportContext, rebalance: Optional[bool]) -> None:
+    def __init_from_context(self, context: ReportContext, rebalance: Optional[bool], ledger=None, ledger_key=None):
         super().__init__()
-        self.context, self.rebalance = context, rebalance
+        self.context, self.rebalance, self.ledger = context, rebalance, ledger
+        self.unit_policy = unit_policy(context, ledger_key)
 
     @property
     def config(self) -> JobConfig:
@@ -109,11 +121,49 @@ class Privatize(beam.PTransform):
         docs = elements | "ToDocuments" >> beam.ParDo(_ToDocumentFn(self.config.text_field, self.label)).with_outputs(
             DEAD_LETTER, main=DOCUMENTS
         )
-        perturbed = docs[DOCUMENTS] | "PerturbDocuments" >> PerturbDocuments(self.config, rebalance)
+        to_perturb, dead_letters, units = docs[DOCUMENTS], [docs[DEAD_LETTER]], None
+        if self.unit_policy is not None:
+            files = self.ledger.base_files if self.ledger is not None else ()
+            units = to_perturb | "PrivacyUnits" >> PrivacyUnits(self.unit_policy, files)
+            to_perturb = units.documents
+            dead_letters.append(units.dead_letter)
+        perturbed = to_perturb | "PerturbDocuments" >> PerturbDocuments(self.config, rebalance)
         documents = perturbed[DOCUMENTS] | "FromDocuments" >> beam.Map(_from_document, self.config.text_field)
-        report = perturbed[ACCOUNTING] | "PrivacyReport" >> BuildReport(context)
-        dead = (docs[DEAD_LETTER], perturbed[DEAD_LETTER]) | "MergeDeadLetter" >> beam.Flatten()
-        return PrivatizeResult(documents, dead, report)
+        with_units = None if units is None else (self.unit_policy, self._ledger_summary(), units.account)
+        report = perturbed[ACCOUNTING] | "PrivacyReport" >> BuildReport(context, with_units)
+        dead = (*dead_letters, perturbed[DEAD_LETTER]) | "MergeDeadLetter" >> beam.Flatten()
+        if units is None:
+            return PrivatizeResult(documents, dead, report)
+        return PrivatizeResult(documents, dead, report, units.withheld, units.spend)
+
+    def _ledger_summary(self) -> Optional[dict]:
+        if self.ledger is None:
+            return None
+        return {
+            "uri": self.ledger.uri,
+            "unit_budget": self.config.unit_budget,
+            "version_read": self.ledger.base_version,
+            "version_written": self.ledger.next_version,
+        }
+
+
+def unit_policy(context: ReportContext, ledger_key: Optional[bytes] = None) -> Optional[UnitPolicy]:
+    """The units step's policy from the job's context (None without a privacy unit)."""
+    config = context.config
+    if config.privacy_unit is None:
+        return None
+    return UnitPolicy(
+        field=config.privacy_unit,
+        hash_key=ledger_key if ledger_key is not None else random_policy_key(config.test_seed),
+        ledger=ledger_key is not None,
+        max_tokens=config.max_tokens_per_unit,
+        unit_budget=config.unit_budget,
+        per_token_epsilon=context.guarantee.per_token_pure_epsilon,
+        max_doc_chars=config.max_doc_chars,
+        long_docs=config.long_docs,
+        test_seed=config.test_seed,
+        delta=config.delta,
+    )
 
 
 class _ToDocumentFn(beam.DoFn):

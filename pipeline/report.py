@@ -69,7 +69,9 @@ class CorpusAccountCombineFn(beam.CombineFn):
         return accumulator
 
 
-def build_report(account: CorpusAccount, ctx: ReportContext) -> dict:
+def build_report(account: CorpusAccount, ctx: ReportContext, units=None, unit_policy=None, ledger=None) -> dict:
+    """The report dict; with privacy units, `units` is the job's UnitsAccount and `unit_policy` its
+    UnitPolicy (pipeline/units.py), which add the per-unit section and its sentences."""
     per_token = ctx.guarantee.per_token_pure_epsilon
     percentiles = account.perturbed_percentiles()
     if per_token is None:
@@ -91,7 +93,7 @@ def build_report(account: CorpusAccount, ctx: ReportContext) -> dict:
                 "composition of the same pure per-token events at delta (Kairouz, Oh, Viswanath 2015)"
             ),
         }
-    return {
+    report = {
         "mechanism": ctx.mechanism,
         "parameters": ctx.parameters,
         "guarantee": ctx.guarantee.as_dict(),
@@ -123,6 +125,14 @@ def build_report(account: CorpusAccount, ctx: ReportContext) -> dict:
         "input": ctx.input,
         "output": ctx.output,
     }
+    if units is not None:
+        from dptext.pipeline.units import units_section, units_statement
+
+        section = units_section(units, unit_policy, ledger)
+        report["counts"]["withheld"] = units.withheld
+        report["per_unit"] = section
+        report["statement"] += units_statement(section)
+    return report
 
 
 def plain_statement(ctx: ReportContext, account: CorpusAccount) -> list[str]:
@@ -191,6 +201,8 @@ def render_markdown(report: dict) -> str:
         out += [
             f"| {k} | {_fmt(bounds['basic'][k])} | {_fmt(bounds['composed_at_delta'][k])} |" for k in bounds["basic"]
         ] + [""]
+    if report.get("per_unit"):
+        out += _units_markdown(report["per_unit"])
     q = report["quality_figures"]
     out += [
         "## Quality (data-dependent, not a guarantee)",
@@ -209,6 +221,38 @@ def render_markdown(report: dict) -> str:
         "",
     ]
     return "\n".join(out)
+
+
+def _units_markdown(section: dict) -> list[str]:
+    out = [
+        "## Per unit",
+        "",
+        f"Privacy unit field {section['field']!r}: {section['units']} units, {section['documents']} documents, "
+        f"{section['withheld']} withheld. Word tokens released per unit: "
+        + ", ".join(f"{k} {v}" for k, v in section["released_tokens_per_unit"].items()),
+        "",
+    ]
+    bound = section.get("bound")
+    if bound is None:
+        return out + [section["bound_note"], ""]
+    out += [
+        f"| percentile | tokens | basic epsilon | composed epsilon at delta={bound['delta']:g} |",
+        "|---|---|---|---|",
+    ]
+    out += [
+        f"| {k} | {v} | {_fmt(bound['basic'][k])} | {_fmt(bound['composed_at_delta'][k])} |"
+        for k, v in section["released_tokens_per_unit"].items()
+    ]
+    cap = section.get("cap")
+    if cap is not None and "basic" in cap:
+        out.append(f"| every unit (cap) | {cap['tokens']} | {_fmt(cap['basic'])} | {_fmt(cap['composed_at_delta'])} |")
+    out.append("")
+    if cap is not None:
+        out += [f"Admission rule: {cap['rule']}.", ""]
+    ledger = section.get("ledger")
+    if ledger:
+        out += [f"Budget ledger: {_fmt(ledger)}", ""]
+    return out
 
 
 def _guarantee_markdown(g: Guarantee) -> list[str]:
@@ -288,15 +332,18 @@ class BuildReport(beam.PTransform):
     """Every document's account -> exactly one element: the privacy report dict (an empty input
     gives the report of an empty corpus)."""
 
-    def __init__(self, context: ReportContext):
+    def __init__(self, context: ReportContext, units=None):
         super().__init__()
         self.context = context
+        self.units = units  # (UnitPolicy, ledger dict or None, PCollection of one UnitsAccount), or None
 
     def expand(self, accounts):
-        return (
-            accounts
-            | "CombineAccounts" >> beam.CombineGlobally(CorpusAccountCombineFn())
-            | "Report" >> beam.Map(build_report, self.context)
+        combined = accounts | "CombineAccounts" >> beam.CombineGlobally(CorpusAccountCombineFn())
+        if self.units is None:
+            return combined | "Report" >> beam.Map(build_report, self.context)
+        policy, ledger, units = self.units
+        return combined | "Report" >> beam.Map(
+            build_report, self.context, beam.pvalue.AsSingleton(units), policy, ledger
         )
 
 

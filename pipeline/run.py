@@ -15,6 +15,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.runners.runner import PipelineState
 
 from dptext.pipeline.io import ParseRecordFn, ReadRecords, WriteDeadLetter, WriteDocuments, check_inputs, parquet_schema
+from dptext.pipeline.ledger import LedgerConflict
 from dptext.pipeline.options import (
     DPTextOptions,
     check_runner,
@@ -26,6 +27,7 @@ from dptext.pipeline.options import (
 from dptext.pipeline.outputs import check_input_is_not_output, check_prefix, claim, remove_outputs
 from dptext.pipeline.privatize import Privatize
 from dptext.pipeline.report import ReportContext, WriteReport, add_metrics_to_report, job_counters
+from dptext.pipeline.units import prepare_units, write_unit_outputs
 from dptext.transforms.beam import DEAD_LETTER, DOCUMENTS
 from dptext.transforms.config import InvalidParameter, JobConfig
 
@@ -37,6 +39,8 @@ class Prepared:
     fmt: str
     context: ReportContext  # holds the JobConfig every worker receives
     parquet_schema: object = None  # pyarrow.Schema of Parquet input
+    ledger: object = None  # the LedgerRun of --budget-ledger (pipeline/ledger.py)
+    ledger_key: bytes | None = dataclasses.field(default=None, repr=False)  # DPTEXT_LEDGER_KEY
 
     @property
     def config(self) -> JobConfig:
@@ -51,14 +55,21 @@ def build_pipeline(p: beam.Pipeline, opts: DPTextOptions, job: Prepared) -> None
     parsed = records | "ParseRecords" >> beam.ParDo(ParseRecordFn(job.fmt, opts.text_field)).with_outputs(
         DEAD_LETTER, main=DOCUMENTS
     )
-    private = parsed[DOCUMENTS] | "Privatize" >> Privatize.prepared(job.context, rebalance(p.options))
-    private.documents | "WriteDocuments" >> WriteDocuments(opts.output, job.fmt, opts.text_field, job.parquet_schema)
-    private.report | "WriteReport" >> WriteReport(opts.output)
-    (
-        (parsed[DEAD_LETTER], private.dead_letter)
-        | "MergeDeadLetter" >> beam.Flatten()
-        | "WriteDeadLetter" >> WriteDeadLetter(opts.output)
+    private = parsed[DOCUMENTS] | "Privatize" >> Privatize.prepared(
+        job.context, rebalance(p.options), job.ledger, job.ledger_key
     )
+    written = [
+        private.documents
+        | "WriteDocuments" >> WriteDocuments(opts.output, job.fmt, opts.text_field, job.parquet_schema),
+        private.report | "WriteReport" >> WriteReport(opts.output),
+        (
+            (parsed[DEAD_LETTER], private.dead_letter)
+            | "MergeDeadLetter" >> beam.Flatten()
+            | "WriteDeadLetter" >> WriteDeadLetter(opts.output)
+        ),
+    ]
+    if private.withheld is not None:  # the ledger commits only after every output is written
+        write_unit_outputs(private, opts.output, job.ledger, written)
 
 
 def prepare(opts: DPTextOptions) -> Prepared:
@@ -76,7 +87,8 @@ def prepare(opts: DPTextOptions) -> Prepared:
         )
     except InvalidParameter as err:
         raise option_error(err) from None
-    return Prepared(fmt, context, schema)
+    ledger, key = prepare_units(opts, context, fmt, schema)
+    return Prepared(fmt, context, schema, ledger, key)
 
 
 def run(argv=None, wait: bool = True) -> beam.runners.runner.PipelineResult:
@@ -112,6 +124,11 @@ def execute(options: PipelineOptions, job: Prepared, wait: bool = True) -> beam.
                 logging.warning(
                     "dptext: could not remove the partial outputs under %s (%s)", opts.output, type(err).__name__
                 )
+            if wait and job.ledger is not None:  # the ledger keeps its version; this run's rows go
+                conflict = job.ledger.conflict()
+                job.ledger.discard()
+                if conflict:
+                    raise LedgerConflict(conflict) from None
             raise
         if wait:
             add_metrics_to_report(opts.output, job_counters(result))

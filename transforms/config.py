@@ -47,6 +47,11 @@ class JobConfig:
     delta: float = 1e-6  # of the composed per-document bound in the report
     test_seed: Optional[int] = None
     embedding_id: Optional[str] = None  # the index the report describes; every worker checks it
+    # Privacy units (pipeline/units.py): the field naming the person, the per-unit cap on released
+    # word tokens, and the per-unit budget a ledger enforces across runs.
+    privacy_unit: Optional[str] = None
+    max_tokens_per_unit: Optional[int] = None
+    unit_budget: Optional[float] = None
 
     def __post_init__(self):
         if isinstance(self.mechanism_params, dict):
@@ -68,6 +73,7 @@ class JobConfig:
             raise InvalidParameter("delta", f"must be in (0, 1), got {self.delta}")
         if self.text_field is not None and (not isinstance(self.text_field, str) or not self.text_field):
             raise InvalidParameter("text_field", f"must be a non-empty string or None, got {self.text_field!r}")
+        self._check_units()
         breaks = [c for c in self.placeholder if c in LINE_BREAKS]
         if breaks:
             raise InvalidParameter(
@@ -78,6 +84,34 @@ class JobConfig:
                     "readers of JSONL)"
                 ),
             )
+
+    def _check_units(self) -> None:
+        if self.privacy_unit is not None:
+            if not isinstance(self.privacy_unit, str) or not self.privacy_unit:
+                raise InvalidParameter("privacy_unit", f"must be a non-empty field name, got {self.privacy_unit!r}")
+            if self.text_field is None:
+                raise InvalidParameter(
+                    "privacy_unit",
+                    f"{self.privacy_unit!r} needs records with fields (JSONL, Parquet or dicts); plain texts "
+                    "have no field that could name a person",
+                )
+            if self.privacy_unit == self.text_field:
+                raise InvalidParameter("privacy_unit", f"{self.privacy_unit!r} is the text field itself")
+        value = self.max_tokens_per_unit
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise InvalidParameter("max_tokens_per_unit", f"must be an integer >= 1, got {value!r}")
+        if self.unit_budget is not None:
+            budget = self.unit_budget
+            if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget < math.inf:
+                raise InvalidParameter("unit_budget", f"must be a finite number > 0, got {budget!r}")
+        for name in ("max_tokens_per_unit", "unit_budget"):
+            if getattr(self, name) is not None and self.privacy_unit is None:
+                raise InvalidParameter(name, "needs --privacy-unit (the field that names each person)")
+
+    @property
+    def bounds_units(self) -> bool:
+        """Whether documents are admitted per unit (a cap, a budget, or both)."""
+        return self.max_tokens_per_unit is not None or self.unit_budget is not None
 
     @property
     def test_seed_used(self) -> bool:
