@@ -18,6 +18,7 @@ commands:
   calibrate     the epsilon whose median N_w reaches a target (compare mechanisms at matched deniability)
   demo          default embedding + public tweet sample, end to end
   template-metadata   write templates/metadata.json from the run options (--check: fail on drift)
+  ledger        a budget ledger's per-unit spend percentiles and exhausted units (--ledger URI)
 
 `dptext COMMAND --help` for each command's options."""
 
@@ -247,6 +248,12 @@ def _demo(argv: list[str]) -> int:
     return main(argv) or 0
 
 
+def _ledger(argv: list[str]) -> int:
+    from dptext.pipeline.ledger import main
+
+    return main(argv)
+
+
 def _template_metadata(argv: list[str]) -> int:
     from dptext.pipeline.template_metadata import main
 
@@ -261,6 +268,7 @@ COMMANDS = {
     "calibrate": _calibrate,
     "demo": _demo,
     "template-metadata": _template_metadata,
+    "ledger": _ledger,
 }
 
 
