@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import hmac
+import io
 import json
 import math
 import os
@@ -299,11 +300,14 @@ def _relative(uri: str, path: str) -> str:
 
 def read_rows(version: LedgerVersion):
     """(unit hash, spent) of every row of a version, file by file (streamed: one line at a time)."""
+    from apache_beam.io.filesystems import FileSystems
+
     for path in version.files:
-        for line in _read(path).decode("utf-8").splitlines():
-            if line:
-                row = json.loads(line)
-                yield row["unit"], float(row["spent"])
+        with FileSystems.open(path, compression_type="uncompressed") as handle:
+            for line in io.TextIOWrapper(handle, encoding="utf-8"):
+                if line.strip():
+                    row = json.loads(line)
+                    yield row["unit"], float(row["spent"])
 
 
 def orphans(uri: str) -> list[str]:

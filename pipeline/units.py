@@ -90,7 +90,7 @@ class UnitPolicy:
     """What the units step needs on every worker (small; the ledger key travels in the job)."""
 
     field: str
-    hash_key: bytes  # HMAC key of the ledger, or a random per-run key
+    hash_key: bytes = field(repr=False)  # HMAC key of the ledger, or a random per-run key
     ledger: bool = False  # hash_key is the ledger's (HMAC-SHA256, hex), else keyed BLAKE2b
     max_tokens: Optional[int] = None  # --max-tokens-per-unit
     unit_budget: Optional[float] = None
@@ -409,6 +409,7 @@ class PrivacyUnits(beam.PTransform):
             spent = (
                 documents.pipeline
                 | "LedgerFiles" >> beam.Create(self.ledger_files)
+                | "SpreadLedgerFiles" >> beam.Reshuffle()
                 | "ReadLedger" >> beam.FlatMap(_ledger_rows)
             )
             candidates = (candidates, spent) | "WithLedger" >> beam.Flatten()

@@ -387,3 +387,38 @@ def test_parquet_units_with_integer_ids(index_dir, tmp_path):
         released[d["user"]] += _tokens(d["text"])
     assert max(released.values()) <= 6 and set(released) <= {7, 8, 9}
     assert _report(output)["per_unit"]["units"] == len({u for u in users if u is not None})
+
+
+_COLLECTED: dict = {}
+
+
+def _keep(elements, name):
+    _COLLECTED[name] = elements
+
+
+def test_privatize_in_a_users_pipeline_caps_dict_elements(index_dir):
+    import apache_beam as beam
+
+    import dptext
+
+    rng = random.Random(9)
+    elements = [{"who": rng.choice(["ann", "bob", "bob", "bob"]), "text": "the cat sat"} for _ in range(40)]
+    _COLLECTED.clear()
+    with beam.Pipeline("DirectRunner") as p:
+        private = (
+            p
+            | beam.Create(elements)
+            | dptext.Privatize(
+                index_dir, mechanism="tem", epsilon=2.0, text_field="text", privacy_unit="who", max_tokens_per_unit=7
+            )
+        )
+        for name in ("documents", "withheld", "report"):
+            getattr(private, name) | f"List{name}" >> beam.combiners.ToList() | f"Keep{name}" >> beam.Map(_keep, name)
+    released = Counter()
+    for d in _COLLECTED["documents"]:
+        released[d["who"]] += _tokens(d["text"])
+    assert released == {"ann": 6, "bob": 6}  # 3-token documents: two fit in 7
+    assert len(_COLLECTED["withheld"]) == 40 - 4
+    assert all(w["source"] is None and WITHHELD_REASONS.fullmatch(w["reason"]) for w in _COLLECTED["withheld"])
+    (report,) = _COLLECTED["report"]
+    assert report["per_unit"]["units"] == 2 and report["per_unit"]["released_tokens_per_unit"]["max"] == 6
