@@ -97,14 +97,20 @@ PEERS = {
 # Matched parameter values (benchmarks/README.md): one epsilon per mechanism for every tool, and
 # the mechanism's other parameter at one value for every tool that has it.
 EPSILON = {"multivariate_laplace": 10.0, "truncated_gumbel": 52.0, "mahalanobis": 10.0, "vickrey": 10.0, "tem": 2.5}
+# santext and custext at the epsilon of median N_w 0.3 on the default index (dptext calibrate); both peers use
+# the same weights, exp(-eps d / 2) and exp(eps u / 2), so one epsilon means the same for both.
+EPSILON.update({"santext": 2.21, "custext": 4.83})
+CUSTEXT_K = 20  # the paper's and the authors' code's default K
 LAMBDA, VICKREY_T, TEM_BETA = 0.5, 0.75, 0.001  # dptext's defaults
 # dptext keyword parameters (read from its factories) that carry those values, by concept.
 DPTEXT_PARAMETER_NAMES = {
     "lambda": ("lam", "lambd", "lambda_", "regularization", "regularisation"),
     "t": ("t", "threshold"),
     "beta": ("beta",),
+    "k": ("set_size",),
 }
 DPTEXT_CONCEPTS = {"mahalanobis": {"lambda": LAMBDA}, "vickrey": {"t": VICKREY_T}, "tem": {"beta": TEM_BETA}}
+DPTEXT_CONCEPTS["custext"] = {"k": CUSTEXT_K}
 TARGET = {"truncated_gumbel": 1000}  # dptext / peer tokens/s; every other shared mechanism: 20
 
 
@@ -132,6 +138,9 @@ def cases(dmin: float, dmax: float) -> list[Case]:
         Case("vickrey", "pypantera", "VickreyCMP", {"t": VICKREY_T}),
         Case("tem", "mldp-text", "TEM"),  # beta is fixed at 0.001 inside its replace_word
         Case("tem", "pypantera", "TEM", {"beta": TEM_BETA}),
+        Case("santext", "pypantera", "SanText"),
+        # pypantera's CusText gives each word its own k nearest (no shared sets): see benchmarks/README.md.
+        Case("custext", "pypantera", "CusText", {"k": CUSTEXT_K, "distance": "euclidean"}),
     ]
 
 
@@ -140,6 +149,8 @@ PYPANTERA_MODULES = {
     "Mahalanobis": "src.EmbeddingPerturbationMechanism.mahalanobis",
     "VickreyCMP": "src.EmbeddingPerturbationMechanism.vickrey",
     "TEM": "src.SamplingPerturbationMechanism.tem",
+    "SanText": "src.SamplingPerturbationMechanism.santext",
+    "CusText": "src.SamplingPerturbationMechanism.custext",
 }
 
 # Runs in a peer's own environment: set-up, then the workload in chunks, stopped after cap seconds.
@@ -189,9 +200,10 @@ DRIVERS = {
             "mech = cls({'embPath': cfg['embedding'], 'epsilon': cfg['epsilon'], **cfg['params']})\n"
             "vocab = mech.vocab.embeddings"
         ),
-        # the embedding mechanisms take noisy vectors, the sampling ones (TEM) the words
+        # the embedding mechanisms take noisy vectors, the sampling ones (TEM, SanText, CusText) the words
         call=(
-            "(mech.processText(chunk) if cfg['class'] == 'TEM' else mech.processText(mech.noisyEmb(chunk))).split(' ')"
+            "(mech.processText(chunk) if cfg['class'] in ('TEM', 'SanText', 'CusText') "
+            "else mech.processText(mech.noisyEmb(chunk))).split(' ')"
         ),
     ),
 }

@@ -88,14 +88,14 @@ variable "index" {
 
 variable "mechanism" {
   type        = string
-  description = "Mechanism (dptext --mechanism): diffractor, distance_truncated_laplace, kde_prior, knn_exponential, mahalanobis, multivariate_laplace, tem, truncated_gumbel, vickrey."
+  description = "Mechanism (dptext --mechanism): custext, diffractor, distance_truncated_laplace, kde_prior, knn_exponential, mahalanobis, multivariate_laplace, santext, santext_plus, tem, truncated_gumbel, vickrey."
   default     = "truncated_gumbel"
 
   validation {
     # The mechanisms dptext implements, as in templates/metadata.json (tests/test_infra.py keeps
     # the two equal): a name the template rejects would make every scheduled launch fail.
-    condition     = contains(["diffractor", "distance_truncated_laplace", "kde_prior", "knn_exponential", "mahalanobis", "multivariate_laplace", "tem", "truncated_gumbel", "vickrey"], var.mechanism)
-    error_message = "mechanism must be one of: diffractor, distance_truncated_laplace, kde_prior, knn_exponential, mahalanobis, multivariate_laplace, tem, truncated_gumbel, vickrey."
+    condition     = contains(["custext", "diffractor", "distance_truncated_laplace", "kde_prior", "knn_exponential", "mahalanobis", "multivariate_laplace", "santext", "santext_plus", "tem", "truncated_gumbel", "vickrey"], var.mechanism)
+    error_message = "mechanism must be one of: custext, diffractor, distance_truncated_laplace, kde_prior, knn_exponential, mahalanobis, multivariate_laplace, santext, santext_plus, tem, truncated_gumbel, vickrey."
   }
 }
 
@@ -116,8 +116,8 @@ variable "extra_parameters" {
 
   validation {
     # The optional parameters of templates/metadata.json; the five above have their own variables.
-    condition     = alltrue([for name in keys(var.extra_parameters) : contains(["format", "text_field", "oov", "oov_placeholder", "case", "overwrite", "max_doc_chars", "long_docs", "batch_chars", "rebalance", "delta", "privacy_unit", "max_tokens_per_unit", "budget_ledger", "unit_budget", "radius", "search", "search_k", "alpha", "sampler", "chain_length", "bandwidth_scale", "candidates", "regularization", "beta", "threshold", "base", "lists"], name)])
-    error_message = "extra_parameters accepts: format, text_field, oov, oov_placeholder, case, overwrite, max_doc_chars, long_docs, batch_chars, rebalance, delta, privacy_unit, max_tokens_per_unit, budget_ledger, unit_budget, radius, search, search_k, alpha, sampler, chain_length, bandwidth_scale, candidates, regularization, beta, threshold, base, lists (input, output, index, mechanism and epsilon have their own variables)."
+    condition     = alltrue([for name in keys(var.extra_parameters) : contains(["format", "text_field", "oov", "oov_placeholder", "case", "overwrite", "max_doc_chars", "long_docs", "batch_chars", "rebalance", "delta", "privacy_unit", "max_tokens_per_unit", "budget_ledger", "unit_budget", "radius", "search", "search_k", "alpha", "sampler", "chain_length", "bandwidth_scale", "candidates", "regularization", "beta", "threshold", "base", "lists", "sensitive_fraction", "replace_probability", "set_size", "stop_words"], name)])
+    error_message = "extra_parameters accepts: format, text_field, oov, oov_placeholder, case, overwrite, max_doc_chars, long_docs, batch_chars, rebalance, delta, privacy_unit, max_tokens_per_unit, budget_ledger, unit_budget, radius, search, search_k, alpha, sampler, chain_length, bandwidth_scale, candidates, regularization, beta, threshold, base, lists, sensitive_fraction, replace_probability, set_size, stop_words (input, output, index, mechanism and epsilon have their own variables)."
   }
 }
 

@@ -19,6 +19,7 @@ import pytest
 from dptext.transforms import mechanisms
 from dptext.transforms.index import EmbeddingIndex
 from dptext.transforms.mechanisms.base import EpsilonOutOfRangeError, InfeasibleEpsilonError
+from dptext.transforms.mechanisms.custext import MAX_SET_SIZE as CUSTEXT_MAX_SET_SIZE
 from dptext.transforms.mechanisms.kde_prior import MAX_CHAIN_LENGTH
 from dptext.transforms.mechanisms.multivariate_laplace import SEARCH_K_MAX
 from tests.conftest import build_random_index
@@ -106,6 +107,26 @@ def _params(name: str, index) -> list[dict]:
             {"candidates": index.neighbours + 1},
         ],
         "diffractor": [{"lists": 1}, {"lists": 32}, {"lists": 0}, {"lists": 33}],
+        "santext": [{}],
+        "santext_plus": [
+            {},
+            {"sensitive_fraction": 1.0},
+            {"sensitive_fraction": 1.0 / n},
+            {"sensitive_fraction": TINY},
+            {"sensitive_fraction": 1.5},
+            {"replace_probability": 0.0},
+            {"replace_probability": 1.0},
+            {"replace_probability": -TINY},
+        ],
+        "custext": [
+            {},
+            {"set_size": 2},
+            {"set_size": max(2, n - 1)},
+            {"set_size": CUSTEXT_MAX_SET_SIZE},
+            {"set_size": CUSTEXT_MAX_SET_SIZE + 1},
+            {"set_size": 1},
+            {"stop_words": "keep", "set_size": 2},
+        ],
     }[name]
 
 

@@ -11,6 +11,7 @@ from dptext.transforms.mechanisms.base import (
     Parameter,
     check_epsilon,
 )
+from dptext.transforms.mechanisms.custext import CusText
 from dptext.transforms.mechanisms.diffractor import Diffractor
 from dptext.transforms.mechanisms.distance_truncated_laplace import DistanceTruncatedLaplace
 from dptext.transforms.mechanisms.guarantee import NOT_PROTECTED, Claim, Guarantee
@@ -18,6 +19,7 @@ from dptext.transforms.mechanisms.kde_prior import KDEPrior
 from dptext.transforms.mechanisms.knn_exponential import KNNExponential
 from dptext.transforms.mechanisms.mahalanobis import Mahalanobis
 from dptext.transforms.mechanisms.multivariate_laplace import MultivariateLaplace
+from dptext.transforms.mechanisms.santext import SanText, SanTextPlus
 from dptext.transforms.mechanisms.tem import TEM
 from dptext.transforms.mechanisms.truncated_gumbel import TruncatedGumbel
 from dptext.transforms.mechanisms.vickrey import Vickrey
@@ -31,6 +33,9 @@ MECHANISMS: tuple[type[Mechanism], ...] = (
     Mahalanobis,
     Vickrey,
     TEM,
+    SanText,
+    SanTextPlus,
+    CusText,
     Diffractor,
 )
 REGISTRY: dict[str, type[Mechanism]] = {cls.name: cls for cls in MECHANISMS}
