@@ -3,7 +3,7 @@ VENV   := .venv
 PYTHON ?= python3
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench utility peers format
+.PHONY: demo test test-engines engines bench utility peers format
 
 
 $(STAMP): setup.py constraints.txt
@@ -15,10 +15,19 @@ $(STAMP): setup.py constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/dptext demo
 
-test: $(STAMP)
+# Beam's Flink and Spark job servers (pinned, sha256-checked, from Maven Central through mvn)
+# into ~/.cache/dptext/engines: `dptext run --runner FlinkRunner|SparkRunner` and the engine tests.
+engines: $(STAMP)
+	$(VENV)/bin/python -m dptext.pipeline.engines.install
+
+test: $(STAMP) engines
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/python -m pytest
+
+# Every engine test, the slow ones too (standalone Flink and Spark clusters, Parquet, gs://, faults).
+test-engines: $(STAMP) engines
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/python -m pytest tests/test_engines.py -m "" -v
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.spine

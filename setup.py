@@ -16,10 +16,18 @@ setup(
     python_requires=">=3.10",
     # One import package, `dptext`: the repository's top-level folders install under it, so a
     # user's own `pipeline` or `transforms` package can never shadow a pickled DoFn's module.
-    packages=["dptext", "dptext.pipeline", "dptext.transforms", "dptext.transforms.mechanisms"],
+    packages=[
+        "dptext",
+        "dptext.pipeline",
+        "dptext.pipeline.engines",
+        "dptext.transforms",
+        "dptext.transforms.mechanisms",
+    ],
     package_dir={"dptext": "pipeline/api", "dptext.pipeline": "pipeline", "dptext.transforms": "transforms"},
+    # `make engines`: the poms and the sha256 locks of the Flink and Spark job servers.
+    package_data={"dptext.pipeline.engines": ["flink/*", "spark/*"]},
     install_requires=[
-        "apache-beam==2.77.0",
+        "apache-beam==2.62.0",  # the newest Beam whose Flink and Spark runners Maven Central serves (README)
         "annoy==1.17.3",
         "numpy>=1.26",
         "scipy>=1.11",
@@ -37,7 +45,7 @@ setup(
             "scikit-learn>=1.3",  # so CI runs the utility benchmark's tests too
             "ruff==0.17.6",
         ],  # make test checks lint and format first
-        "gcp": ["apache-beam[gcp]==2.77.0"],  # gs:// paths and the DataflowRunner
+        "gcp": ["apache-beam[gcp]==2.62.0"],  # gs:// paths and the DataflowRunner
         "bench": ["scikit-learn>=1.3"],  # benchmarks.utility: the classifiers trained on privatized text
     },
     entry_points={"console_scripts": ["dptext = dptext.pipeline.cli:main"]},

@@ -7,6 +7,21 @@ import logging
 import os
 import signal
 import sys
+import warnings
+
+# google-auth and google-api-core warn on import about the Python and grpcio versions that Beam
+# pins: Google's support calendar, not this run, and it would bury the one line a user must read.
+GOOGLE_SUPPORT_WARNINGS = ("google.auth.transport.grpc", "google.api_core._python_version_support")
+for _module in GOOGLE_SUPPORT_WARNINGS:
+    warnings.filterwarnings("ignore", category=FutureWarning, module=_module.replace(".", r"\."))
+
+
+def _quiet_worker_processes() -> None:
+    """The same filter for the processes Beam starts (SDK workers read it from the environment)."""
+    entries = [f"ignore::FutureWarning:{module}" for module in GOOGLE_SUPPORT_WARNINGS]
+    given = os.environ.get("PYTHONWARNINGS")
+    os.environ["PYTHONWARNINGS"] = ",".join(([given] if given else []) + entries)
+
 
 USAGE = """dptext COMMAND [options]
 
@@ -48,6 +63,9 @@ def _run(argv: list[str]) -> int:
 
     counters = job_counters(result)
     print("dptext counters (also in the privacy report):\n" + format_counters(counters))
+    engine = _engine_that_ran(_output_prefix(argv))
+    if engine:
+        print(f"dptext run: ran on {engine}")
     if counters.get("damaged_files"):
         print(
             f"dptext run: warning: {counters['damaged_files']} input file(s) are truncated or corrupt; the dead "
@@ -55,6 +73,18 @@ def _run(argv: list[str]) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _engine_that_ran(prefix: str | None) -> str | None:
+    """Flink or Spark, with version, master and SDK workers, as the job's report names it."""
+    import json
+
+    from apache_beam.io.filesystems import FileSystems
+
+    from dptext.pipeline.report import report_paths
+
+    with FileSystems.open(report_paths(prefix)[0]) as handle:
+        return json.loads(handle.read().decode("utf-8")).get("engine")
 
 
 def _output_prefix(argv: list[str]) -> str | None:
@@ -276,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     """The `dptext` command. From the command line (argv None), `dptext run` supervises its job in a
     child process (see _supervise_run); called with a list, every command runs in this process."""
     from_command_line = argv is None
+    if from_command_line:
+        _quiet_worker_processes()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--version"]:
         import apache_beam

@@ -14,7 +14,12 @@ from dptext.transforms.config import InvalidParameter, JobConfig
 
 
 def describe_job(
-    config: JobConfig, runner=None, input: str | None = None, output: str | None = None, index=None
+    config: JobConfig,
+    runner=None,
+    input: str | None = None,
+    output: str | None = None,
+    index=None,
+    engine: str | None = None,
 ) -> ReportContext:
     """Load the index (unless given), build the mechanism (which validates its parameters and the
     epsilon against the index) and fix what the report will say. The returned context's config
@@ -49,6 +54,7 @@ def describe_job(
         },
         versions={"dptext": __version__, "apache_beam": beam.__version__, "numpy": np.__version__},
         runner=runner_name(runner),
+        engine=engine,
         input=input,
         output=output,
     )

@@ -184,7 +184,9 @@ REFUSED_RUNNERS = {
         "Beam 2.77's DaskRunner sends every tagged output of a ParDo into one PCollection "
         "and computes only the last sink of a pipeline (its run_pipeline computes "
         "list(bags.values())[-1]), so a dptext job on it would silently lose its documents or "
-        "its dead letter. Use DirectRunner (--direct_running_mode multi_processing), "
+        "its dead letter; the DaskRunner of Beam 2.62, which dptext pins for Flink and Spark, "
+        "has not been shown to keep every output of this job's shape. Use DirectRunner "
+        "(--direct_running_mode multi_processing), "
         "PortableRunner, FlinkRunner, SparkRunner or DataflowRunner."
     ),
 }
@@ -357,3 +359,18 @@ def validate(opts: DPTextOptions) -> JobConfig:
 def option_error(err: InvalidParameter) -> OptionsError:
     """A JobConfig parameter error, naming the `dptext run` option instead of the argument."""
     return OptionsError(f"--{err.parameter.replace('_', '-')} {err.problem}")
+
+
+def parse_pipeline_options(argv) -> PipelineOptions:
+    """PipelineOptions(argv) whose every view reads the value the user wrote.
+
+    Beam parses each `view_as(Cls)` with a parser that knows only Cls's options and accepts
+    abbreviations, so `--output PATH` becomes PortableOptions' --output_executable_path, and
+    Flink's job server then writes a pipeline jar to PATH instead of running the job. A view
+    keeps any value already in the shared option dict, so that dict is filled first from one
+    parse that knows every option (dptext's too) and matches only whole names."""
+    options = PipelineOptions(argv)
+    exact = PipelineOptions(argv).get_all_options(retain_unknown_options=False)
+    for name, value in exact.items():
+        options._all_options.setdefault(name, value)  # noqa: SLF001 -- Beam keeps views' values here
+    return options

@@ -42,6 +42,7 @@ class ReportContext:
     index: dict  # embedding id, sha256, n, d, Dmin, Dmax, source
     versions: dict
     runner: str = "DirectRunner"
+    engine: str | None = None  # Flink or Spark: which engine and version ran, where, with which workers
     input: str | None = None  # what `dptext run` read and wrote; None inside a user's pipeline
     output: str | None = None
 
@@ -72,6 +73,7 @@ class CorpusAccountCombineFn(beam.CombineFn):
 def build_report(account: CorpusAccount, ctx: ReportContext, units=None, unit_policy=None, ledger=None) -> dict:
     """The report dict; with privacy units, `units` is the job's UnitsAccount and `unit_policy` its
     UnitPolicy (pipeline/units.py), which add the per-unit section and its sentences."""
+    _count_report_built()
     per_token = ctx.guarantee.per_token_pure_epsilon
     percentiles = account.perturbed_percentiles()
     if per_token is None:
@@ -122,6 +124,7 @@ def build_report(account: CorpusAccount, ctx: ReportContext, units=None, unit_po
         "statement": plain_statement(ctx, account),
         "versions": ctx.versions,
         "runner": ctx.runner,
+        "engine": ctx.engine,
         "input": ctx.input,
         "output": ctx.output,
     }
@@ -167,7 +170,8 @@ def render_markdown(report: dict) -> str:
     out += ["## What is protected", ""] + [f"- {line}" for line in report["statement"]] + [""]
     if report.get("metrics"):
         out += ["## Beam metrics", "", "| counter | value |", "|---|---:|"]
-        out += [f"| {k} | {v:,} |" for k, v in report["metrics"].items()] + [""]
+        out += [f"| {k} | {NOT_REPORTED if v is None else format(v, ',')} |" for k, v in report["metrics"].items()]
+        out += [""]
     out += ["## Mechanism", "", "| parameter | value |", "|---|---|"]
     out += [f"| {k} | {_fmt(v)} |" for k, v in report["parameters"].items()] + [""]
     out += _guarantee_markdown(Guarantee.from_dict(report["guarantee"]))
@@ -215,6 +219,7 @@ def render_markdown(report: dict) -> str:
         "",
         f"- randomness: {report['randomness']}",
         f"- runner: {report['runner']}",
+        *([f"- engine: {report['engine']}"] if report.get("engine") else []),
         f"- versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}",
         f"- input: {report['input']}",
         f"- output: {report['output']}",
@@ -371,19 +376,41 @@ METRIC_ORDER = ("documents", "tokens", "perturbed", "oov", "dead_lettered", "byt
 
 
 def job_counters(result) -> dict:
-    """The job's dptext counters (counts only), each summed over the steps that increment it."""
+    """The job's dptext counters (counts only), each summed over the steps that increment it.
+    A runner that reports no counters through Beam (the Spark job server's portable runner)
+    gets None for each: "not reported", never a zero that reads like an empty corpus."""
     from apache_beam.metrics.metric import MetricsFilter
 
     from dptext.transforms.beam import METRICS_NAMESPACE
 
-    counters = dict.fromkeys(METRIC_ORDER, 0)
+    reported: dict = {}
     for c in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]:
-        counters[c.key.metric.name] = counters.get(c.key.metric.name, 0) + (c.committed or 0)
-    return counters
+        reported[c.key.metric.name] = reported.get(c.key.metric.name, 0) + (c.committed or 0)
+    if not reported.pop(REPORT_MARKER, 0):  # every job builds one report, so its runner hid the count
+        return dict.fromkeys(METRIC_ORDER)
+    return {**dict.fromkeys(METRIC_ORDER, 0), **reported}
+
+
+# Incremented once by the step that builds the report: tells a runner that reports counters
+# from one that does not (the other counters may all be absent in a job over an empty corpus).
+REPORT_MARKER = "reports_built"
+
+
+def _count_report_built() -> None:
+    from apache_beam.metrics import Metrics
+
+    from dptext.transforms.beam import METRICS_NAMESPACE
+
+    Metrics.counter(METRICS_NAMESPACE, REPORT_MARKER).inc()  # a no-op outside a running job
+
+
+NOT_REPORTED = "not reported by this runner"
 
 
 def format_counters(counters: dict) -> str:
-    return "\n".join(f"  {name:<14} {value:>14,}" for name, value in counters.items())
+    return "\n".join(
+        f"  {name:<14} {NOT_REPORTED if value is None else format(value, ','):>14}" for name, value in counters.items()
+    )
 
 
 def add_metrics_to_report(prefix: str, counters: dict) -> None:

@@ -14,6 +14,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineState
 
+from dptext.pipeline.engines.defaults import EngineRun, apply_engine_defaults
 from dptext.pipeline.io import ParseRecordFn, ReadRecords, WriteDeadLetter, WriteDocuments, check_inputs, parquet_schema
 from dptext.pipeline.ledger import LedgerConflict
 from dptext.pipeline.options import (
@@ -21,6 +22,7 @@ from dptext.pipeline.options import (
     check_runner,
     check_unknown_options,
     option_error,
+    parse_pipeline_options,
     rebalance,
     validate,
 )
@@ -72,7 +74,7 @@ def build_pipeline(p: beam.Pipeline, opts: DPTextOptions, job: Prepared) -> None
         write_unit_outputs(private, opts.output, job.ledger, written)
 
 
-def prepare(opts: DPTextOptions) -> Prepared:
+def prepare(opts: DPTextOptions, engine: EngineRun | None = None) -> Prepared:
     """Everything checked and fixed on the driver before the job starts (fails fast, clearly)."""
     from dptext.pipeline.context import describe_job
 
@@ -83,7 +85,11 @@ def prepare(opts: DPTextOptions) -> Prepared:
     schema = parquet_schema(opts.input, opts.text_field) if fmt == "parquet" else None
     try:
         context = describe_job(
-            config, runner=opts.view_as(StandardOptions).runner, input=opts.input, output=opts.output
+            config,
+            runner=opts.view_as(StandardOptions).runner,
+            input=opts.input,
+            output=opts.output,
+            engine=engine.sentence() if engine else None,
         )
     except InvalidParameter as err:
         raise option_error(err) from None
@@ -93,10 +99,11 @@ def prepare(opts: DPTextOptions) -> Prepared:
 
 def run(argv=None, wait: bool = True) -> beam.runners.runner.PipelineResult:
     """Validate, build and run the job; wait=False submits and returns (Flex Template launcher)."""
-    options = PipelineOptions(argv)
+    options = parse_pipeline_options(argv)
     check_unknown_options(sys.argv[1:] if argv is None else argv, options.view_as(StandardOptions).runner)
     check_runner(options.view_as(StandardOptions).runner)
-    return execute(options, prepare(options.view_as(DPTextOptions)), wait)
+    engine = apply_engine_defaults(options)  # Flink/Spark: the cached job server and a local engine
+    return execute(options, prepare(options.view_as(DPTextOptions), engine), wait)
 
 
 def execute(options: PipelineOptions, job: Prepared, wait: bool = True) -> beam.runners.runner.PipelineResult:

@@ -1,6 +1,6 @@
 # Worker image (--sdk_container_image): the Beam SDK with dptext and its compiled dependencies
 # preinstalled, so workers never compile annoy at start-up.
-ARG BEAM_VERSION=2.77.0
+ARG BEAM_VERSION=2.62.0
 FROM apache/beam_python3.11_sdk:${BEAM_VERSION}
 
 WORKDIR /opt/dptext

@@ -40,7 +40,10 @@ def _run(build):
     """Run a pipeline built by build(p) -> {name: PCollection} in this process; return the elements
     (module-level state: the in-process FnApiRunner unpickles _keep by reference to this module)."""
     _COLLECTED.clear()
-    with beam.Pipeline("FnApiRunner") as p:
+    # Beam 2.62 knows the FnApiRunner by object only (the name "FnApiRunner" came in later releases).
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    with beam.Pipeline(FnApiRunner()) as p:
         for name, pcoll in build(p).items():
             pcoll | f"Collect{name}" >> beam.combiners.ToList() | f"Keep{name}" >> beam.Map(_keep, name)
     return dict(_COLLECTED)

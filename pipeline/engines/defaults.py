@@ -1,0 +1,77 @@
+"""What `--runner FlinkRunner` / `--runner SparkRunner` mean when the user says nothing else:
+the job server from the `make engines` cache, and an engine inside it ([local] / local[*]),
+whose SDK workers Beam runs in the launching process (LOOPBACK). Explicit options always win."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, StandardOptions
+
+from dptext.pipeline.engines.catalog import BEAM_VERSION, Engine, engine_for_runner
+from dptext.transforms.errors import DptextError
+
+
+class EngineNotInstalled(DptextError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineRun:
+    """Which engine a job runs on, as the report and the CLI say it."""
+
+    engine: str  # "Flink 1.19.0"
+    master: str  # "[local]", "http://localhost:8081", "local[*]", "spark://localhost:7077"
+    job_server: str  # the jar that ran the job server
+    environment: str  # the SDK worker environment: LOOPBACK, EXTERNAL, PROCESS or DOCKER
+    beam_version: str = BEAM_VERSION
+
+    def sentence(self) -> str:
+        return (
+            f"{self.engine} (master {self.master}), through Beam {self.beam_version}'s job server, "
+            f"SDK workers {self.environment}"
+        )
+
+
+def apply_engine_defaults(options: PipelineOptions, cache=None) -> Optional[EngineRun]:
+    """Fill in the job server jar and the local master for Flink and Spark; None for other runners."""
+    engine = engine_for_runner(options.view_as(StandardOptions).runner)
+    if engine is None:
+        return None
+    all_options = options.get_all_options()
+    if not all_options.get(engine.jar_option):
+        launcher = engine.launcher(cache)
+        if not launcher.is_file():
+            raise EngineNotInstalled(
+                f"--runner {engine.runner} needs Beam's {engine.label} job server, which is not installed: "
+                f"run `make engines` (it fetches the pinned jars with mvn into {engine.home(cache).parent}), "
+                f"or pass --{engine.jar_option} JAR"
+            )
+        options.view_as(_runner_options(engine)).__setattr__(engine.jar_option, str(launcher))
+    master = all_options.get(engine.master_option)
+    if master in (None, engine.beam_default_master):
+        master = engine.local_master
+        options.view_as(_runner_options(engine)).__setattr__(engine.master_option, master)
+    environment = options.view_as(PortableOptions).environment_type
+    if environment is None:
+        environment = "LOOPBACK" if _is_local(engine, master) else "DOCKER"
+    return EngineRun(
+        engine=engine.label,
+        master=master,
+        job_server=str(options.get_all_options()[engine.jar_option]),
+        environment=str(environment).upper(),
+    )
+
+
+def _runner_options(engine: Engine):
+    from apache_beam.options.pipeline_options import FlinkRunnerOptions, SparkRunnerOptions
+
+    return FlinkRunnerOptions if engine.name == "flink" else SparkRunnerOptions
+
+
+def _is_local(engine: Engine, master: str) -> bool:
+    """Beam's own rule for defaulting the SDK environment to LOOPBACK (flink_runner, spark_runner)."""
+    if engine.name == "flink":
+        return master in ("[local]", "[auto]")
+    return master == "local" or (master.startswith("local[") and master.endswith("]"))
