@@ -284,3 +284,19 @@ def test_privatize_end_to_end(words_index):
     assert sorted(len(t.split()) for t in _COLLECTED["documents"]) == [4, 6]
     (report,) = _COLLECTED["report"]
     assert report["mechanism"] == "custext" and report["guarantee"]["set_size"] == 5
+
+
+# ---- dptext stats / calibrate ----------------------------------------------------------------------
+def test_stats_and_calibrate_agree_with_the_exact_unchanged_probability(wide):
+    """As for santext (tests/test_santext.py): N_w of every word within 6 binomial standard errors of
+    the oracle's P[M(w) = w], and calibrate's epsilon gives an exact median N_w within 0.05 of the target."""
+    from dptext.transforms.stats import calibrate, privacy_statistics
+
+    sets = reference_sets(wide.vectors, 7)
+    draws = 4000
+    (stats,) = privacy_statistics(wide, "custext", [3.0], {"set_size": 7}, sample=None, draws=draws, seed=0)
+    p = np.diag(exact_distribution(wide.vectors, sets, 3.0))[stats.words]
+    assert (np.abs(stats.unchanged - p) <= 6 * np.sqrt(p * (1 - p) / draws)).all()
+    result = calibrate(wide, "custext", 0.5, {"set_size": 7}, sample=40, draws=2000, high=200.0)
+    exact_median = np.median(np.diag(exact_distribution(wide.vectors, sets, result["epsilon"])))
+    assert abs(exact_median - 0.5) < 0.05, result["epsilon"]

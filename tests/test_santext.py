@@ -141,12 +141,63 @@ class _FrequentAreSensitive(SanTextPlus):
         self.first_sensitive = -1  # (only used by sensitive(): every word now replaced)
 
 
-@pytest.mark.parametrize("broken, word", [(_FromEveryWord, 33), (_NeverReplaced, 3), (_FrequentAreSensitive, 33)])
+class _TableMissesTheNearest(SanTextPlus):
+    """Broken: the non-sensitive words' table without their nearest sensitive word (it falls outside the
+    table, below the envelope's bound)."""
+
+    def _frequent_view(self):
+        view = super()._frequent_view()
+        ids, dist = np.asarray(view.neighbour_ids)[:, 1:], np.asarray(view.neighbour_distances)[:, 1:]
+        return type(view)(self.index, ids, dist)
+
+
+@pytest.mark.parametrize(
+    "broken, word",
+    [(_FromEveryWord, 33), (_NeverReplaced, 3), (_FrequentAreSensitive, 33), (_TableMissesTheNearest, 3)],
+)
 def test_broken_santext_plus_variants_fail_the_oracle(wide, broken, word):
     _, exact = _plus(wide, 1.0, 0.5, 0.3)
     mech = broken(wide, 1.0, sensitive_fraction=0.5, replace_probability=0.3)
     stat, threshold = _chi_square_matches(mech, word, exact[word], seed=7)
     assert stat > threshold
+
+
+@pytest.mark.parametrize("neighbours", [1, 4])
+def test_santext_plus_short_sensitive_tables_stay_exact(random_index, monkeypatch, neighbours):
+    """Tables of 1 and 4 nearest sensitive words (64 in use): most of a frequent word's mass lies beyond
+    them, so the tail and its rejection step decide; the table itself is the exact nearest-sensitive list."""
+    from dptext.transforms.mechanisms import santext
+
+    monkeypatch.setattr(santext, "SENSITIVE_NEIGHBOURS", neighbours)
+    index = random_index(n=40, d=3, neighbours=4, seed=23)  # a fresh index: tables are stored in it
+    mech, exact = _plus(index, 1.5, 0.5, 0.5)
+    dist = _dist(index)
+    view = mech._frequent_view()
+    for w in range(20):
+        order = 20 + np.lexsort((np.arange(20), dist[w, 20:]))
+        assert np.asarray(view.neighbour_ids)[w].tolist() == order[:neighbours].tolist()
+        np.testing.assert_allclose(np.asarray(view.neighbour_distances)[w], dist[w, order[:neighbours]], rtol=1e-9)
+    for word in (3, 12):
+        stat, threshold = _chi_square_matches(mech, word, exact[word], seed=word)
+        assert stat < threshold, (word, stat, threshold)
+
+
+def test_santext_plus_mixed_batch_keeps_each_word_exact(wide):
+    """Non-sensitive words 3, 5, 11 (the exact-row path, several distinct words per block) and sensitive
+    word 33 (the vocabulary sampler) interleaved in one batch: each follows its own row (chi-square at
+    the 1 - 1e-6 quantile, df <= cells: conservative)."""
+    from scipy.stats import chi2
+
+    mech, exact = _plus(wide, 3.0, 0.5, 0.6)
+    ids = np.tile(np.array([3, 33, 5, 11], dtype=np.int32), 50_000)
+    out = mech.perturb(ids, np.random.default_rng(9))
+    for w in (3, 33, 5, 11):
+        observed = np.bincount(out[ids == w], minlength=wide.n)
+        expected = exact[w] * 50_000
+        keep = expected >= 5
+        assert observed[~keep & (exact[w] == 0)].sum() == 0, w
+        stat = (((observed[keep] - expected[keep]) ** 2) / expected[keep]).sum()
+        assert stat < chi2.ppf(1 - 1e-6, keep.sum()), (w, stat)
 
 
 def test_santext_plus_audit_confirms_its_statement(wide):
@@ -270,3 +321,24 @@ def test_privatize_end_to_end(tmp_path, name, params):
     assert all(w in words for t in _COLLECTED["documents"] for w in t.split())
     (report,) = _COLLECTED["report"]
     assert report["mechanism"] == name and report["guarantee"]["mechanism"] == name
+
+
+# ---- dptext stats / calibrate ----------------------------------------------------------------------
+@pytest.mark.parametrize("name, params", [("santext", {}), ("santext_plus", {"sensitive_fraction": 0.5})])
+def test_stats_and_calibrate_agree_with_the_exact_unchanged_probability(wide, name, params):
+    """`dptext stats`' N_w against the oracle's P[M(w) = w] for every word (6 binomial standard errors
+    each: a false alarm below 40 x 2e-9), and `dptext calibrate`'s epsilon against the exact median N_w
+    (bisection to 1% in epsilon plus the median's Monte Carlo error, well inside 0.05)."""
+    from dptext.transforms.stats import calibrate, privacy_statistics
+
+    def exact(eps):
+        if name == "santext":
+            return np.diag(capped_exponential_distribution(_dist(wide), eps))
+        return np.diag(_plus(wide, eps, 0.5, 0.3)[1])
+
+    draws = 4000
+    (stats,) = privacy_statistics(wide, name, [2.0], params, sample=None, draws=draws, seed=0)
+    p = exact(2.0)[stats.words]
+    assert (np.abs(stats.unchanged - p) <= 6 * np.sqrt(p * (1 - p) / draws) + 1e-12).all()
+    result = calibrate(wide, name, 0.5, params, sample=40, draws=2000, high=200.0)
+    assert abs(np.median(exact(result["epsilon"])) - 0.5) < 0.05, result["epsilon"]

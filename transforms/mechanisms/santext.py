@@ -30,8 +30,11 @@ from dptext.transforms.errors import ParameterError
 from dptext.transforms.mechanisms.base import Mechanism, check_epsilon_range, largest_epsilon, parameter
 from dptext.transforms.mechanisms.guarantee import NOT_PROTECTED, Guarantee
 from dptext.transforms.mechanisms.vocabulary_exponential import sample_capped_exponential
+from dptext.transforms.numerics import gamma32
 
 NAME = "santext"
+SENSITIVE_NEIGHBOURS = 64  # the nearest sensitive words tabled for each non-sensitive word
+SENSITIVE_IDS_TABLE, SENSITIVE_DISTANCES_TABLE = "santext_plus_sensitive_ids", "santext_plus_sensitive_distances"
 PLUS = "santext_plus"
 PAPER = "Yue et al., Findings of ACL 2021"
 FREQUENCY_SOURCE = (
@@ -152,6 +155,44 @@ def audit_santext_plus(dist: np.ndarray, epsilon: float, sensitive: np.ndarray, 
     }
 
 
+class _TableView:
+    """An index whose neighbour table is another one (rows: the non-sensitive ids 0 .. first - 1)."""
+
+    def __init__(self, index, neighbour_ids, neighbour_distances):
+        self._index, self.neighbour_ids, self.neighbour_distances = index, neighbour_ids, neighbour_distances
+
+    def __getattr__(self, name):
+        return getattr(self._index, name)
+
+
+def nearest_sensitive(index, first: int, k: int, rows: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """For every non-sensitive word (ids 0 .. first - 1), its k nearest sensitive words (ids first .. n - 1)
+    by exact float64 distance, ties by id: ((first, k) int32 ids, (first, k) float64 distances).
+
+    The vocabulary sampler needs the k-th distance to be at most the distance to every sensitive word
+    outside the row. Candidates are ranked by float32 products, whose error is at most gamma_d |x| |y|
+    (Higham 3.1); every word within twice that bound of the k-th is re-ranked in float64, so none is missed.
+    """
+    v = np.asarray(index.vectors)
+    sq = index.squared_norms()
+    vs, sq_s = v[first:], sq[first:]
+    norms_s = np.sqrt(sq_s)
+    ids = np.empty((first, k), dtype=np.int32)
+    dist = np.empty((first, k))
+    for s in range(0, first, rows):
+        block = np.arange(s, min(s + rows, first))
+        approx = sq[block, None] + sq_s[None, :] - 2.0 * (v[block] @ vs.T).astype(np.float64)
+        error = 2.0 * gamma32(index.d) * np.sqrt(sq[block])[:, None] * norms_s.max() + 1e-9
+        cut = np.partition(approx, k - 1, axis=1)[:, k - 1 : k]
+        for row, word in enumerate(block):
+            candidates = np.flatnonzero(approx[row] <= cut[row] + 2 * error[row])
+            diff = vs[candidates].astype(np.float64) - v[word].astype(np.float64)
+            d = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+            best = np.lexsort((candidates, d))[:k]
+            ids[word], dist[word] = first + candidates[best], d[best]
+    return ids, dist
+
+
 class SanTextPlus(Mechanism):
     name = PLUS
     Params = SanTextPlusParams
@@ -169,6 +210,9 @@ class SanTextPlus(Mechanism):
             )
         self.first_sensitive = n - self.sensitive_words  # ids >= this are sensitive (least frequent)
         self.log_base = np.where(np.arange(n) >= self.first_sensitive, 0.0, -np.inf)
+        self._view = None
+        if self.first_sensitive and self.p.replace_probability > 0:
+            self._frequent_view()  # the launcher stores the table; a worker only reads it
 
     def params(self) -> dict:
         return {
@@ -183,12 +227,35 @@ class SanTextPlus(Mechanism):
         return np.asarray(ids) >= self.first_sensitive
 
     def _perturb(self, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        replace = self.sensitive(ids) | (rng.random(len(ids)) < self.p.replace_probability)
+        sensitive = self.sensitive(ids)
+        replace = sensitive | (rng.random(len(ids)) < self.p.replace_probability)
         out = ids.copy()
-        rows = np.flatnonzero(replace)
+        rows = np.flatnonzero(replace & sensitive)
         if rows.size:
             out[rows] = sample_capped_exponential(self.index, ids[rows], rng, self.epsilon, log_base=self.log_base)
+        rows = np.flatnonzero(replace & ~sensitive)
+        if rows.size:  # non-sensitive ids are 0 .. first_sensitive - 1: rows of the nearest-sensitive table
+            out[rows] = sample_capped_exponential(self._frequent_view(), ids[rows], rng, self.epsilon, self.log_base)
         return out
+
+    def _frequent_view(self) -> "_TableView":
+        """The index as the vocabulary sampler sees it for non-sensitive inputs: their table is their
+        SENSITIVE_NEIGHBOURS nearest sensitive words (stored with the index), not their nearest words,
+        which for a frequent word are mostly frequent words of weight 0 here."""
+        if self._view is None:
+            k = min(SENSITIVE_NEIGHBOURS, self.sensitive_words)
+            params = {"sensitive_words": self.sensitive_words, "neighbours": k}
+            computed = []  # both tables come from one computation
+
+            def compute(which):
+                if not computed:
+                    computed.extend(nearest_sensitive(self.index, self.first_sensitive, k))
+                return computed[which]
+
+            ids = self.index.table(SENSITIVE_IDS_TABLE, lambda idx: compute(0), params)
+            dist = self.index.table(SENSITIVE_DISTANCES_TABLE, lambda idx: compute(1), params)
+            self._view = _TableView(self.index, ids, dist)
+        return self._view
 
     @property
     def everything_replaced(self) -> bool:
