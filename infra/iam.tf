@@ -74,6 +74,21 @@ resource "google_artifact_registry_repository_iam_member" "worker_pulls_images" 
 
 # --- scheduler ---
 
+# The ledger: read the version in force, write the next one (Beam writes through temporary files it
+# then deletes, so objectAdmin), and the launcher reads the ledger's key.
+resource "google_storage_bucket_iam_member" "worker_writes_ledger" {
+  bucket = google_storage_bucket.ledger.name
+  role   = "roles/storage.objectAdmin"
+  member = google_service_account.worker.member
+}
+
+resource "google_secret_manager_secret_iam_member" "worker_reads_ledger_key" {
+  project   = var.project
+  secret_id = google_secret_manager_secret.ledger_key.secret_id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = google_service_account.worker.member
+}
+
 # Create Dataflow jobs: the smallest predefined role with dataflow.jobs.create.
 resource "google_project_iam_member" "scheduler_launches_jobs" {
   project = var.project

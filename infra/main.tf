@@ -16,13 +16,20 @@ locals {
   index = startswith(var.index, "/") ? var.index : "gs://${google_storage_bucket.index.name}/${var.index}"
 
   # Template parameter names are the `dptext run` options' underscore names (templates/metadata.json).
+  # The privacy unit and ledger parameters join only when set (a template parameter cannot be null).
   template_parameters = merge(var.extra_parameters, {
     input     = "gs://${google_storage_bucket.corpora.name}/${var.input_pattern}"
     output    = "gs://${google_storage_bucket.outputs.name}/${var.output_prefix}"
     index     = local.index
     mechanism = var.mechanism
     epsilon   = tostring(var.epsilon)
-  })
+    }, { for name, value in {
+      privacy_unit        = var.privacy_unit == "" ? null : var.privacy_unit
+      max_tokens_per_unit = var.max_tokens_per_unit == null ? null : tostring(var.max_tokens_per_unit)
+      unit_budget         = var.unit_budget == null ? null : tostring(var.unit_budget)
+      budget_ledger       = var.unit_budget == null ? null : "gs://${google_storage_bucket.ledger.name}/${var.ledger_prefix}"
+      ledger_key_secret   = var.unit_budget == null ? null : "${google_secret_manager_secret.ledger_key.id}/versions/latest"
+  } : name => value if value != null })
 
   labels = { app = "dptext" }
 }
@@ -34,6 +41,7 @@ resource "google_project_service" "apis" {
     "cloudscheduler.googleapis.com",
     "dataflow.googleapis.com",
     "iam.googleapis.com",
+    "secretmanager.googleapis.com", # the budget ledger's key
     "storage.googleapis.com",
   ])
   project = var.project

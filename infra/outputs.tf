@@ -23,6 +23,11 @@ output "index_bucket" {
   value       = google_storage_bucket.index.name
 }
 
+output "ledger_bucket" {
+  description = "The budget ledger (with unit_budget set): `dptext ledger --ledger gs://BUCKET/LEDGER_PREFIX` summarises it."
+  value       = google_storage_bucket.ledger.name
+}
+
 output "worker_service_account" {
   description = "Runs the launcher and the workers: templates/launch.sh WORKER_SA."
   value       = google_service_account.worker.email

@@ -92,6 +92,34 @@ resource "google_storage_bucket" "temp" {
   }
 }
 
+# The budget ledger (dptext --budget-ledger): each privacy unit's spend across runs, as keyed
+# hashes. Its own bucket, so only the ledger grant covers it, and no lifecycle rule: a version that
+# aged out would hand every unit its budget back.
+resource "google_storage_bucket" "ledger" {
+  name                        = "${var.bucket_prefix}-ledger"
+  location                    = var.region
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  force_destroy               = var.force_destroy
+  labels                      = local.labels
+  depends_on                  = [google_project_service.apis]
+}
+
+# The ledger's HMAC key. Terraform creates the secret but never its value, so the key stays out of
+# the Terraform state: add it once with
+#   openssl rand -base64 32 | gcloud secrets versions add dptext-ledger-key --data-file=-
+resource "google_secret_manager_secret" "ledger_key" {
+  project   = var.project
+  secret_id = var.ledger_key_secret
+  labels    = local.labels
+
+  replication {
+    auto {}
+  }
+
+  depends_on = [google_project_service.apis]
+}
+
 # Index directories (`dptext build-index`). Each launcher and worker machine copies the one a run
 # names to local disk once, keyed by its manifest: upload a rebuilt index under a new path rather
 # than over the one a schedule is reading.

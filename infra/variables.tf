@@ -116,9 +116,54 @@ variable "extra_parameters" {
 
   validation {
     # The optional parameters of templates/metadata.json; the five above have their own variables.
-    condition     = alltrue([for name in keys(var.extra_parameters) : contains(["format", "text_field", "oov", "oov_placeholder", "case", "overwrite", "max_doc_chars", "long_docs", "batch_chars", "rebalance", "delta", "privacy_unit", "max_tokens_per_unit", "budget_ledger", "unit_budget", "radius", "search", "search_k", "alpha", "sampler", "chain_length", "bandwidth_scale", "candidates", "regularization", "beta", "threshold", "base", "lists", "sensitive_fraction", "replace_probability", "set_size", "stop_words"], name)])
-    error_message = "extra_parameters accepts: format, text_field, oov, oov_placeholder, case, overwrite, max_doc_chars, long_docs, batch_chars, rebalance, delta, privacy_unit, max_tokens_per_unit, budget_ledger, unit_budget, radius, search, search_k, alpha, sampler, chain_length, bandwidth_scale, candidates, regularization, beta, threshold, base, lists, sensitive_fraction, replace_probability, set_size, stop_words (input, output, index, mechanism and epsilon have their own variables)."
+    condition     = alltrue([for name in keys(var.extra_parameters) : contains(["format", "text_field", "oov", "oov_placeholder", "case", "overwrite", "max_doc_chars", "long_docs", "batch_chars", "rebalance", "delta", "radius", "search", "search_k", "alpha", "sampler", "chain_length", "bandwidth_scale", "candidates", "regularization", "beta", "threshold", "base", "lists", "sensitive_fraction", "replace_probability", "set_size", "stop_words"], name)])
+    error_message = "extra_parameters accepts: format, text_field, oov, oov_placeholder, case, overwrite, max_doc_chars, long_docs, batch_chars, rebalance, delta, radius, search, search_k, alpha, sampler, chain_length, bandwidth_scale, candidates, regularization, beta, threshold, base, lists, sensitive_fraction, replace_probability, set_size, stop_words (input, output, index, mechanism and epsilon, and the privacy unit and ledger options, have their own variables)."
   }
+}
+
+# Privacy units and the budget ledger (README.md: Privacy units, contribution bounds and the budget
+# ledger). With unit_budget set, every run reads the ledger in the ledger bucket, withholds what a
+# unit's remaining budget does not admit, and commits the ledger's next version: the scheduled runs
+# compose instead of each spending epsilon again on the same people.
+
+variable "privacy_unit" {
+  type        = string
+  description = "JSONL field or Parquet column naming the person (dptext --privacy-unit); empty: no units. Needed by max_tokens_per_unit and unit_budget."
+  default     = ""
+}
+
+variable "max_tokens_per_unit" {
+  type        = number
+  description = "Word tokens one unit may release per run (dptext --max-tokens-per-unit); null: no per-run cap."
+  default     = null
+
+  validation {
+    condition     = var.max_tokens_per_unit == null ? true : var.max_tokens_per_unit >= 1 && floor(var.max_tokens_per_unit) == var.max_tokens_per_unit
+    error_message = "max_tokens_per_unit must be null or a whole number >= 1."
+  }
+}
+
+variable "unit_budget" {
+  type        = number
+  description = "Epsilon one unit may spend over all scheduled runs (dptext --unit-budget, basic composition), kept in the ledger bucket; null: no ledger."
+  default     = null
+
+  validation {
+    condition     = var.unit_budget == null ? true : var.unit_budget > 0
+    error_message = "unit_budget must be null or > 0."
+  }
+}
+
+variable "ledger_prefix" {
+  type        = string
+  description = "The budget ledger's directory inside the ledger bucket (dptext --budget-ledger)."
+  default     = "ledger"
+}
+
+variable "ledger_key_secret" {
+  type        = string
+  description = "Secret Manager secret (created here, its value added by you) holding DPTEXT_LEDGER_KEY; the launcher reads its latest version."
+  default     = "dptext-ledger-key"
 }
 
 variable "max_workers" {

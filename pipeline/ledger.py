@@ -53,13 +53,18 @@ class LedgerConflict(LedgerError):
     """Another run committed the version this run was going to write."""
 
 
-def ledger_key(environ=None) -> bytes:
-    """The HMAC key from DPTEXT_LEDGER_KEY (required with --budget-ledger)."""
-    value = (os.environ if environ is None else environ).get(KEY_ENV)
+def ledger_key(environ=None, secret: str | None = None) -> bytes:
+    """The HMAC key from DPTEXT_LEDGER_KEY (required with --budget-ledger); when it is not set and
+    --ledger-key-secret names a Secret Manager secret version, the key is read from there into this
+    process's environment (how the Flex Template launcher of a scheduled run gets it)."""
+    environ = os.environ if environ is None else environ
+    value = environ.get(KEY_ENV)
+    if not value and secret:
+        value = environ[KEY_ENV] = read_secret(secret)
     if not value:
         raise LedgerError(
-            f"--budget-ledger needs the environment variable {KEY_ENV}: the secret key under which units are "
-            "stored as HMAC-SHA256 hashes (the same key for every run on this ledger)"
+            f"--budget-ledger needs the environment variable {KEY_ENV} (or --ledger-key-secret): the secret key "
+            "under which units are stored as HMAC-SHA256 hashes (the same key for every run on this ledger)"
         )
     if len(value) < MIN_KEY_CHARACTERS:
         raise LedgerError(
@@ -67,6 +72,37 @@ def ledger_key(environ=None) -> bytes:
             "who reads the ledger test guessed unit ids against it)"
         )
     return value.encode("utf-8")
+
+
+SECRET_MANAGER = "https://secretmanager.googleapis.com/v1"
+_SECRET_NAME = re.compile(r"projects/[^/]+/secrets/[^/]+/versions/[^/]+")
+
+
+def read_secret(name: str) -> str:
+    """A Secret Manager secret version's value (UTF-8, one trailing newline dropped), read with the
+    process's Google credentials; LedgerError naming the secret (never its value) when it cannot be."""
+    import base64
+
+    import google.auth
+    from google.auth.transport.requests import AuthorizedSession
+
+    if not _SECRET_NAME.fullmatch(name):
+        raise LedgerError(
+            f"--ledger-key-secret {name}: expected a secret version, projects/PROJECT/secrets/NAME/versions/VERSION "
+            "(VERSION may be latest)"
+        )
+    try:
+        credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
+        response = AuthorizedSession(credentials).get(f"{SECRET_MANAGER}/{name}:access", timeout=60)
+    except Exception as err:  # no credentials, no network
+        raise LedgerError(f"--ledger-key-secret {name}: cannot be read ({type(err).__name__})") from None
+    if response.status_code != 200:
+        raise LedgerError(
+            f"--ledger-key-secret {name}: Secret Manager answered HTTP {response.status_code} (does the secret have "
+            "a version, and may this account access it?)"
+        )
+    value = base64.b64decode(response.json()["payload"]["data"]).decode("utf-8")
+    return value[:-1] if value.endswith("\n") else value
 
 
 def unit_hash(key: bytes, unit: str) -> str:

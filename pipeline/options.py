@@ -157,6 +157,14 @@ class DPTextOptions(PipelineOptions):
             "epsilon, summed over runs) any unit may spend.",
         )
         add(
+            "--ledger-key-secret",
+            "--ledger_key_secret",
+            dest="ledger_key_secret",
+            default=None,
+            help="With --budget-ledger, when DPTEXT_LEDGER_KEY is not set: the Secret Manager secret version that "
+            "holds the key (projects/P/secrets/NAME/versions/latest), read with the launcher's credentials.",
+        )
+        add(
             "--overwrite",
             type=parse_bool,
             nargs="?",

@@ -542,7 +542,7 @@ def prepare_units(opts, context, fmt: str, schema=None):
     uri = getattr(opts, "budget_ledger", None)
     if uri is None:
         return None, None
-    key = ledger_key()
+    key = ledger_key(secret=getattr(opts, "ledger_key_secret", None))
     run = {
         "mechanism": config.mechanism,
         "epsilon": config.epsilon,

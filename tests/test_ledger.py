@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
+import os
 import threading
 from collections import Counter
 from pathlib import Path
@@ -250,9 +253,21 @@ def test_parquet_input_with_a_ledger(index_dir, per_token, tmp_path):
     assert Counter(r["user"] for r in second)[HEAVY[0]] == 5
 
 
-def test_a_gs_ledger_on_the_storage_emulator(index_dir, per_token, tmp_path):
+@contextlib.contextmanager
+def emulator(bucket: str, monkeypatch):
+    """tests.gcs_emulator, with google.auth pointed at this emulator's metadata endpoint: google.auth
+    reads GCE_METADATA_HOST once, at import, so a second emulator in one process would otherwise
+    hand out tokens from the first one's (closed) port."""
+    from google.auth.compute_engine import _metadata
+
+    with gcs_emulator(bucket) as root:
+        monkeypatch.setattr(_metadata, "_GCE_METADATA_HOST", os.environ["GCE_METADATA_HOST"])
+        yield root
+
+
+def test_a_gs_ledger_on_the_storage_emulator(index_dir, per_token, tmp_path, monkeypatch):
     corpus(tmp_path / "in.jsonl")
-    with gcs_emulator("dptext-ledger") as root:
+    with emulator("dptext-ledger", monkeypatch) as root:
         ledger = f"{root}/ledgers/one"
         budget = 2 * CAP * per_token
         options_late, job_late = _prepared(
@@ -273,3 +288,65 @@ def test_a_gs_ledger_on_the_storage_emulator(index_dir, per_token, tmp_path):
         with pytest.raises(LedgerConflict, match="another run committed version 1"):
             execute(options_late, job_late)
         assert current_version(ledger).version == 3 and orphans(ledger) == []
+
+
+class _SecretManager:
+    """A local stand-in for Secret Manager's versions:access endpoint (same path, JSON and base64)."""
+
+    def __init__(self, secrets: dict):
+        import http.server
+
+        seen = self.authorizations = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                seen.append(self.headers.get("Authorization"))
+                name = self.path.split("?")[0].removeprefix("/v1/").removesuffix(":access")
+                if name not in secrets:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                body = json.dumps({"payload": {"data": base64.b64encode(secrets[name].encode()).decode()}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+
+def test_the_key_from_secret_manager_as_a_scheduled_launch_reads_it(index_dir, per_token, tmp_path, monkeypatch):
+    name = "projects/p/secrets/dptext-ledger-key/versions/latest"
+    manager = _SecretManager({name: KEY + "\n"})  # gcloud's --data-file=- keeps echo's newline
+    monkeypatch.setattr(ledger_module, "SECRET_MANAGER", manager.url)
+    monkeypatch.delenv(KEY_ENV)
+    corpus(tmp_path / "in.jsonl")
+    ledger = tmp_path / "ledger"
+    with emulator("unused", monkeypatch):  # its metadata endpoint hands the launcher its credentials
+        environ: dict = {}
+        assert ledger_module.ledger_key(environ, secret=name) == KEY.encode() and environ[KEY_ENV] == KEY
+        assert manager.authorizations[-1] == "Bearer emulator"
+        with pytest.raises(ledger_module.LedgerError, match="answered HTTP 404"):
+            ledger_module.ledger_key({}, secret="projects/p/secrets/other/versions/1")
+        with pytest.raises(ledger_module.LedgerError, match="expected a secret version"):
+            ledger_module.ledger_key({}, secret="dptext-ledger-key")
+        run(
+            _args(
+                index_dir,
+                tmp_path / "in.jsonl",
+                tmp_path / "a" / "c",
+                ledger,
+                100 * per_token,
+                "--ledger-key-secret",
+                name,
+            )
+        )
+    monkeypatch.setenv(KEY_ENV, KEY)  # the same key as the one in the secret: the ledger agrees
+    assert LedgerRun.start(str(ledger), KEY.encode(), {}).base_version == 1
+    assert set(_spend(ledger)) == {unit_hash(KEY.encode(), u) for u in HEAVY + LIGHT}
