@@ -59,6 +59,15 @@ def _run(argv: list[str]) -> int:
     except KeyboardInterrupt:  # the job removed its partial outputs on the way out
         print(f"dptext run: interrupted; no partial outputs left under {_output_prefix(argv)}", file=sys.stderr)
         return 128 + signal.SIGINT
+    except RuntimeError as err:  # a portable runner's job failed (Flink, Spark): its cause, not a Python stack
+        if " failed in state " not in str(err):
+            raise
+        cause = str(err).split(" failed in state ", 1)[1].splitlines()[0]
+        print(
+            f"dptext run: the job failed on its runner ({cause}); no partial outputs left under {_output_prefix(argv)}",
+            file=sys.stderr,
+        )
+        return 1
     from dptext.pipeline.report import format_counters, job_counters
 
     counters = job_counters(result)

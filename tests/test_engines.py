@@ -355,18 +355,22 @@ def test_defaults_fill_in_the_cached_job_server_and_a_local_engine():
 
 
 def test_explicit_engine_options_win(tmp_path):
+    import socket
+
     from dptext.pipeline.engines.defaults import apply_engine_defaults
 
     jar = tmp_path / "my-job-server.jar"
     jar.write_bytes(b"PK")
-    options = _options(
-        ["--runner", "FlinkRunner", "--flink_job_server_jar", str(jar), "--flink_master", "jm:8081"]
-        + ["--environment_type", "EXTERNAL", "--environment_config", "localhost:50000"]
-    )
-    run = apply_engine_defaults(options)
+    with socket.create_server(("127.0.0.1", 0)) as listening:  # a master that answers
+        master = f"127.0.0.1:{listening.getsockname()[1]}"
+        options = _options(
+            ["--runner", "FlinkRunner", "--flink_job_server_jar", str(jar), "--flink_master", master]
+            + ["--environment_type", "EXTERNAL", "--environment_config", "localhost:50000"]
+        )
+        run = apply_engine_defaults(options)
     values = options.get_all_options()
-    assert values["flink_job_server_jar"] == str(jar) and values["flink_master"] == "jm:8081"
-    assert (run.master, run.environment, run.job_server) == ("jm:8081", "EXTERNAL", str(jar))
+    assert values["flink_job_server_jar"] == str(jar) and values["flink_master"] == master
+    assert (run.master, run.environment, run.job_server) == (master, "EXTERNAL", str(jar))
     options = _options(["--runner", "SparkRunner", "--spark_master_url", "local[1]"])
     apply_engine_defaults(options)
     assert options.get_all_options()["spark_master_url"] == "local[1]"
@@ -388,3 +392,28 @@ def test_output_is_never_read_as_beams_output_executable_path():
     options = _options(["--runner", "FlinkRunner"])
     assert options.view_as(PortableOptions).output_executable_path is None
     assert options.get_all_options()["output"] == "/tmp/out"
+
+
+@pytest.mark.parametrize(
+    "runner, option, master",
+    [
+        ("FlinkRunner", "--flink_master", "localhost:{port}"),
+        ("SparkRunner", "--spark_master_url", "spark://127.0.0.1:{port}"),
+    ],
+)
+def test_a_master_nobody_answers_is_one_line_before_the_job(corpus, capfd, runner, option, master):
+    """Found by hand: Flink's job server retried for 87 s, then a Python stack trace."""
+    from dptext.pipeline.cli import main
+    from dptext.pipeline.engines.cluster import free_port
+
+    address = master.format(port=free_port())
+    argv = ["run", "--input", str(corpus / "part-*.jsonl"), "--output", str(corpus / "nowhere" / "out")]
+    argv += ["--index", str(corpus / "idx"), "--epsilon", "5", "--runner", runner, option, address]
+    capfd.readouterr()
+    assert main(argv) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err == [
+        f"dptext run: error: {option} {address}: no {runner[:-6]} master answers there (Connection refused); "
+        "start the cluster or fix the address"
+    ]
+    assert not (corpus / "nowhere").exists() or not any((corpus / "nowhere").iterdir())

@@ -17,6 +17,10 @@ class EngineNotInstalled(DptextError):
     pass
 
 
+class EngineUnreachable(DptextError):
+    pass
+
+
 @dataclasses.dataclass(frozen=True)
 class EngineRun:
     """Which engine a job runs on, as the report and the CLI say it."""
@@ -53,6 +57,8 @@ def apply_engine_defaults(options: PipelineOptions, cache=None) -> Optional[Engi
     if master in (None, engine.beam_default_master):
         master = engine.local_master
         options.view_as(_runner_options(engine)).__setattr__(engine.master_option, master)
+    if not _is_local(engine, master):
+        _check_reachable(engine, master)
     environment = options.view_as(PortableOptions).environment_type
     if environment is None:
         environment = "LOOPBACK" if _is_local(engine, master) else "DOCKER"
@@ -75,3 +81,26 @@ def _is_local(engine: Engine, master: str) -> bool:
     if engine.name == "flink":
         return master in ("[local]", "[auto]")
     return master == "local" or (master.startswith("local[") and master.endswith("]"))
+
+
+def _check_reachable(engine: Engine, master: str) -> None:
+    """A master nobody answers at fails here in a second, not after the job server's retries
+    (87 s for Flink, with a Java stack trace)."""
+    import socket
+    import urllib.parse
+
+    try:
+        parsed = urllib.parse.urlparse(master if "://" in master else f"tcp://{master}")
+        host, port = parsed.hostname, parsed.port
+    except ValueError:  # several masters (spark://h1:7077,h2:7077): left to the engine
+        return
+    if not host or not port:  # yarn, k8s://... and the like: left to the engine
+        return
+    try:
+        with socket.create_connection((host, port), timeout=5):
+            pass
+    except OSError as err:
+        raise EngineUnreachable(
+            f"--{engine.master_option} {master}: no {engine.label.split()[0]} master answers there "
+            f"({err.strerror or type(err).__name__}); start the cluster or fix the address"
+        ) from None
