@@ -33,6 +33,9 @@ POINTS = {
     "knn_exponential": (0.48, 5.0),
     "tem": (2.19, 5.0),
     "kde_prior": (2.19, 5.0),
+    "santext": (2.21, 5.0),  # dptext calibrate: 2.2067 (300 words x 100 draws)
+    "santext_plus": (2.13, 5.0),  # 2.1335 at the defaults w 0.9, p 0.3
+    "custext": (4.83, 10.0),  # 4.8261 at K 20
 }
 
 TABLE = """
@@ -64,7 +67,13 @@ def main(argv=None) -> int:
             manifest["files"].pop(entry["file"], None)
             (scratch / entry["file"]).unlink(missing_ok=True)
         (scratch / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        for name, params in (("kde_prior", {}), ("mahalanobis", {}), ("kde_prior", {"sampler": "mh"})):
+        for name, params in (
+            ("kde_prior", {}),
+            ("mahalanobis", {}),
+            ("kde_prior", {"sampler": "mh"}),
+            ("custext", {}),
+            ("santext_plus", {}),
+        ):
             wall, rss, _, out = _measure(TABLE.format(index=str(scratch), name=name, params=params), ONE_CORE)
             tables.append({"mechanism": name, "params": params, **json.loads(out), "peak_rss_mib": round(rss)})
         for name, epsilons in POINTS.items():

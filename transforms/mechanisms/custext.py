@@ -157,8 +157,9 @@ def set_scores(vectors: np.ndarray, members: np.ndarray) -> np.ndarray:
     sizes = (members >= 0).sum(axis=1)
     for size in np.unique(sizes):
         rows = np.flatnonzero(sizes == size)
-        for s in range(0, len(rows), 4096):
-            block = rows[s : s + 4096]
+        step = max(1, (1 << 21) // (size * v.shape[1]))  # (step, size, d) float64 differences: 16 MiB
+        for s in range(0, len(rows), step):
+            block = rows[s : s + step]
             diff = v[members[block, :size]] - v[block][:, None, :]
             d = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
             top = d.max(axis=1, keepdims=True)
@@ -271,9 +272,14 @@ class CusText(Mechanism):
             else ""
         )
         extra["stop_words_kept"] = stop
+        exact = (
+            f"the exact worst over every set of this index is {worst:.4g}"
+            if math.isfinite(worst)
+            else "no two protected words share a set on this index"
+        )
         within = (
-            f"P[M(w)=y] <= exp({eps:g}) * P[M(w')=y] for every two words w, w' of one output set and every output y "
-            f"(the exact worst over every set of this index is {worst:.4g})"
+            f"P[M(w)=y] <= exp({eps:g}) * P[M(w')=y] for every two words w, w' of one output set and every "
+            f"output y ({exact})"
         )
         not_protected = NOT_PROTECTED + (
             (f"stop words ({stop} in this vocabulary): published unchanged (CusText+)",) if stop else ()

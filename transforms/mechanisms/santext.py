@@ -302,8 +302,8 @@ class SanTextPlus(Mechanism):
             f"sensitive word, and for such an output any two words w, w' differ by at most a factor {bound}. "
             f"A non-sensitive word is kept with probability 1 - p = {1 - p:.4g}, and a kept word can only have come "
             "from itself: non-sensitive words are not protected (infinite worst-case log-ratio against every other "
-            "word), so dptext composes no per-document bound. The paper's utility-optimized guarantee protects "
-            "the sensitive words only; this is that statement, with the factor 1/p the replacement coin adds."
+            "word), so dptext composes no per-document bound. The paper states a utility-optimized guarantee that "
+            "protects sensitive words only; this is the bound dptext proves for it and audits exactly."
         )
         return Guarantee(
             mechanism=PLUS,
