@@ -6,7 +6,7 @@ Each mechanism runs in its own process on one core (batch 4096, ids uniform over
 vocabulary: the hardest case, since no word repeats enough to be cheap) at two epsilons: the one
 whose median N_w is 0.3 on this index (`dptext calibrate`, so the mechanisms are compared at
 matched plausible deniability) and a larger one. The embedding-only tables (KDE prior,
-Mahalanobis square root, mutual K-NN graph) are built once in a scratch copy of the index and
+Mahalanobis square root, mutual K-NN graph, diffractor's lists) are built once in a scratch copy of the index and
 timed. Prints a table and writes benchmarks/results/mechanisms.json.
 """
 
@@ -36,6 +36,7 @@ POINTS = {
     "santext": (2.21, 5.0),  # dptext calibrate: 2.2067 (300 words x 100 draws)
     "santext_plus": (2.13, 5.0),  # 2.1335 at the defaults w 0.9, p 0.3
     "custext": (4.83, 10.0),  # 4.8261 at K 20
+    "diffractor": (0.619, 2.0),  # median N_w = tanh(eps / 2) (every word inside its lists)
 }
 
 TABLE = """
@@ -71,6 +72,7 @@ def main(argv=None) -> int:
             ("kde_prior", {}),
             ("mahalanobis", {}),
             ("kde_prior", {"sampler": "mh"}),
+            ("diffractor", {}),
             ("custext", {}),
             ("santext_plus", {}),
         ):

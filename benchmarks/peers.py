@@ -92,6 +92,31 @@ PEERS = {
             "wrapt==2.5.2",
         ),
     ),
+    "dp-diffractor": (
+        "dp-diffractor==0.2.1",
+        (
+            "certifi==2026.10.19.post1",
+            "charset-normalizer==3.5.3",
+            "click==8.5.1",
+            "cloudpickle==3.1.3",
+            "defusedxml==0.7.1",
+            "faiss-cpu==1.15.1",
+            "gensim==4.4.0",
+            "idna==3.20",
+            "importlib_resources==7.1.0",
+            "joblib==1.6.0",
+            "nltk==3.10.4",
+            "numpy==2.4.6",
+            "packaging==26.4",
+            "regex==2026.11.19",
+            "requests==2.34.2",
+            "scipy==1.17.1",
+            "smart_open==9.0.2",
+            "tqdm==4.70.1",
+            "urllib3==2.8.0",
+            "wrapt==2.5.2",
+        ),
+    ),
 }
 
 # Matched parameter values (benchmarks/README.md): one epsilon per mechanism for every tool, and
@@ -111,6 +136,11 @@ DPTEXT_PARAMETER_NAMES = {
 }
 DPTEXT_CONCEPTS = {"mahalanobis": {"lambda": LAMBDA}, "vickrey": {"t": VICKREY_T}, "tem": {"beta": TEM_BETA}}
 DPTEXT_CONCEPTS["custext"] = {"k": CUSTEXT_K}
+# diffractor at the epsilon of median N_w 0.3 on the default index (tanh(eps / 2) = 0.3), with one list:
+# dp-diffractor builds one list per embedding model, and there is one embedding here.
+EPSILON["diffractor"] = 0.62
+DPTEXT_PARAMETER_NAMES["lists"] = ("lists",)
+DPTEXT_CONCEPTS["diffractor"] = {"lists": 1}
 TARGET = {"truncated_gumbel": 1000}  # dptext / peer tokens/s; every other shared mechanism: 20
 
 
@@ -138,6 +168,9 @@ def cases(dmin: float, dmax: float) -> list[Case]:
         Case("vickrey", "pypantera", "VickreyCMP", {"t": VICKREY_T}),
         Case("tem", "mldp-text", "TEM"),  # beta is fixed at 0.001 inside its replace_word
         Case("tem", "pypantera", "TEM", {"beta": TEM_BETA}),
+        # dp-diffractor's own list build and per-token step (its Diffractor class needs NLTK data that
+        # nltk.download fetches at run time, and a process pool per token): benchmarks/README.md.
+        Case("diffractor", "dp-diffractor", "Diffractor"),
         Case("santext", "pypantera", "SanText"),
         # pypantera's CusText gives each word its own k nearest (no shared sets): see benchmarks/README.md.
         Case("custext", "pypantera", "CusText", {"k": CUSTEXT_K, "distance": "euclidean"}),
@@ -205,6 +238,18 @@ DRIVERS = {
             "(mech.processText(chunk) if cfg['class'] in ('TEM', 'SanText', 'CusText') "
             "else mech.processText(mech.noisyEmb(chunk))).split(' ')"
         ),
+    ),
+    "dp-diffractor": PEER_DRIVER.format(
+        imports="from diffractor.utils import EmbeddingManager\nimport diffractor.core as core",
+        construct=(
+            "mgr = EmbeddingManager([cfg['embedding']])\n"
+            "core._RESOURCES = {'list': mgr.lists[0], 'mapping': mgr.word_to_idx[0], 'config': "
+            "core.DiffractorConfig(epsilon=cfg['epsilon'], replace_stopwords=True, verbose=False), "
+            "'rng': np.random.default_rng(cfg['seed'])}\n"
+            "vocab = mgr.word_to_idx[0]"
+        ),
+        # apply_privacy_mechanism returns None for a word outside its list: the word is kept, as rewrite does
+        call="[core.apply_privacy_mechanism(w, cfg['epsilon']) or w for w in chunk]",
     ),
 }
 
@@ -499,7 +544,12 @@ def main(argv=None) -> int:
         "--doc-tokens", type=int, default=10, help="words per call for pypantera (its processText takes one document)"
     )
     parser.add_argument("--mechanisms", default="", help="comma-separated subset (default: every shared one)")
-    parser.add_argument("--peers", default="", help="comma-separated subset of mldp-text,pypantera")
+    parser.add_argument("--peers", default="", help="comma-separated subset of mldp-text,pypantera,dp-diffractor")
+    parser.add_argument(
+        "--add",
+        action="store_true",
+        help="merge into the existing peers.json (the measured tool-mechanism rows replaced, all others kept)",
+    )
     parser.add_argument("--seconds", type=float, default=5.0, help="dptext mechanism-only measurement time")
     parser.add_argument("--e2e-tokens", type=int, default=1_000_000, help="end-to-end corpus size (0: skip)")
     args = parser.parse_args(argv)
@@ -508,6 +558,7 @@ def main(argv=None) -> int:
     from dptext.transforms.index import EmbeddingIndex
 
     load_start = os.getloadavg()
+    existing = json.loads((RESULTS / "peers.json").read_text()) if args.add else None
     embedding = fetch(DEFAULT_EMBEDDING)
     index_dir = default_index_dir()
     index = EmbeddingIndex.load(index_dir, verify=False)
@@ -516,7 +567,11 @@ def main(argv=None) -> int:
     peer_names = set(filter(None, args.peers.split(","))) or set(PEERS)
     selected = [c for c in cases(index.dmin, index.dmax) if c.mechanism in mechanism_names and c.peer in peer_names]
     environments = {peer: peer_python(peer) for peer in sorted({c.peer for c in selected})}
-    peer_embedding = {"mldp-text": str(embedding), "pypantera": str(one_token_words(embedding))}
+    peer_embedding = {
+        "mldp-text": str(embedding),
+        "pypantera": str(one_token_words(embedding)),
+        "dp-diffractor": str(embedding),
+    }
 
     with tempfile.TemporaryDirectory() as tmp:
         runs = Runs(Path(tmp), index, workload(index, max(sizes)), sizes)
@@ -569,8 +624,29 @@ def main(argv=None) -> int:
         )
         + "\n"
     )
+    if existing is not None:
+        merged = merged_peer_results(existing, json.loads((RESULTS / "peers.json").read_text()))
+        (RESULTS / "peers.json").write_text(json.dumps(merged, indent=2) + "\n")
     plot(json.loads((RESULTS / "peers.json").read_text()), RESULTS / "peers.png")
     return 0
+
+
+def merged_peer_results(existing: dict, added: dict) -> dict:
+    """existing peers.json with the added run's (tool, mechanism) rows, mechanism-only figures, peers and
+    epsilons in place of earlier ones; everything else kept as measured, the addition dated."""
+    measured = {(r["tool"], r["mechanism"]) for r in added["rows"]}
+    rows = [r for r in existing["rows"] if (r["tool"], r["mechanism"]) not in measured] + added["rows"]
+    spine = {r["mechanism"]: r for r in existing["dptext_mechanism_only"] + added["dptext_mechanism_only"]}
+    addition = {k: added[k] for k in ("date", "machine", "dptext_commit", "workload")}
+    return {
+        **existing,
+        "peers": {**existing["peers"], **added["peers"]},
+        "epsilon": {**existing["epsilon"], **added["epsilon"]},
+        "rows": rows,
+        "dptext_mechanism_only": list(spine.values()),
+        "end_to_end": added["end_to_end"] or existing["end_to_end"],
+        "additions": [*existing.get("additions", []), {**addition, "measured": sorted(map(list, measured))}],
+    }
 
 
 def dptext_mechanism_only(index_dir: Path, ours: dict, seconds: float) -> list[dict]:

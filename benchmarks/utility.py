@@ -48,7 +48,7 @@ from benchmarks.spine import RESULTS
 SPLIT_SEED = 20240607  # the split and the subsets (fixed, so every row sees the same tweets)
 STATS_SEED = 0  # which vocabulary words N_w is measured on, and their draws
 BASELINE = "truncated_gumbel"
-OTHERS = ("multivariate_laplace", "tem", "mahalanobis", "knn_exponential", "kde_prior")
+OTHERS = ("multivariate_laplace", "tem", "mahalanobis", "knn_exponential", "kde_prior", "diffractor")
 DEFAULTS = {
     "grid": (36.0, 1000.0, 100000.0),
     "runs": 5,
@@ -662,6 +662,29 @@ def print_table(flat: list[dict], gap_rows: list[dict]) -> None:
 # ---------------------------------------------------------------- main
 
 
+def merged_results(existing: dict, added: dict, mechanisms: list[str]) -> dict:
+    """The existing results with the added mechanisms' rows and calibrations in place of any earlier ones
+    of theirs (every other row, the ceiling and floor rows included, kept as measured)."""
+    rows = [r for r in existing["rows"] if r["mechanism"] not in mechanisms]
+    rows += [r for r in added["rows"] if r["kind"] == "matched" and r["mechanism"] in mechanisms]
+    new_points = {p["epsilon"]: p for p in added["points"]}
+    points = []
+    for point in existing["points"]:
+        matched = {**point["matched"], **{m: new_points[point["epsilon"]]["matched"][m] for m in mechanisms}}
+        points.append({**point, "matched": matched})
+    config = {**existing["config"], "mechanisms": list(dict.fromkeys(existing["config"]["mechanisms"] + mechanisms))}
+    addition = {k: added[k] for k in ("date", "command", "machine", "versions", "seconds")}
+    return {
+        **existing,
+        "config": config,
+        "points": points,
+        "rows": rows,
+        "gaps": gaps(rows),
+        "cache": added["cache"],
+        "additions": [*existing.get("additions", []), {**addition, "mechanisms": mechanisms}],
+    }
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.utility", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -694,8 +717,22 @@ def parse_args(argv):
     parser.add_argument(
         "--out", help="output prefix (default benchmarks/results/utility, or utility-quick with --quick)"
     )
+    parser.add_argument(
+        "--add",
+        action="store_true",
+        help="measure only the --mechanisms other than the baseline, at the grid, sizes and runs of the existing "
+        "results (PREFIX.json), and merge their rows into it (their earlier rows replaced, every other row kept)",
+    )
     args = parser.parse_args(argv)
     preset = QUICK if args.quick else DEFAULTS
+    if args.add:
+        existing = Path(args.out or RESULTS / ("utility-quick" if args.quick else "utility")).with_suffix(".json")
+        if not existing.is_file():
+            parser.error(f"--add needs existing results at {existing}")
+        config = json.loads(existing.read_text())["config"]
+        preset = {**{k: config[k] for k in ("runs", "nw_sample", "nw_draws")}, "grid": tuple(config["grid"])}
+        preset.update(train_size=config["train_tweets"], test_size=config["test_tweets"])
+        args.grid = None  # the existing grid: the added rows pair with the baseline rows measured there
     args.grid = tuple(float(e) for e in args.grid.split(",")) if args.grid else preset["grid"]
     for name in ("runs", "train_size", "test_size", "nw_sample", "nw_draws"):
         if getattr(args, name) is None:
@@ -728,6 +765,9 @@ def main(argv=None) -> int:
     else:
         chosen = [BASELINE, *(m for m in OTHERS if m in mechanisms.NAMES)]
     others = [m for m in chosen if m != BASELINE]
+    if args.add and not others:
+        print("--add needs --mechanisms naming at least one mechanism besides the baseline", file=sys.stderr)
+        return 2
     started, load_start = time.time(), os.getloadavg()
     log = lambda text: print(f"[{time.time() - started:7.0f} s] {text}", flush=True)  # noqa: E731
 
@@ -793,10 +833,11 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="dptext-utility-") as tmp:
         jobs = []
-        if not args.no_reference:
+        if not args.no_reference and not args.add:
             jobs.append(("reference", REFERENCE[0], REFERENCE[1], None, None))
         for point in points:
-            jobs.append(("matched", BASELINE, point["epsilon"], point["epsilon"], point["median_nw"]["median"]))
+            if not args.add:
+                jobs.append(("matched", BASELINE, point["epsilon"], point["epsilon"], point["median_nw"]["median"]))
             for mech, found in point["matched"].items():
                 if "epsilon" in found:
                     jobs.append(("matched", mech, found["epsilon"], point["epsilon"], found["median_nw"]))
@@ -869,6 +910,8 @@ def main(argv=None) -> int:
         "gaps": gaps(rows),
         "cache": cache.entries,
     }
+    if args.add:
+        results = merged_results(json.loads(json_path.read_text()), results, others)
     flat = table_rows(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(results, indent=1) + "\n")

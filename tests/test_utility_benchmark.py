@@ -11,6 +11,7 @@ from benchmarks.utility import (
     Cache,
     make_split,
     mean_embeddings,
+    merged_results,
     privatize,
     stratified_subset,
     t_interval,
@@ -108,3 +109,52 @@ def test_cache_is_saved_into_the_results_json_and_read_back(tmp_path):
     assert again.get(key) == {"epsilon": 10.2} and len(again.entries) == 1
     assert again.get({**key, "sample": 100}) is None
     assert '"rows": [' in path.read_text()  # the rest of the results file is kept
+
+
+def _row(mechanism, grid, accuracy):
+    runs = [{"accuracy": accuracy + 0.01 * i, "macro_f1": accuracy} for i in range(3)]
+    per_run = {m: {"test_clean": runs, "test_private": runs} for m in ("tfidf", "embeddings")}
+    return {
+        "kind": "matched",
+        "mechanism": mechanism,
+        "grid_epsilon": grid,
+        "epsilon": 1.0,
+        "median_nw": 0.28,
+        "per_run": per_run,
+    }
+
+
+def test_add_merges_new_mechanisms_and_keeps_every_other_row():
+    """--add: the added mechanism's rows and calibrations replace its earlier ones; the baseline, the
+    other mechanisms and the ceiling rows stay as measured; gaps are recomputed with the new rows."""
+    existing = {
+        "config": {"mechanisms": ["truncated_gumbel", "tem", "diffractor"]},
+        "points": [{"epsilon": 36.0, "matched": {"tem": {"epsilon": 2.2}, "diffractor": {"epsilon": 9.9}}}],
+        "rows": [
+            {"kind": "ceiling", "mechanism": "non-private"},
+            _row("truncated_gumbel", 36.0, 0.60),
+            _row("tem", 36.0, 0.58),
+            _row("diffractor", 36.0, 0.10),
+        ],
+    }
+    added = {
+        "date": "d",
+        "command": "c",
+        "machine": {},
+        "versions": {},
+        "seconds": 1.0,
+        "cache": ["new"],
+        "points": [{"epsilon": 36.0, "matched": {"diffractor": {"epsilon": 0.58}}}],
+        "rows": [{"kind": "ceiling", "mechanism": "non-private", "again": True}, _row("diffractor", 36.0, 0.62)],
+    }
+    merged = merged_results(existing, added, ["diffractor"])
+    kinds = [(r["kind"], r["mechanism"]) for r in merged["rows"]]
+    assert kinds.count(("ceiling", "non-private")) == 1 and "again" not in merged["rows"][0]
+    assert [
+        r["per_run"]["tfidf"]["test_clean"][0]["accuracy"] for r in merged["rows"] if r["mechanism"] == "diffractor"
+    ] == [0.62]
+    assert merged["points"][0]["matched"] == {"tem": {"epsilon": 2.2}, "diffractor": {"epsilon": 0.58}}
+    assert {g["other"] for g in merged["gaps"]} == {"tem", "diffractor"} and merged["cache"] == ["new"]
+    gap = next(g for g in merged["gaps"] if g["other"] == "diffractor" and g["model"] == "tfidf")
+    assert gap["accuracy"]["difference"] == pytest.approx(-0.02)
+    assert merged["additions"][0]["mechanisms"] == ["diffractor"]
