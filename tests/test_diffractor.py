@@ -334,6 +334,21 @@ def test_dptext_run_end_to_end(words_index, tmp_path, capsys):
     assert "lists must be an integer in [1, 32]" in capsys.readouterr().err
 
 
+def test_stats_and_calibrate_commands(words_index, tmp_path, capsys):
+    out = tmp_path / "stats"
+    args = ["stats", "--index", str(words_index), "--mechanism", "diffractor", "--epsilon", "0.5", "3"]
+    assert main(args + ["--out", str(out), "--sample", "0", "--draws", "200", "--param", "lists=2"]) == 0
+    data = json.loads((out / "stats.json").read_text())
+    assert data["parameters"] == {"lists": 2} and [r["epsilon"] for r in data["rows"]] == [0.5, 3.0]
+    medians = [r["unchanged"]["p50"] for r in data["rows"]]
+    assert medians[0] < medians[1]  # tanh(0.25) = 0.24 and tanh(1.5) = 0.91 for words inside the lists
+    capsys.readouterr()
+    assert (
+        main(["calibrate", "--index", str(words_index), "--mechanism", "diffractor", "--target-unchanged", "0.3"]) == 0
+    )
+    assert "diffractor: epsilon" in capsys.readouterr().out
+
+
 def test_privatize_end_to_end(words_index):
     texts = ["the cat sat on a mat", "what a terrible day"]
     with test_pipeline.TestPipeline() as p:

@@ -228,8 +228,9 @@ class Diffractor(Mechanism):
                 f"P[M(w)=y] <= exp({eps:g} * d_V(w, w')) * P[M(w')=y] for every pair of vocabulary words w, w' "
                 f"and every output y, where d_V(w, w') is the largest distance between the positions of w and "
                 f"w' in any of the {L} word lists (a distance in list positions, not in the embedding): metric "
-                f"DP at rate epsilon in d_V. Words next to each other in every list are hard to tell apart; "
-                f"any two words at least as pure ({eps:g} x {n - 1})-DP."
+                f"DP at rate epsilon in d_V. Words next to each other in every list are hard to tell apart, words "
+                f"far apart in some list are not: any two words are protected at least as well as pure "
+                f"({eps:g} x {n - 1})-DP, a weak bound on a large vocabulary."
             ),
             per_token_pure_epsilon=eps * (n - 1),
             per_token_pure_epsilon_note=(
