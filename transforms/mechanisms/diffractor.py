@@ -76,15 +76,27 @@ class DiffractorParams:
 def farthest_point_starts(vectors: np.ndarray, count: int) -> np.ndarray:
     """count start words: the word farthest from the centroid, then each time the word farthest from
     every start chosen so far (ties by id). With more starts than distinct vectors, starts repeat."""
-    v = np.asarray(vectors, dtype=np.float64)
-    centroid = v.mean(axis=0)
-    nearest = np.sqrt(((v - centroid) ** 2).sum(axis=1))
+    v = np.asarray(vectors)
+    centroid = sum(v[i : i + _ROWS].astype(np.float64).sum(axis=0) for i in range(0, len(v), _ROWS)) / len(v)
+    nearest = _distances_to(v, centroid)
     starts = []
     for _ in range(count):
         s = int(np.argmax(nearest))
         starts.append(s)
-        nearest = np.minimum(nearest, np.sqrt(((v - v[s]) ** 2).sum(axis=1)))
+        nearest = np.minimum(nearest, _distances_to(v, v[s].astype(np.float64)))
     return np.array(starts, dtype=np.int64)
+
+
+_ROWS = 65536  # rows per float64 block: the vectors are never copied whole in float64
+
+
+def _distances_to(vectors: np.ndarray, point: np.ndarray) -> np.ndarray:
+    """Float64 distances from every row to one point, a block of rows at a time."""
+    out = np.empty(len(vectors))
+    for i in range(0, len(vectors), _ROWS):
+        diff = vectors[i : i + _ROWS].astype(np.float64) - point
+        out[i : i + _ROWS] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+    return out
 
 
 def greedy_path(vectors: np.ndarray, neighbour_ids: np.ndarray, start: int, squared_norms=None) -> np.ndarray:
@@ -100,7 +112,7 @@ def greedy_path(vectors: np.ndarray, neighbour_ids: np.ndarray, start: int, squa
     table = np.asarray(neighbour_ids)
     n, d = vectors32.shape
     sq = (
-        np.einsum("ij,ij->i", vectors32.astype(np.float64), vectors32.astype(np.float64))
+        _distances_to(vectors32, np.zeros(d)) ** 2
         if squared_norms is None
         else np.asarray(squared_norms, dtype=np.float64)
     )
