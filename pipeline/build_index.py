@@ -28,9 +28,16 @@ from dptext.transforms.index_build import Geometry, RowBlock, assemble, row_bloc
 VECTORS_FILE = "vectors.f32"
 # The mechanisms whose derived tables `dptext build-index` stores, at their default parameters
 # (kde_prior's mh sampler adds the mutual-neighbour graph to the KDE prior; mahalanobis the square
-# root of S; diffractor its word lists). Workers only read tables; for other parameters the launcher
-# stores them before the job.
-DEFAULT_TABLES = (("kde_prior", {"sampler": "mh"}), ("mahalanobis", {}), ("diffractor", {}))
+# root of S; diffractor its word lists; custext its output sets and scores; santext_plus the nearest
+# sensitive words of the others). Workers only read tables; for other parameters the launcher stores
+# them before the job.
+DEFAULT_TABLES = (
+    ("kde_prior", {"sampler": "mh"}),
+    ("mahalanobis", {}),
+    ("diffractor", {}),
+    ("custext", {}),
+    ("santext_plus", {}),
+)
 
 
 def _block_name(start: int) -> str:

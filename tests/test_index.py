@@ -502,7 +502,16 @@ def test_build_index_stores_every_table_a_mechanism_reads_at_its_defaults(tmp_pa
     printed = capsys.readouterr().out
     manifest = json.loads((out / MANIFEST).read_text())
     names = sorted(entry["name"] for entry in manifest["tables"].values())
-    assert names == ["diffractor_lists", "kde_log_prior", "knn_mutual", "mahalanobis_sqrt"]
+    assert names == [
+        "custext_members",
+        "custext_scores",
+        "diffractor_lists",
+        "kde_log_prior",
+        "knn_mutual",
+        "mahalanobis_sqrt",
+        "santext_plus_sensitive_distances",
+        "santext_plus_sensitive_ids",
+    ]
     assert all(entry["file"] in printed for entry in manifest["tables"].values())
     worker = EmbeddingIndex.load(out, read_only=True)
     specs = mechanism_parameter_specs()
