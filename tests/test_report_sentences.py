@@ -80,8 +80,10 @@ def test_every_sentence_matches_the_guarantee(indexes, name, which, params):
         assert "per-token pure epsilon: none stated" in md
         assert "metric-DP" not in g["kind"] and (g["rate"] is None or "D < R" in g["kind"])
     else:
-        # A per-token bound only where metric DP is proved for every pair of words, and then stated.
-        assert g["kind"] == "metric-DP" and g["basis"] == "proved" and g["rate"] > 0
+        # A per-token bound only where metric DP (or pure DP: custext with one output set) is proved for
+        # every pair of words, and then stated.
+        assert g["kind"] in ("metric-DP", "pure-DP") and g["basis"] == "proved"
+        assert g["rate"] > 0 if g["kind"] == "metric-DP" else g["rate"] is None
         assert "for every pair of vocabulary words" in g["statement"]
         assert "The guarantee is per token" in text and f"Per-token pure epsilon: {per_token:.6g}" in md
 

@@ -215,10 +215,10 @@ def test_santext_plus_audit_confirms_its_statement(wide):
     g = mech.guarantee()
     assert g.per_token_pure_epsilon is None and g.worst_case_log_ratio == math.inf and g.rate is None
     assert "ln(1/p) = 1.204" in g.statement and "not protected" in g.statement
-    for row in g.audited["vocabularies"]:  # the report's own audit, on words drawn from the index
-        assert row["worst_excess_over_epsilon_distance_on_sanitized_outputs"] <= -math.log(p) + 1e-9
-        rate = row["worst_metric_rate_between_sensitive_words"]
-        assert rate is None or rate <= eps + 1e-9
+    for p_other in (0.05, 0.9):  # the bound at other coins, exactly (at 0.05 the 1/p factor is needed)
+        fig = audit_santext_plus(dist, eps, mech.sensitive(np.arange(wide.n)), p_other)
+        excess = fig["worst_excess_over_epsilon_distance_on_sanitized_outputs"]
+        assert excess <= -math.log(p_other) + 1e-9 and (excess > 0 or p_other > 0.5)
     json.dumps(g.as_dict(), allow_nan=False)
 
 

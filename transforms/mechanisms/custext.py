@@ -289,10 +289,11 @@ class CusText(Mechanism):
                 mechanism=NAME,
                 kind="pure-DP",
                 rate=None,
-                basis="proved (the worst log-ratio computed exactly on this index)",
+                basis="proved",
                 statement=(
                     f"custext ({PAPER}) with K = {k}: this vocabulary of {n} words is a single output set, so "
-                    f"{within}: pure epsilon-DP over the whole vocabulary."
+                    f"{within}, that is for every pair of vocabulary words: pure epsilon-DP over the whole "
+                    "vocabulary."
                 ),
                 per_token_pure_epsilon=eps,
                 per_token_pure_epsilon_note=f"vocabulary-wide: epsilon = {eps:g} (one output set)",
