@@ -207,8 +207,8 @@ def test_ctrl_c_in_a_python_session_removes_the_partial_outputs(index_dir, tmp_p
 
     real_prepare = run_module.prepare
 
-    def prepare(opts):
-        job = real_prepare(opts)
+    def prepare(opts, engine=None):
+        job = real_prepare(opts, engine)
         config = _CtrlCConfig(**{f: getattr(job.config, f) for f in job.config.__dataclass_fields__})
         return job.with_config(config)
 
@@ -218,7 +218,7 @@ def test_ctrl_c_in_a_python_session_removes_the_partial_outputs(index_dir, tmp_p
         run(_args(index_dir, corpus, tmp_path / "o" / "c"))
     assert _outputs(tmp_path / "o") == []
 
-    def interrupted(opts):
+    def interrupted(opts, engine=None):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(run_module, "prepare", interrupted)
