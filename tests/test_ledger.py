@@ -6,7 +6,11 @@ import base64
 import contextlib
 import json
 import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -350,3 +354,30 @@ def test_the_key_from_secret_manager_as_a_scheduled_launch_reads_it(index_dir, p
     monkeypatch.setenv(KEY_ENV, KEY)  # the same key as the one in the secret: the ledger agrees
     assert LedgerRun.start(str(ledger), KEY.encode(), {}).base_version == 1
     assert set(_spend(ledger)) == {unit_hash(KEY.encode(), u) for u in HEAVY + LIGHT}
+
+
+def test_ctrl_c_during_a_ledger_run_leaves_the_version_in_force(index_dir, per_token, tmp_path):
+    """The real `dptext run` (its supervisor and job process), interrupted with SIGINT mid-job:
+    exit 130, no outputs, the ledger exactly as before; the same command again commits."""
+    records = [{"user": f"p{i % 50}", "text": "the cat sat on a mat " * 3} for i in range(3000)]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    ledger = tmp_path / "ledger"
+    budget = 1000 * per_token
+    run(_args(index_dir, tmp_path / "in.jsonl", tmp_path / "first" / "c", ledger, budget))
+    before = (current_version(str(ledger)), _spend(ledger))
+    output = tmp_path / "second" / "c"
+    argv = [sys.executable, "-m", "dptext.pipeline.cli", "run", "--batch-chars", "1"]
+    argv += _args(index_dir, tmp_path / "in.jsonl", output, ledger, budget)
+    env = {k: v for k, v in os.environ.items() if k != "DPTEXT_RUN_TOKEN"}
+    child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "second").glob("beam-temp-*")) and time.monotonic() < deadline:
+        assert child.poll() is None, child.communicate()[1].decode()[-2000:]
+        time.sleep(0.2)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 128 + signal.SIGINT, err.decode()[-2000:]
+    assert existing_outputs(str(output)) == []
+    assert (current_version(str(ledger)), _spend(ledger)) == before
+    run(_args(index_dir, tmp_path / "in.jsonl", tmp_path / "third" / "c", ledger, budget))
+    assert current_version(str(ledger)).version == 2
