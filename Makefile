@@ -3,7 +3,7 @@ VENV   := .venv
 PYTHON ?= python3
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-engines engines bench utility peers format
+.PHONY: demo test test-engines engines bench utility peers format wordnet
 
 
 $(STAMP): setup.py constraints.txt
@@ -20,7 +20,13 @@ demo: $(STAMP)
 engines: $(STAMP)
 	$(VENV)/bin/python -m dptext.pipeline.engines.install
 
-test: $(STAMP) engines
+# WordNet 3.0's database files (Debian's wordnet-base) for syntf's synonym table: installed once,
+# skipped when present (or when DPTEXT_WORDNET names a directory that holds them).
+wordnet:
+	test -f "$${DPTEXT_WORDNET:-/usr/share/wordnet}/data.noun" || apt-get install -y -q --no-install-recommends wordnet-base \
+		|| (apt-get update -q && apt-get install -y -q --no-install-recommends wordnet-base)
+
+test: $(STAMP) engines wordnet
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/python -m pytest
@@ -38,10 +44,10 @@ $(VENV)/.installed-bench: $(STAMP)
 	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[test,gcp,bench]'
 	touch $@
 
-utility: $(VENV)/.installed-bench
+utility: $(VENV)/.installed-bench wordnet
 	$(VENV)/bin/python -m benchmarks.utility
 
-peers: $(STAMP)
+peers: $(STAMP) wordnet
 	$(VENV)/bin/python -m benchmarks.peers
 
 # ruff, configured in ruff.toml: `make format` rewrites, `make test` checks.

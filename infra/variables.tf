@@ -88,14 +88,14 @@ variable "index" {
 
 variable "mechanism" {
   type        = string
-  description = "Mechanism (dptext --mechanism): custext, diffractor, distance_truncated_laplace, kde_prior, knn_exponential, mahalanobis, multivariate_laplace, santext, santext_plus, tem, truncated_gumbel, vickrey."
+  description = "Mechanism (dptext --mechanism): custext, diffractor, distance_truncated_laplace, kde_prior, knn_exponential, mahalanobis, multivariate_laplace, santext, santext_plus, syntf, tem, truncated_gumbel, vickrey."
   default     = "truncated_gumbel"
 
   validation {
     # The mechanisms dptext implements, as in templates/metadata.json (tests/test_infra.py keeps
     # the two equal): a name the template rejects would make every scheduled launch fail.
-    condition     = contains(["custext", "diffractor", "distance_truncated_laplace", "kde_prior", "knn_exponential", "mahalanobis", "multivariate_laplace", "santext", "santext_plus", "tem", "truncated_gumbel", "vickrey"], var.mechanism)
-    error_message = "mechanism must be one of: custext, diffractor, distance_truncated_laplace, kde_prior, knn_exponential, mahalanobis, multivariate_laplace, santext, santext_plus, tem, truncated_gumbel, vickrey."
+    condition     = contains(["custext", "diffractor", "distance_truncated_laplace", "kde_prior", "knn_exponential", "mahalanobis", "multivariate_laplace", "santext", "santext_plus", "syntf", "tem", "truncated_gumbel", "vickrey"], var.mechanism)
+    error_message = "mechanism must be one of: custext, diffractor, distance_truncated_laplace, kde_prior, knn_exponential, mahalanobis, multivariate_laplace, santext, santext_plus, syntf, tem, truncated_gumbel, vickrey."
   }
 }
 

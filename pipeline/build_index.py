@@ -29,14 +29,15 @@ VECTORS_FILE = "vectors.f32"
 # The mechanisms whose derived tables `dptext build-index` stores, at their default parameters
 # (kde_prior's mh sampler adds the mutual-neighbour graph to the KDE prior; mahalanobis the square
 # root of S; diffractor its word lists; custext its output sets and scores; santext_plus the nearest
-# sensitive words of the others). Workers only read tables; for other parameters the launcher stores
-# them before the job.
+# sensitive words of the others; syntf the WordNet synonyms of every word, when WordNet is installed).
+# Workers only read tables; for other parameters the launcher stores them before the job.
 DEFAULT_TABLES = (
     ("kde_prior", {"sampler": "mh"}),
     ("mahalanobis", {}),
     ("diffractor", {}),
     ("custext", {}),
     ("santext_plus", {}),
+    ("syntf", {}),
 )
 
 

@@ -108,6 +108,7 @@ def _params(name: str, index) -> list[dict]:
         ],
         "diffractor": [{"lists": 1}, {"lists": 32}, {"lists": 0}, {"lists": 33}],
         "santext": [{}],
+        "syntf": [{}],
         "santext_plus": [
             {},
             {"sensitive_fraction": 1.0},

@@ -511,6 +511,8 @@ def test_build_index_stores_every_table_a_mechanism_reads_at_its_defaults(tmp_pa
         "mahalanobis_sqrt",
         "santext_plus_sensitive_distances",
         "santext_plus_sensitive_ids",
+        "syntf_synonym_ids",
+        "syntf_synonym_offsets",
     ]
     assert all(entry["file"] in printed for entry in manifest["tables"].values())
     worker = EmbeddingIndex.load(out, read_only=True)

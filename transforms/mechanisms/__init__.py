@@ -20,6 +20,7 @@ from dptext.transforms.mechanisms.knn_exponential import KNNExponential
 from dptext.transforms.mechanisms.mahalanobis import Mahalanobis
 from dptext.transforms.mechanisms.multivariate_laplace import MultivariateLaplace
 from dptext.transforms.mechanisms.santext import SanText, SanTextPlus
+from dptext.transforms.mechanisms.syntf import SynTF
 from dptext.transforms.mechanisms.tem import TEM
 from dptext.transforms.mechanisms.truncated_gumbel import TruncatedGumbel
 from dptext.transforms.mechanisms.vickrey import Vickrey
@@ -37,6 +38,7 @@ MECHANISMS: tuple[type[Mechanism], ...] = (
     SanTextPlus,
     CusText,
     Diffractor,
+    SynTF,
 )
 REGISTRY: dict[str, type[Mechanism]] = {cls.name: cls for cls in MECHANISMS}
 NAMES = tuple(sorted(REGISTRY))
