@@ -8,7 +8,6 @@ import glob
 import itertools
 import json
 import math
-import os
 import random
 import re
 from collections import Counter
@@ -20,6 +19,7 @@ import pytest
 
 from dptext.pipeline.errors import OptionsError
 from dptext.pipeline.io import JsonLine
+from dptext.pipeline.outputs import existing_outputs
 from dptext.pipeline.run import run
 from dptext.pipeline.units import AdmitCombineFn, UnitPolicy, _prefix, unit_of
 from dptext.transforms.accounting import composed_bound
@@ -170,7 +170,7 @@ def _exact_distribution(tokens: list[int], cap: int) -> dict:
 
 @pytest.mark.parametrize("tokens,cap", [([1, 1, 1], 1), ([5, 1, 1, 3], 5), ([2, 2, 1, 4], 4)])
 def test_the_admitted_set_follows_a_uniformly_random_order(tokens, cap):
-    """OS-entropy priorities (as KeyByUnitFn draws them) against the exact distribution over all
+    """Uniform 64-bit priorities (as KeyByUnitFn draws them) against the exact distribution over all
     orders. Tolerance per set: 5 standard deviations of a binomial frequency, 5 sqrt(p (1 - p) / n)
     with n = 4000 draws (at most 0.04); a fixed order (the broken variant) must fail it."""
     draws = 4000
@@ -183,7 +183,8 @@ def test_the_admitted_set_follows_a_uniformly_random_order(tokens, cap):
                 return False
         return True
 
-    assert check(_admitted_distribution(tokens, cap, draws, lambda d, i: int.from_bytes(os.urandom(8), "big")))
+    seeded = random.Random(11)  # 64-bit priorities as KeyByUnitFn draws them (there from os.urandom)
+    assert check(_admitted_distribution(tokens, cap, draws, lambda d, i: seeded.getrandbits(64)))
     assert not check(_admitted_distribution(tokens, cap, draws, lambda d, i: i))  # arrival order
 
 
@@ -304,6 +305,10 @@ def test_no_unit_passes_the_cap_and_every_record_is_accounted_for(index_dir, tmp
     assert "unit-" not in Path(output + ".privacy_report.json").read_text("utf-8")
     counters = dptext_counters(result)
     assert counters.get("withheld", 0) == len(withheld) and counters["dead_lettered"] == len(dead)
+    # The withheld file is one of the run's outputs: a second run is refused naming them, --overwrite replaces them.
+    assert any(".withheld-" in path for path in existing_outputs(output))
+    with pytest.raises(OptionsError, match="already exist; pass --overwrite"):
+        _run(index_dir, tmp_path, tmp_path / "in.jsonl", "--privacy-unit", "user", "--max-tokens-per-unit", str(cap))
 
 
 def glob_one(pattern: str) -> str:
