@@ -70,8 +70,8 @@ def check_unit_budget(config: JobConfig, guarantee) -> None:
         raise InvalidParameter(
             "unit_budget",
             f"cannot be spent with --mechanism {config.mechanism}: dptext states no vocabulary-wide per-token pure "
-            "epsilon for it, so a unit's spend has no measure; use a mechanism with one (multivariate_laplace, "
-            "mahalanobis, vickrey, tem, kde_prior with its exact sampler)",
+            "epsilon for it, so a unit's spend has no measure; use a mechanism whose guarantee states one (its "
+            "report prints 'per-token pure epsilon'), e.g. multivariate_laplace, tem or santext",
         )
     if config.unit_budget < per_token:
         raise InvalidParameter(
