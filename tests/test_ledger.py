@@ -381,3 +381,68 @@ def test_ctrl_c_during_a_ledger_run_leaves_the_version_in_force(index_dir, per_t
     assert (current_version(str(ledger)), _spend(ledger)) == before
     run(_args(index_dir, tmp_path / "in.jsonl", tmp_path / "third" / "c", ledger, budget))
     assert current_version(str(ledger)).version == 2
+
+
+def _honour_if_generation_match(monkeypatch) -> None:
+    """Give the storage emulator Cloud Storage's documented precondition, which it ignores: an upload
+    with ifGenerationMatch=0 fails with HTTP 412 when the object exists (checked and created under
+    one lock, as GCS does atomically)."""
+    from http import HTTPStatus
+
+    from gcp_storage_emulator.exceptions import NotFound
+    from gcp_storage_emulator.handlers import objects
+
+    lock, upload = threading.Lock(), objects._multipart_upload
+
+    def multipart_upload(request, response, storage):
+        with lock:
+            if request.query.get("ifGenerationMatch", [None])[0] == "0":
+                name = request.query["name"][0] if "name" in request.query else request.data["meta"].get("name")
+                try:
+                    storage.get_file_obj(request.params["bucket_name"], name)
+                except NotFound:
+                    pass
+                else:
+                    response.status = HTTPStatus.PRECONDITION_FAILED
+                    error = {
+                        "reason": "conditionNotMet",
+                        "message": "At least one of the pre-conditions you specified did not hold.",
+                    }
+                    response.json({"error": {"code": 412, "message": error["message"], "errors": [error]}})
+                    return None
+            return upload(request, response, storage)
+
+    monkeypatch.setattr(objects, "_multipart_upload", multipart_upload)
+
+
+def test_on_gs_of_many_simultaneous_commits_exactly_one_wins(monkeypatch):
+    """The commit record is uploaded with ifGenerationMatch=0 and a 412 is a conflict: with the early
+    exists() check switched off, only the precondition stands between the racing runs."""
+    from google.cloud import storage
+
+    with emulator("dptext-race", monkeypatch) as root:
+        _honour_if_generation_match(monkeypatch)
+        monkeypatch.setattr(storage.Blob, "exists", lambda self, *args, **kwargs: False)
+        ledger = f"{root}/ledgers/race"
+        runs = [LedgerRun.start(ledger, KEY.encode(), {"n": i}) for i in range(8)]
+        for r in runs:
+            with FileSystems.create(r.data_prefix + "-00000-of-00001.jsonl") as handle:
+                handle.write(b'{"unit": "u", "spent": 1.0}\n')
+        barrier, outcomes = threading.Barrier(len(runs)), {}
+
+        def commit(r):
+            barrier.wait()
+            try:
+                outcomes[r.token] = r.commit([r.data_prefix + "-00000-of-00001.jsonl"], 1)
+            except LedgerConflict:
+                outcomes[r.token] = "conflict"
+
+        threads = [threading.Thread(target=commit, args=(r,)) for r in runs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        winners = [t for t, o in outcomes.items() if o == 1]
+        assert len(winners) == 1 and list(outcomes.values()).count("conflict") == len(runs) - 1
+        assert current_version(ledger).record["run"]["token"] == winners[0]
+        assert orphans(ledger) == []
