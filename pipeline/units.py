@@ -42,7 +42,8 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from dptext.pipeline.ledger import LedgerVersion, allowance, read_rows
+from dptext.pipeline.ledger import LedgerConflict, LedgerVersion, allowance, read_rows
+from dptext.pipeline.outputs import remove_outputs
 from dptext.transforms.accounting import basic_bound, composed_bound
 from dptext.transforms.beam import DEAD_LETTER, DOCUMENTS, METRICS_NAMESPACE, Document, dead_letter, split_long_text
 from dptext.transforms.tokenize import split_tokens
@@ -595,9 +596,15 @@ def _ledger_line(element) -> str:
     return json.dumps({"unit": key, "spent": spent})
 
 
-def _commit(files, ledger, units, *written):
-    """The last step of the job: every output is written (the side inputs), so commit the ledger."""
-    return ledger.commit(list(files), units)
+def commit_after_outputs(files, ledger, units, prefix, *written):
+    """The last step of the job: every output is written (the side inputs), so commit the ledger. If
+    another run committed first, this run's outputs are removed here, inside the job, before it fails:
+    a job nobody waits for (a Flex Template launch) must not leave a release the ledger does not count."""
+    try:
+        return ledger.commit(list(files), units)
+    except LedgerConflict:
+        remove_outputs(prefix)
+        raise
 
 
 def write_unit_outputs(private, prefix: str, ledger, written: list) -> None:
@@ -623,5 +630,5 @@ def write_unit_outputs(private, prefix: str, ledger, written: list) -> None:
     (
         files
         | "LedgerFileList" >> beam.combiners.ToList()
-        | "CommitLedger" >> beam.Map(_commit, ledger, beam.pvalue.AsSingleton(units), *after)
+        | "CommitLedger" >> beam.Map(commit_after_outputs, ledger, beam.pvalue.AsSingleton(units), prefix, *after)
     )

@@ -446,3 +446,25 @@ def test_on_gs_of_many_simultaneous_commits_exactly_one_wins(monkeypatch):
         assert len(winners) == 1 and list(outcomes.values()).count("conflict") == len(runs) - 1
         assert current_version(ledger).record["run"]["token"] == winners[0]
         assert orphans(ledger) == []
+
+
+def test_a_refused_commit_removes_the_runs_outputs_inside_the_job(tmp_path):
+    """The commit step itself removes the outputs when it loses, so a launched job that nobody waits
+    for (the Flex Template) leaves no release the ledger does not count."""
+    from dptext.pipeline.units import commit_after_outputs
+
+    ledger = str(tmp_path / "ledger")
+    late, early = (LedgerRun.start(ledger, KEY.encode(), {}) for _ in range(2))
+    for r in (late, early):
+        Path(ledger).mkdir(exist_ok=True)
+        Path(r.data_prefix + "-00000-of-00001.jsonl").write_text('{"unit": "u", "spent": 1.0}\n')
+    early.commit([early.data_prefix + "-00000-of-00001.jsonl"], 1)
+    prefix = tmp_path / "out" / "corpus"
+    prefix.parent.mkdir()
+    for name in ("corpus-00000-of-00001.jsonl", "corpus.withheld-00000-of-00001.jsonl", "corpus.privacy_report.json"):
+        (prefix.parent / name).write_text("{}\n")
+    (prefix.parent / "notes.txt").write_text("not an output of this prefix\n")
+    with pytest.raises(LedgerConflict):
+        commit_after_outputs([late.data_prefix + "-00000-of-00001.jsonl"], late, 1, str(prefix), [], [])
+    assert existing_outputs(str(prefix)) == [] and (prefix.parent / "notes.txt").exists()
+    assert current_version(ledger).record["run"]["token"] == early.token and orphans(ledger) == []
