@@ -57,7 +57,17 @@ class _JsonInt(str):
     """A JSON integer kept as its digits (no size limit)."""
 
 
-_DECODE_RECORD = json.JSONDecoder(parse_int=_JsonInt, parse_float=Decimal, parse_constant=Decimal).decode
+class _Fields(dict):
+    """A JSON object's fields, remembering the names that appear more than once."""
+
+    def __init__(self, pairs):
+        super().__init__(pairs)
+        self.repeated = () if len(self) == len(pairs) else {n for n, c in Counter(n for n, _ in pairs).items() if c > 1}
+
+
+_DECODE_RECORD = json.JSONDecoder(
+    parse_int=_JsonInt, parse_float=Decimal, parse_constant=Decimal, object_pairs_hook=_Fields
+).decode
 
 
 def unit_of(doc: Document, field_name: str) -> tuple[Optional[str], Optional[str]]:
@@ -75,6 +85,8 @@ def unit_of(doc: Document, field_name: str) -> tuple[Optional[str], Optional[str
         return None, f"a plain text record has no privacy unit field {field_name!r}"
     if field_name not in fields:
         return None, f"missing privacy unit field {field_name!r}"
+    if field_name in getattr(fields, "repeated", ()):  # which of two values names the person?
+        return None, f"privacy unit field {field_name!r} appears more than once in the object"
     value = fields[field_name]
     if isinstance(value, bool) or value is None:
         kind = "null" if value is None else "a bool"

@@ -207,6 +207,7 @@ def test_unit_ids_from_jsonl_parquet_rows_and_dicts():
         ('{"user": true, "text": "hi"}', "is a bool"),
         ('{"user": "", "text": "hi"}', "is an empty string"),
         ('{"user": ["a"], "text": "hi"}', "is a list"),
+        ('{"user": "ann", "user": "bob", "text": "hi"}', "appears more than once"),
     ]:
         unit, reason = unit_of(jsonl(line), "user")
         assert unit is None and kind in reason
