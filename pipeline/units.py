@@ -218,19 +218,18 @@ class KeyByUnitFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(WITHHELD, dead_letter(doc.source, doc.offset, reason))
             yield beam.pvalue.TaggedOutput(CANDIDATES, (key, (_PRESENT, 1)))
         else:
-            draw = self._draw(doc)
-            priority, doc_id = int.from_bytes(draw[:8], "big"), draw
+            priority, doc_id = self._priority(doc), os.urandom(16)  # the id only joins: unique, never seeded
             yield beam.pvalue.TaggedOutput(CANDIDATES, (key, (_DOC, priority, tokens, doc_id)))
             yield beam.pvalue.TaggedOutput(PENDING, (doc_id, (_WAITING, pack(doc))))
 
-    def _draw(self, doc: Document) -> bytes:
-        """16 random bytes: the priority (first 8) and the join id; OS entropy, or fixed per record
-        under a test seed (from its file and offset, or its text inside a user's pipeline)."""
+    def _priority(self, doc: Document) -> int:
+        """A uniform 64-bit priority: OS entropy, or fixed per record under a test seed (from its file
+        and offset, or its text inside a user's pipeline)."""
         if self.policy.test_seed is None:
-            return os.urandom(16)
+            return int.from_bytes(os.urandom(8), "big")
         where = (doc.source or doc.text).encode("utf-8", "replace")
         seed = [self.policy.test_seed, zlib.crc32(where), doc.offset or 0]
-        return np.random.default_rng(seed).bytes(16)
+        return int(np.random.default_rng(seed).integers(0, 2**64, dtype=np.uint64))
 
 
 def _prefix(items: list, allowance: int) -> list:

@@ -428,3 +428,23 @@ def test_privatize_in_a_users_pipeline_caps_dict_elements(index_dir):
     assert all(w["source"] is None and WITHHELD_REASONS.fullmatch(w["reason"]) for w in _COLLECTED["withheld"])
     (report,) = _COLLECTED["report"]
     assert report["per_unit"]["units"] == 2 and report["per_unit"]["released_tokens_per_unit"]["max"] == 6
+
+
+def test_identical_texts_under_a_test_seed_still_respect_the_cap(index_dir):
+    """Under a test seed, priorities come from the record (its text inside a user's pipeline), so
+    identical texts draw equal priorities; their join ids must still differ, or one admission would
+    release both copies."""
+    import apache_beam as beam
+
+    import dptext
+
+    elements = [{"who": "ann", "text": "the cat sat"}] * 10
+    _COLLECTED.clear()
+    with beam.Pipeline("DirectRunner") as p:
+        private = p | beam.Create(elements) | dptext.Privatize(
+            index_dir, mechanism="tem", epsilon=2.0, text_field="text", privacy_unit="who", max_tokens_per_unit=7,
+            test_seed=5,
+        )  # fmt: skip
+        for name in ("documents", "withheld"):
+            getattr(private, name) | f"List{name}" >> beam.combiners.ToList() | f"Keep{name}" >> beam.Map(_keep, name)
+    assert len(_COLLECTED["documents"]) == 2 and len(_COLLECTED["withheld"]) == 8
