@@ -47,7 +47,9 @@ $(VENV)/.installed-bench: $(STAMP)
 utility: $(VENV)/.installed-bench wordnet
 	$(VENV)/bin/python -m benchmarks.utility
 
+# mldp-text's SynTF reads WordNet through NLTK, whose reader also needs index.sense (wordnet-sense-index).
 peers: $(STAMP) wordnet
+	-test -f /usr/share/wordnet/index.sense || apt-get install -y -q --no-install-recommends wordnet-sense-index
 	$(VENV)/bin/python -m benchmarks.peers
 
 # ruff, configured in ruff.toml: `make format` rewrites, `make test` checks.

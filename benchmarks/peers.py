@@ -139,6 +139,9 @@ DPTEXT_CONCEPTS["custext"] = {"k": CUSTEXT_K}
 # diffractor at the epsilon of median N_w 0.3 on the default index (tanh(eps / 2) = 0.3), with one list:
 # dp-diffractor builds one list per embedding model, and there is one embedding here.
 EPSILON["diffractor"] = 0.62
+# syntf at the epsilon of median N_w 0.3 on the default index (closed form); mldp-text's SynTF weighs a synonym
+# by exp(eps x score / 2) too, with its corpus TF-IDF score in [0, 1] (benchmarks/README.md).
+EPSILON["syntf"] = 20.3
 DPTEXT_PARAMETER_NAMES["lists"] = ("lists",)
 DPTEXT_CONCEPTS["diffractor"] = {"lists": 1}
 TARGET = {"truncated_gumbel": 1000}  # dptext / peer tokens/s; every other shared mechanism: 20
@@ -174,6 +177,8 @@ def cases(dmin: float, dmax: float) -> list[Case]:
         Case("santext", "pypantera", "SanText"),
         # pypantera's CusText gives each word its own k nearest (no shared sets): see benchmarks/README.md.
         Case("custext", "pypantera", "CusText", {"k": CUSTEXT_K, "distance": "euclidean"}),
+        # mldp-text's SynTF takes the corpus (here the workload) and reads WordNet through NLTK: nltk_wordnet().
+        Case("syntf", "mldp-text", "SynTF"),
     ]
 
 
@@ -222,8 +227,11 @@ DRIVERS = {
     "mldp-text": PEER_DRIVER.format(
         imports="import mldp_text",
         construct=(
-            "mech = getattr(mldp_text, cfg['class'])(epsilon=cfg['epsilon'], embed=cfg['embedding'], "
-            "**cfg['params'])\nvocab = mech.embedding_matrix.key_to_index"
+            "if cfg['class'] == 'SynTF':\n"
+            "    mech = mldp_text.SynTF(epsilon=cfg['epsilon'], data=words)\n    vocab = mech.syn_dict\n"
+            "else:\n"
+            "    mech = getattr(mldp_text, cfg['class'])(epsilon=cfg['epsilon'], embed=cfg['embedding'], "
+            "**cfg['params'])\n    vocab = mech.embedding_matrix.key_to_index"
         ),
         call="[mech.replace_word(w) for w in chunk]",
     ),
@@ -336,6 +344,29 @@ def peer_python(peer: str) -> tuple[Path, dict]:
     recorded = {**wanted, "python": version, "resolved": freeze}
     marker.write_text(json.dumps(recorded, indent=2) + "\n")
     return python, recorded
+
+
+def nltk_wordnet(source: Path = Path("/usr/share/wordnet")) -> Path | None:
+    """An NLTK data directory whose corpora/wordnet is Debian's WordNet 3.0 (wordnet-base, and wordnet-sense-index
+    for the index.sense NLTK's reader reads at start), for mldp-text's SynTF offline: the database files copied,
+    plus the `lexnames` file NLTK's reader opens, which Debian ships only as the table of its lexnames(5WN) man
+    page (written from that table). None without them (`make peers` installs both)."""
+    man = Path("/usr/share/man/man5/lexnames.5WN.gz")
+    if not all((source / name).is_file() for name in ("data.noun", "index.sense")) or not man.is_file():
+        return None
+    import gzip
+    import re
+
+    root = peers_dir() / "nltk_data"
+    target = root / "corpora" / "wordnet"
+    target.mkdir(parents=True, exist_ok=True)
+    for f in source.iterdir():  # copies: NLTK refuses a symlink that resolves outside its data directory
+        if f.is_file() and not (target / f.name).is_file():
+            shutil.copyfile(f, target / f.name)
+    categories = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
+    rows = re.findall(r"^(\d\d)\t(\w+)\.(\w+)", gzip.open(man, "rt").read(), flags=re.MULTILINE)
+    (target / "lexnames").write_text("".join(f"{n}\t{pos}.{name}\t{categories[pos]}\n" for n, pos, name in rows))
+    return root
 
 
 def one_token_words(embedding: Path) -> Path:
@@ -567,6 +598,8 @@ def main(argv=None) -> int:
     peer_names = set(filter(None, args.peers.split(","))) or set(PEERS)
     selected = [c for c in cases(index.dmin, index.dmax) if c.mechanism in mechanism_names and c.peer in peer_names]
     environments = {peer: peer_python(peer) for peer in sorted({c.peer for c in selected})}
+    if "mldp-text" in environments and nltk_wordnet() is not None:  # no nltk.download: the local WordNet
+        os.environ["NLTK_DATA"] = str(nltk_wordnet())
     peer_embedding = {
         "mldp-text": str(embedding),
         "pypantera": str(one_token_words(embedding)),
