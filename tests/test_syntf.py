@@ -59,6 +59,7 @@ def test_the_debian_wordnet_gives_synsets_and_base_forms():
     assert {"car", "auto", "automobile", "machine", "motorcar"} <= wn.synonyms("cars")  # morphy: cars -> car
     assert "run" in wn.synonyms("ran")  # verb.exc: ran -> run
     assert "good" in wn.synonyms("better")  # adj.exc: better -> good
+    assert "belief" in wn.synonyms("believes")  # NLTK's noun rule "ves" -> "f"
     assert wn.synonyms("the") == set() and wn.synonyms("xyzzy") == set()
     assert "(a)" not in "".join(lemma for lemmas in wn.lemmas for lemma in lemmas)  # adjective markers dropped
 

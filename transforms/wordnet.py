@@ -27,11 +27,12 @@ INSTALL = (
     "install WordNet 3.0 (Debian/Ubuntu: `apt-get install wordnet-base`, or `make wordnet`), or set "
     f"{ENV} to a directory holding its data.noun, data.verb, data.adj, data.adv and *.exc files"
 )
-# WordNet's morphy suffix rules (morph.c; NLTK's MORPHOLOGICAL_SUBSTITUTIONS).
+# morphy's suffix rules as NLTK 3.10 has them (WordNet's morph.c and NLTK's "ves" -> "f").
 SUFFIXES = {
     "n": (
         ("s", ""),
         ("ses", "s"),
+        ("ves", "f"),
         ("xes", "x"),
         ("zes", "z"),
         ("ches", "ch"),

@@ -41,7 +41,7 @@ NAME = "syntf"
 PAPER = "Weggenmann and Kerschbaum, SIGIR 2018"
 OFFSETS_TABLE, SYNONYMS_TABLE = "syntf_synonym_offsets", "syntf_synonym_ids"
 # The table's identity: the WordNet version and this relation (a new relation must change it).
-TABLE_PARAMS = {"wordnet": VERSION, "relation": "shared synset of a morphy base form; words matched lowercase"}
+TABLE_PARAMS = {"wordnet": VERSION, "relation": "shared synset of a base form (NLTK 3.10's morphy); lowercase match"}
 SYNONYM_SOURCE = (
     f"WordNet {VERSION} synsets (lemmas of a synset of a base form of the word, matched to vocabulary words "
     "case-insensitively), read when the index's table was built; independent of the corpus"
