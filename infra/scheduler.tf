@@ -40,5 +40,13 @@ resource "google_cloud_scheduler_job" "dptext" {
     }
   }
 
+  lifecycle {
+    # dptext refuses a cap or a budget without the field naming the person: fail at plan, not at 03:00.
+    precondition {
+      condition     = (var.unit_budget == null && var.max_tokens_per_unit == null) || var.privacy_unit != ""
+      error_message = "unit_budget and max_tokens_per_unit need privacy_unit (the field or column naming the person)."
+    }
+  }
+
   depends_on = [google_project_service.apis]
 }
