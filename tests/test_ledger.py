@@ -468,3 +468,29 @@ def test_a_refused_commit_removes_the_runs_outputs_inside_the_job(tmp_path):
         commit_after_outputs([late.data_prefix + "-00000-of-00001.jsonl"], late, 1, str(prefix), [], [])
     assert existing_outputs(str(prefix)) == [] and (prefix.parent / "notes.txt").exists()
     assert current_version(ledger).record["run"]["token"] == early.token and orphans(ledger) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runner", ["FlinkRunner", "SparkRunner"])
+def test_a_capped_ledger_run_on_flink_and_spark_matches_the_direct_runner(index_dir, per_token, tmp_path, runner):
+    """Under a test seed the admission priorities are fixed per record, so every runner must withhold
+    the same documents and commit the same spends (the in-job commit after all outputs, the per-bundle
+    sums and the join all run on the engine)."""
+    from dptext.pipeline.engines.catalog import ENGINES
+    from dptext.pipeline.engines.install import installed
+
+    missing = [e.label for e in ENGINES.values() if not installed(e)]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not installed: run `make engines`")
+    records = corpus(tmp_path / "in.jsonl")
+    spends, withheld = {}, {}
+    for name in ("DirectRunner", runner):
+        ledger, output = tmp_path / f"ledger-{name}", tmp_path / name / "c"
+        args = _args(index_dir, tmp_path / "in.jsonl", output, ledger, 2 * CAP * per_token, "--test-seed", "7")
+        assert cli_main(["run", *args, "--runner", name]) == 0
+        spends[name] = _spend(ledger)
+        withheld[name] = sorted(json.loads(line)["offset"] for line in shard_lines(f"{output}.withheld-*.jsonl"))
+        assert len(shard_lines(f"{output}-*.jsonl")) + len(withheld[name]) == len(records)
+    assert withheld[runner] == withheld["DirectRunner"] and len(withheld[runner]) == len(HEAVY) * (40 - CAP)
+    assert spends[runner].keys() == spends["DirectRunner"].keys()
+    assert all(spends[runner][k] == pytest.approx(v, rel=1e-12) for k, v in spends["DirectRunner"].items())
