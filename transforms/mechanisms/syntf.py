@@ -73,7 +73,9 @@ def per_token_epsilon(epsilon: float, n: int, s_min: int, s_max: int) -> float:
     """eps/2 + ln Z(s_max) - ln Z(s_min): the largest log-ratio any two words can have (at most eps)."""
     half = 0.5 * epsilon
     bound = half + float(log_normaliser(s_max, n, half) - log_normaliser(s_min, n, half))
-    return min(bound, epsilon)  # equal up to rounding when Z(s_max) / Z(s_min) reaches e^(eps/2)
+    # Rounded up (a relative 1e-12 covers the float64 roundings above, and never 0 for eps > 0), and
+    # never above eps, which bounds it exactly.
+    return min(max(bound * (1 + 1e-12), math.ulp(0.0)), epsilon)
 
 
 def syntf_distribution(score: np.ndarray, epsilon: float) -> np.ndarray:
