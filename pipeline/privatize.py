@@ -127,6 +127,9 @@ class Privatize(beam.PTransform):
             units = to_perturb | "PrivacyUnits" >> PrivacyUnits(self.unit_policy, files)
             to_perturb = units.documents
             dead_letters.append(units.dead_letter)
+            # With a cap, the join has just shuffled every document by a random id: spread evenly
+            # already, so a second shuffle of the batches would only cost.
+            rebalance = rebalance and not self.unit_policy.bounding
         perturbed = to_perturb | "PerturbDocuments" >> PerturbDocuments(self.config, rebalance)
         documents = perturbed[DOCUMENTS] | "FromDocuments" >> beam.Map(_from_document, self.config.text_field)
         with_units = None if units is None else (self.unit_policy, self._ledger_summary(), units.account)

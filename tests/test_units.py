@@ -448,3 +448,33 @@ def test_identical_texts_under_a_test_seed_still_respect_the_cap(index_dir):
         for name in ("documents", "withheld"):
             getattr(private, name) | f"List{name}" >> beam.combiners.ToList() | f"Keep{name}" >> beam.Map(_keep, name)
     assert len(_COLLECTED["documents"]) == 2 and len(_COLLECTED["withheld"]) == 8
+
+
+def test_a_capped_job_shuffles_its_documents_once(index_dir, tmp_path):
+    """--rebalance true shuffles the batches before perturbing; with a cap the join has already
+    spread the documents by random ids, so the graph has no second shuffle (without a cap it does)."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from dptext.pipeline.options import DPTextOptions
+    from dptext.pipeline.run import build_pipeline, prepare
+
+    skewed_corpus(tmp_path / "in.jsonl", documents=10)
+
+    def labels(*extra):
+        argv = ["--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o" / "c"), "--index"]
+        argv += [str(index_dir), *MECHANISM, "--privacy-unit", "user", "--rebalance", "true", *extra]
+        options = PipelineOptions(argv)
+        p = beam.Pipeline(options=options)
+        build_pipeline(p, options.view_as(DPTextOptions), prepare(options.view_as(DPTextOptions)))
+        found, todo = [], [p._root_transform()]
+        while todo:
+            node = todo.pop()
+            found.append(node.full_label)
+            todo.extend(node.parts)
+        return found
+
+    assert any(label.endswith("/Rebalance") for label in labels())
+    capped = labels("--max-tokens-per-unit", "5")
+    assert not any(label.endswith("/Rebalance") for label in capped)
+    assert any(label.endswith("PrivacyUnits/JoinDecisions") for label in capped)
