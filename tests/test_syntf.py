@@ -6,6 +6,7 @@ Needs WordNet 3.0's files (Debian's wordnet-base; `make test` installs it)."""
 
 from __future__ import annotations
 
+import decimal
 import json
 import math
 
@@ -233,6 +234,22 @@ def test_the_bound_holds_for_any_zero_one_score():
         worst = audit_pairs(syntf_distribution(u, eps), np.ones((n, n)))["worst_log_ratio"]
         s = u.sum(axis=1)
         assert worst <= per_token_epsilon(eps, n, int(s.min()), int(s.max())) + 1e-9 <= eps + 1e-9, (trial, n)
+
+
+@pytest.mark.parametrize("epsilon", [math.ulp(0.0), 1e-300, 1e-8, 1.0, 20.3, 1e3, 1e308])
+def test_the_printed_bound_is_never_below_the_true_one(epsilon):
+    """Rounded up and capped at epsilon: positive for any epsilon > 0, at most epsilon, and at least
+    eps/2 + ln Z(58) - ln Z(1) computed with 60 significant digits (decimal) where those suffice: the
+    difference of the two logarithms (about 10) is about 57 eps / 2n, so eps >= 1e-8 keeps 45 digits."""
+    bound = per_token_epsilon(epsilon, 33860, 1, 58)
+    assert 0 < bound <= epsilon and bound >= epsilon / 2
+    if 1e-8 <= epsilon <= 1e3:
+        with decimal.localcontext() as ctx:
+            ctx.prec = 60
+            a = decimal.Decimal(epsilon) / 2
+            z = [s * a.exp() + 33860 - s for s in (decimal.Decimal(58), decimal.Decimal(1))]
+            exact = a + z[0].ln() - z[1].ln()
+        assert decimal.Decimal(bound) >= exact and bound <= float(exact) * (1 + 1e-11)
 
 
 # ---- end to end --------------------------------------------------------------------------------------

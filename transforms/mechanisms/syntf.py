@@ -62,17 +62,15 @@ def synonym_tables(index) -> tuple[np.ndarray, np.ndarray]:
     return offsets, ids
 
 
-def log_normaliser(s, n: int, half_eps: float):
-    """ln Z(s) = ln(s e^(eps/2) + n - s), without overflow for any eps."""
-    s = np.asarray(s, dtype=np.float64)
-    with np.errstate(divide="ignore"):
-        return np.logaddexp(np.log(s) + half_eps, np.log(n - s))
-
-
 def per_token_epsilon(epsilon: float, n: int, s_min: int, s_max: int) -> float:
-    """eps/2 + ln Z(s_max) - ln Z(s_min): the largest log-ratio any two words can have (at most eps)."""
-    half = 0.5 * epsilon
-    bound = half + float(log_normaliser(s_max, n, half) - log_normaliser(s_min, n, half))
+    """eps/2 + ln Z(s_max) - ln Z(s_min): the largest log-ratio any two words can have (at most eps).
+
+    ln Z(s_max) / Z(s_min) = log1p((s_max - s_min)(1 - e^-a) / (s_min + (n - s_min) e^-a)), a = eps/2: every
+    step has a small relative error for any a (a difference of the two logarithms loses all digits for
+    small eps, and e^a overflows for large eps)."""
+    a = 0.5 * epsilon
+    ratio = (s_max - s_min) * -math.expm1(-a) / (s_min + (n - s_min) * math.exp(-a))
+    bound = a + math.log1p(ratio)
     # Rounded up (a relative 1e-12 covers the float64 roundings above, and never 0 for eps > 0), and
     # never above eps, which bounds it exactly.
     return min(max(bound * (1 + 1e-12), math.ulp(0.0)), epsilon)
