@@ -129,8 +129,11 @@ def flink_cluster(work_dir: Path, slots: int = 2) -> Iterator[str]:
         "taskmanager.cpu.cores": slots,
         "taskmanager.memory.task.heap.size": "512m",
         "taskmanager.memory.task.off-heap.size": "0m",
-        "taskmanager.memory.network.min": "256m",
-        "taskmanager.memory.network.max": "256m",
+        "taskmanager.memory.network.min": "512m",
+        "taskmanager.memory.network.max": "512m",
+        # Each blocking shuffle of a batch job asks for 512 buffers by default; a small cluster
+        # running job after job ran short of them (Insufficient number of network buffers).
+        "taskmanager.network.sort-shuffle.min-buffers": 64,
         "taskmanager.memory.managed.size": "64m",
         "taskmanager.memory.framework.heap.size": "128m",
         "taskmanager.memory.framework.off-heap.size": "128m",
