@@ -106,6 +106,24 @@ def test_missing_or_other_wordnet_is_refused_with_how_to_install(tmp_path, monke
         mechanisms.create("syntf", idx, 1.0)
 
 
+def test_build_index_without_wordnet_notes_syntf_and_builds_the_rest(tmp_path, monkeypatch, capsys):
+    vectors = np.random.default_rng(2).normal(size=(len(WORDS), 4))
+    embedding = tmp_path / "e.txt"
+    embedding.write_text(
+        f"{len(WORDS)} 4\n" + "".join(f"{w} " + " ".join(f"{x:.5f}" for x in v) + "\n" for w, v in zip(WORDS, vectors)),
+        encoding="utf-8",
+    )
+    monkeypatch.setenv(ENV, str(tmp_path / "nowhere"))
+    args = ["build-index", "--embedding", str(embedding), "--out", str(tmp_path / "idx"), "--neighbours", "4"]
+    assert main(args) == 0
+    assert "syntf cannot run on this index" in capsys.readouterr().err
+    names = {e["name"] for e in json.loads((tmp_path / "idx" / "manifest.json").read_text())["tables"].values()}
+    assert "diffractor_lists" in names and not any(name.startswith("syntf") for name in names)
+    monkeypatch.delenv(ENV)  # with WordNet the launcher stores the table, and a worker reads it
+    mechanisms.create("syntf", EmbeddingIndex.load(tmp_path / "idx"), 1.0)
+    mechanisms.create("syntf", EmbeddingIndex.load(tmp_path / "idx", read_only=True), 1.0)
+
+
 # ---- the table ------------------------------------------------------------------------------------
 def test_the_table_holds_each_word_and_its_vocabulary_synonyms(index):
     mech = mechanisms.create("syntf", index, 1.0)
