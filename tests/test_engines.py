@@ -219,28 +219,27 @@ def test_gs_corpus_agrees(corpus, reference, bucket, runner):
 
 
 # ---- standalone clusters, submitted to through the job server, SDK workers in an external pool -----
+def _cluster(tmp_path_factory, name: str):
+    """A standalone cluster of 2 slots / cores and an external worker pool; yields the runner options."""
+    from dptext.pipeline.engines import cluster
+
+    work = tmp_path_factory.mktemp(f"{name}-cluster")
+    start = cluster.flink_cluster(work, slots=2) if name == "flink" else cluster.spark_cluster(work, cores=2)
+    engine = ENGINES[name]
+    with start as master, cluster.sdk_worker_pool(work, pythonpath=str(REPO)) as pool:
+        yield [f"--runner={engine.runner}", f"--{engine.master_option}={master}", "--environment_type=EXTERNAL"] + [
+            f"--environment_config={pool}"
+        ]
+
+
 @pytest.fixture(scope="module")
 def flink_master(tmp_path_factory):
-    from dptext.pipeline.engines.cluster import flink_cluster, sdk_worker_pool
-
-    work = tmp_path_factory.mktemp("flink-cluster")
-    with flink_cluster(work, slots=2) as master, sdk_worker_pool(work, pythonpath=str(REPO)) as pool:
-        yield ["--runner", "FlinkRunner", "--flink_master", master, "--environment_type", "EXTERNAL"] + [
-            "--environment_config",
-            pool,
-        ]
+    yield from _cluster(tmp_path_factory, "flink")
 
 
 @pytest.fixture(scope="module")
 def spark_master(tmp_path_factory):
-    from dptext.pipeline.engines.cluster import sdk_worker_pool, spark_cluster
-
-    work = tmp_path_factory.mktemp("spark-cluster")
-    with spark_cluster(work, cores=2) as master, sdk_worker_pool(work, pythonpath=str(REPO)) as pool:
-        yield ["--runner", "SparkRunner", "--spark_master_url", master, "--environment_type", "EXTERNAL"] + [
-            "--environment_config",
-            pool,
-        ]
+    yield from _cluster(tmp_path_factory, "spark")
 
 
 @pytest.mark.slow
@@ -417,3 +416,17 @@ def test_a_master_nobody_answers_is_one_line_before_the_job(corpus, capfd, runne
         "start the cluster or fix the address"
     ]
     assert not (corpus / "nowhere").exists() or not any((corpus / "nowhere").iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runner", ["FlinkRunner", "SparkRunner"])
+def test_on_the_local_engines_a_failed_task_fails_the_job_and_leaves_nothing(corpus, runner):
+    """The embedded Flink has no restart strategy and local Spark tries a task once
+    (spark.task.maxFailures is 1 in local mode): the job fails, and what the user sees is the
+    engine's error and no partial output (the README says how to get retries)."""
+    flaky, flag = _fail_once_on(corpus, f"{runner}-local-fault")
+    output = corpus / f"{runner}-local-fault"
+    with pytest.raises(RuntimeError, match="failed in state FAILED"):
+        run_job(corpus, str(output / "out"), ["--runner", runner], fault=flaky)
+    assert flag.exists(), "the fault was never injected"
+    assert not output.exists() or sorted(p.name for p in output.iterdir()) == []
