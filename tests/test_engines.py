@@ -430,3 +430,38 @@ def test_on_the_local_engines_a_failed_task_fails_the_job_and_leaves_nothing(cor
         run_job(corpus, str(output / "out"), ["--runner", runner], fault=flaky)
     assert flag.exists(), "the fault was never injected"
     assert not output.exists() or sorted(p.name for p in output.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_an_interrupted_flink_run_leaves_no_output_and_no_job_server(corpus):
+    """SIGTERM to `dptext run --runner FlinkRunner` while the job runs: one line, exit 143, no
+    partial output, and the job server's JVM is gone with the job's process group."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def job_servers() -> set[str]:
+        found = subprocess.run(["pgrep", "-f", str(ENGINES["flink"].launcher())], capture_output=True, text=True)
+        return set(found.stdout.split())
+
+    before = job_servers()
+    output = corpus / "flink-interrupted" / "out"
+    argv = [sys.executable, "-m", "dptext.pipeline.cli", "run", "--input", str(corpus / "part-*.jsonl")]
+    argv += ["--output", str(output), "--index", str(corpus / "idx"), "--runner", "FlinkRunner"]
+    argv += ["--mechanism", "multivariate_laplace", "--search", "exact", "--epsilon", "1e9"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (job_servers() - before):  # the job server is up: the job is being submitted or running
+        assert proc.poll() is None and time.monotonic() < deadline, "the job ended before its job server started"
+        time.sleep(0.2)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert err.decode().splitlines()[-1] == f"dptext run: interrupted; partial outputs under {output} removed"
+    assert not output.parent.exists() or list(output.parent.iterdir()) == []
+    deadline = time.monotonic() + 30
+    while job_servers() - before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not (job_servers() - before), "the job server outlived the run"
