@@ -38,7 +38,8 @@ class PrivatizeResult(NamedTuple):
     documents: beam.PCollection
     dead_letter: beam.PCollection
     report: beam.PCollection
-    withheld: Optional[beam.PCollection] = None  # documents a unit's cap or budget held back (no text)
+    withheld: Optional[beam.PCollection] = None  # documents a unit's cap or budget held back (no text); None
+    # without a cap or budget
     ledger_spend: Optional[beam.PCollection] = None  # (unit hash, spent after this run), with a ledger
 
 

@@ -9,7 +9,7 @@ With a cap (--max-tokens-per-unit N and/or what a unit's --unit-budget has left)
 admitted per unit by this rule:
   1. a document with more than C word tokens is withheld (C: N, or the tokens the budget admits
      when it is smaller); a document with no word token is always admitted (it releases none);
-  2. the unit's other documents are put in a uniformly random order (independent 64-bit priorities
+  2. the unit's other documents are put in a uniformly random order (independent 63-bit priorities
      from the OS), and admitted in that order while the unit's running total stays within its
      allowance (C, or less when its ledger spend leaves less); the first document that would pass
      it, and every later one, is withheld.
@@ -58,15 +58,20 @@ class _JsonInt(str):
 
 
 class _Fields(dict):
-    """A JSON object's fields, remembering the names that appear more than once."""
+    """A JSON object whose fields include repeated names (`repeated`); other objects stay plain dicts."""
 
     def __init__(self, pairs):
         super().__init__(pairs)
-        self.repeated = () if len(self) == len(pairs) else {n for n, c in Counter(n for n, _ in pairs).items() if c > 1}
+        self.repeated = {n for n, c in Counter(n for n, _ in pairs).items() if c > 1}
+
+
+def _object(pairs):
+    fields = dict(pairs)
+    return fields if len(fields) == len(pairs) else _Fields(pairs)
 
 
 _DECODE_RECORD = json.JSONDecoder(
-    parse_int=_JsonInt, parse_float=Decimal, parse_constant=Decimal, object_pairs_hook=_Fields
+    parse_int=_JsonInt, parse_float=Decimal, parse_constant=Decimal, object_pairs_hook=_object
 ).decode
 
 
@@ -189,8 +194,8 @@ class KeyByUnitFn(beam.DoFn):
         # One (unit, totals) element per unit and bundle instead of one per document (bounded by
         # the bundle's units; the global window is the only one dptext uses).
         for key, (documents, tokens) in self._tokens.items():
-            outcome = UnitOutcome(None, documents, 0, tokens, ())
-            yield beam.pvalue.TaggedOutput(UNIT_TOKENS, WindowedValue((key, outcome), MIN_TIMESTAMP, [GlobalWindow()]))
+            value = (key, (documents, tokens))
+            yield beam.pvalue.TaggedOutput(UNIT_TOKENS, WindowedValue(value, MIN_TIMESTAMP, [GlobalWindow()]))
         self._tokens = {}
 
     def process(self, doc: Document):
@@ -223,13 +228,14 @@ class KeyByUnitFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(PENDING, (doc_id, (_WAITING, pack(doc))))
 
     def _priority(self, doc: Document) -> int:
-        """A uniform 64-bit priority: OS entropy, or fixed per record under a test seed (from its file
-        and offset, or its text inside a user's pipeline)."""
+        """A uniform 63-bit priority (an int64, which Beam's coder writes as a varint; a larger int it
+        pickles): OS entropy, or fixed per record under a test seed (from its file and offset, or its
+        text inside a user's pipeline)."""
         if self.policy.test_seed is None:
-            return int.from_bytes(os.urandom(8), "big")
+            return int.from_bytes(os.urandom(8), "big") >> 1
         where = (doc.source or doc.text).encode("utf-8", "replace")
         seed = [self.policy.test_seed, zlib.crc32(where), doc.offset or 0]
-        return int(np.random.default_rng(seed).integers(0, 2**64, dtype=np.uint64))
+        return int(np.random.default_rng(seed).integers(0, 2**63, dtype=np.int64))
 
 
 def _prefix(items: list, allowance: int) -> list:
@@ -403,15 +409,28 @@ class UnitsAccountCombineFn(beam.CombineFn):
 
 class UnitsResult(NamedTuple):
     documents: beam.PCollection  # to perturb
-    withheld: beam.PCollection  # {"source", "offset", "reason"}
+    withheld: Optional[beam.PCollection]  # {"source", "offset", "reason"}; None without a cap or budget
     dead_letter: beam.PCollection
     account: beam.PCollection  # one UnitsAccount
     spend: Optional[beam.PCollection]  # (unit hash, spent after this run) for the ledger, or None
 
 
-def _sum_outcomes(outcomes):
-    outcomes = list(outcomes)
-    return UnitOutcome(None, sum(o.documents for o in outcomes), 0, sum(o.released for o in outcomes), ())
+class _SumPerUnitFn(beam.CombineFn):
+    """(documents, tokens) per unit, summed; plain tuples, which cross a shuffle several times faster
+    than a NamedTuple (Beam pickles those)."""
+
+    def create_accumulator(self):
+        return (0, 0)
+
+    def add_input(self, acc, value):
+        return acc[0] + value[0], acc[1] + value[1]
+
+    def merge_accumulators(self, accumulators):
+        accumulators = list(accumulators)
+        return sum(a[0] for a in accumulators), sum(a[1] for a in accumulators)
+
+    def extract_output(self, acc):
+        return UnitOutcome(None, acc[0], 0, acc[1], ())
 
 
 def _admitted_ids(element):
@@ -443,11 +462,11 @@ class PrivacyUnits(beam.PTransform):
             DEAD_LETTER, WITHHELD, CANDIDATES, PENDING, UNIT_TOKENS, main=DOCUMENTS
         )
         if not policy.bounding:
-            outcomes = keyed[UNIT_TOKENS] | "TokensPerUnit" >> beam.CombinePerKey(_sum_outcomes)
+            outcomes = keyed[UNIT_TOKENS] | "TokensPerUnit" >> beam.CombinePerKey(_SumPerUnitFn())
             account = (
                 outcomes | "Values" >> beam.Values() | "UnitsAccount" >> beam.CombineGlobally(UnitsAccountCombineFn())
             )
-            return UnitsResult(keyed[DOCUMENTS], keyed[WITHHELD], keyed[DEAD_LETTER], account, None)
+            return UnitsResult(keyed[DOCUMENTS], None, keyed[DEAD_LETTER], account, None)  # nothing is withheld
         candidates = keyed[CANDIDATES]
         if self.ledger_files:
             spent = (

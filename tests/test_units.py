@@ -121,7 +121,7 @@ def test_the_per_unit_combine_is_exact_under_any_split_and_merge_order():
     for trial in range(300):
         cap = rng.choice([1, 2, 5, 17, 60])
         n = rng.randint(0, 400)
-        items = [(rng.getrandbits(64), rng.randint(1, cap), i) for i in range(n)]
+        items = [(rng.getrandbits(63), rng.randint(1, cap), i) for i in range(n)]
         outcome = _combine(AdmitCombineFn(_policy(cap)), items, rng, parts=rng.randint(1, 9))
         assert set(outcome.admitted) == rule(items, cap), trial
         assert outcome.released == sum(t for _, t, i in items if i in set(outcome.admitted)) <= cap
@@ -130,7 +130,7 @@ def test_the_per_unit_combine_is_exact_under_any_split_and_merge_order():
     fn, acc = AdmitCombineFn(_policy(10)), None
     acc = fn.create_accumulator()
     for i in range(100_000):
-        fn.add_input(acc, (0, rng.getrandbits(64), 1, i))
+        fn.add_input(acc, (0, rng.getrandbits(63), 1, i))
         assert len(acc[4]) <= 2 * 11 + 64 + 1
 
 
@@ -138,7 +138,7 @@ def test_a_combine_that_trims_by_arrival_is_caught():
     rng = random.Random(5)
     caught = 0
     for _ in range(50):
-        items = [(rng.getrandbits(64), rng.randint(1, 5), i) for i in range(200)]
+        items = [(rng.getrandbits(63), rng.randint(1, 5), i) for i in range(200)]
         outcome = _combine(_TruncatingCombineFn(_policy(20)), items, rng, parts=6)
         caught += set(outcome.admitted) != rule(items, 20)
     assert caught > 0
@@ -170,7 +170,7 @@ def _exact_distribution(tokens: list[int], cap: int) -> dict:
 
 @pytest.mark.parametrize("tokens,cap", [([1, 1, 1], 1), ([5, 1, 1, 3], 5), ([2, 2, 1, 4], 4)])
 def test_the_admitted_set_follows_a_uniformly_random_order(tokens, cap):
-    """Uniform 64-bit priorities (as KeyByUnitFn draws them) against the exact distribution over all
+    """Uniform 63-bit priorities (as KeyByUnitFn draws them) against the exact distribution over all
     orders. Tolerance per set: 5 standard deviations of a binomial frequency, 5 sqrt(p (1 - p) / n)
     with n = 4000 draws (at most 0.04); a fixed order (the broken variant) must fail it."""
     draws = 4000
@@ -183,8 +183,8 @@ def test_the_admitted_set_follows_a_uniformly_random_order(tokens, cap):
                 return False
         return True
 
-    seeded = random.Random(11)  # 64-bit priorities as KeyByUnitFn draws them (there from os.urandom)
-    assert check(_admitted_distribution(tokens, cap, draws, lambda d, i: seeded.getrandbits(64)))
+    seeded = random.Random(11)  # 63-bit priorities as KeyByUnitFn draws them (there from os.urandom)
+    assert check(_admitted_distribution(tokens, cap, draws, lambda d, i: seeded.getrandbits(63)))
     assert not check(_admitted_distribution(tokens, cap, draws, lambda d, i: i))  # arrival order
 
 
