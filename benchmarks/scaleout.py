@@ -184,7 +184,10 @@ def main(argv=None) -> int:
             f"{r.get('cluster_start_seconds', ''):>9}"
         )
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "scaleout.json").write_text(
+    # A run of some paths only keeps the full run's file: scaleout-flink-spark.json, for example.
+    everything = chosen == {"direct", "portable", "flink", "spark"}
+    name = "scaleout.json" if everything else f"scaleout-{'-'.join(sorted(chosen))}.json"
+    (RESULTS / name).write_text(
         json.dumps(
             {
                 "date": time.strftime("%Y-%m-%d"),
