@@ -141,7 +141,7 @@ def _list(uri: str) -> list[str]:
         except FileNotFoundError:
             return []
         except NotADirectoryError:
-            raise LedgerError(f"--budget-ledger {uri} is a file; a ledger is a directory") from None
+            raise LedgerError(f"ledger {uri} is a file; a ledger is a directory") from None
     from apache_beam.io.filesystems import FileSystems
 
     base = uri.rstrip("/") + "/"
@@ -410,7 +410,8 @@ def main(argv: list[str]) -> int:
     budget = args.unit_budget if args.unit_budget is not None else run.get("unit_budget")
     summary = spend_summary(version, budget, run.get("per_token_epsilon"))
     if not version.version:
-        print(f"ledger {args.ledger}: empty (no run has committed to it)")
+        missing = not _is_remote(args.ledger) and not os.path.isdir(args.ledger)
+        print(f"ledger {args.ledger}: " + ("no such directory" if missing else "empty (no run has committed to it)"))
     else:
         spent = summary["spent"]
         print(
