@@ -31,9 +31,10 @@ test: $(STAMP) engines wordnet
 	$(VENV)/bin/ruff format --check .
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/python -m pytest
 
-# Every engine test, the slow ones too (standalone Flink and Spark clusters, Parquet, gs://, faults).
+# The long engine tests `make test` leaves out (marked slow): standalone Flink and Spark clusters,
+# Parquet, gs://, faults, interrupts, and the capped ledger runs on Flink and Spark.
 test-engines: $(STAMP) engines
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/python -m pytest tests/test_engines.py -m "" -v
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/python -m pytest -m slow
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.spine
