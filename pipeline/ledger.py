@@ -34,6 +34,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
+from dptext.transforms.accounting import histogram_percentiles
 from dptext.transforms.errors import DptextError
 
 KEY_ENV = "DPTEXT_LEDGER_KEY"
@@ -366,28 +367,12 @@ def spend_summary(version: LedgerVersion, budget: float | None, per_token_epsilo
     for _, spent in read_rows(version):
         histogram[spent] += 1
     units = sum(histogram.values())
-    summary = {"version": version.version, "units": units, "spent": _percentiles(histogram, units)}
+    summary = {"version": version.version, "units": units, "spent": histogram_percentiles(histogram, units)}
     if budget is not None and per_token_epsilon:
         summary["unit_budget"] = budget
         summary["per_token_epsilon"] = per_token_epsilon
         summary["exhausted"] = sum(n for s, n in histogram.items() if allowance(s, budget, per_token_epsilon) == 0)
     return summary
-
-
-def _percentiles(histogram: Counter, total: int) -> dict:
-    if not total:
-        return {}
-    ordered = sorted(histogram.items())
-    out = {}
-    for q in (50, 90, 99):
-        rank, seen = max(1, -(-q * total // 100)), 0
-        for value, count in ordered:
-            seen += count
-            if seen >= rank:
-                out[f"p{q}"] = value
-                break
-    out["max"] = ordered[-1][0]
-    return out
 
 
 def main(argv: list[str]) -> int:

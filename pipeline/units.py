@@ -44,7 +44,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from dptext.pipeline.ledger import LedgerConflict, LedgerVersion, allowance, read_rows
 from dptext.pipeline.outputs import remove_outputs
-from dptext.transforms.accounting import basic_bound, composed_bound
+from dptext.transforms.accounting import basic_bound, composed_bound, histogram_percentiles
 from dptext.transforms.beam import DEAD_LETTER, DOCUMENTS, METRICS_NAMESPACE, Document, dead_letter, split_long_text
 from dptext.transforms.tokenize import split_tokens
 
@@ -365,18 +365,7 @@ class UnitsAccount:
         return self
 
     def percentiles(self) -> dict:
-        if not self.units:
-            return {}
-        ordered, out = sorted(self.released.items()), {}
-        for q in (50, 90, 99):
-            rank, seen = max(1, -(-q * self.units // 100)), 0
-            for value, count in ordered:
-                seen += count
-                if seen >= rank:
-                    out[f"p{q}"] = value
-                    break
-        out["max"] = ordered[-1][0]
-        return out
+        return histogram_percentiles(self.released, self.units)
 
 
 class UnitsAccountCombineFn(beam.CombineFn):

@@ -60,20 +60,25 @@ class CorpusAccount:
 
     def perturbed_percentiles(self) -> dict:
         """Exact nearest-rank percentiles and the maximum of tokens perturbed per document."""
-        if not self.documents:
-            return {}
-        ordered = sorted(self.perturbed_histogram.items())
-        result = {}
-        for q in PERCENTILES:
-            rank = max(1, -(-q * self.documents // 100))  # ceil(q/100 * documents)
-            seen = 0
-            for value, count in ordered:
-                seen += count
-                if seen >= rank:
-                    result[f"p{q}"] = value
-                    break
-        result["max"] = ordered[-1][0]
-        return result
+        return histogram_percentiles(self.perturbed_histogram, self.documents)
+
+
+def histogram_percentiles(histogram, total: int) -> dict:
+    """Exact nearest-rank p50/p90/p99 and the maximum of `total` values given as {value: count}."""
+    if not total:
+        return {}
+    ordered = sorted(histogram.items())
+    result = {}
+    for q in PERCENTILES:
+        rank = max(1, -(-q * total // 100))  # ceil(q/100 * total)
+        seen = 0
+        for value, count in ordered:
+            seen += count
+            if seen >= rank:
+                result[f"p{q}"] = value
+                break
+    result["max"] = ordered[-1][0]
+    return result
 
 
 def basic_bound(tokens: int, per_token_epsilon: float) -> float:
