@@ -233,12 +233,13 @@ def _cluster(tmp_path_factory, name: str):
 
 
 @pytest.fixture(scope="module")
-def flink_master(tmp_path_factory):
+def flink_master(tmp_path_factory, bucket):
+    # After the storage emulator: the worker pool's processes read its address from the environment.
     yield from _cluster(tmp_path_factory, "flink")
 
 
 @pytest.fixture(scope="module")
-def spark_master(tmp_path_factory):
+def spark_master(tmp_path_factory, bucket):
     yield from _cluster(tmp_path_factory, "spark")
 
 
@@ -255,6 +256,16 @@ def test_spark_cluster_agrees(corpus, reference, spark_master):
     got = run_job(corpus, str(corpus / "spark-cluster" / "out"), spark_master)
     assert_same_job(got, reference, corpus, counters_reported=False)
     assert got["report"]["engine"].startswith("Spark 3.5.3 (master spark://127.0.0.1:")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["flink", "spark"])
+def test_parquet_and_gs_corpora_agree_on_a_cluster(corpus, reference, parquet_reference, bucket, request, engine):
+    cluster = request.getfixturevalue(f"{engine}_master")
+    got = run_job(corpus, str(corpus / f"{engine}-cluster-pq" / "out"), cluster, _parquet(corpus))
+    assert_same_job(got, parquet_reference, corpus, counters_reported=engine == "flink")
+    got = run_job(corpus, f"{bucket}/{engine}-cluster/out", cluster, input=f"{bucket}/in/part-*.jsonl")
+    assert_same_job(got, reference, corpus, counters_reported=engine == "flink")
 
 
 # ---- a task that fails once: the engine retries it; nothing lost, nothing doubled -------------------
