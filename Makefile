@@ -22,9 +22,11 @@ engines: $(STAMP)
 
 # WordNet 3.0's database files (Debian's wordnet-base) for syntf's synonym table: installed once,
 # skipped when present (or when DPTEXT_WORDNET names a directory that holds them).
+# Not root (a CI runner's user): through sudo, without a password prompt.
+APT := $(if $(filter 0,$(shell id -u)),apt-get,sudo -n apt-get)
 wordnet:
-	test -f "$${DPTEXT_WORDNET:-/usr/share/wordnet}/data.noun" || apt-get install -y -q --no-install-recommends wordnet-base \
-		|| (apt-get update -q && apt-get install -y -q --no-install-recommends wordnet-base)
+	test -f "$${DPTEXT_WORDNET:-/usr/share/wordnet}/data.noun" || $(APT) install -y -q --no-install-recommends wordnet-base \
+		|| ($(APT) update -q && $(APT) install -y -q --no-install-recommends wordnet-base)
 
 test: $(STAMP) engines wordnet
 	$(VENV)/bin/ruff check .
@@ -50,7 +52,7 @@ utility: $(VENV)/.installed-bench wordnet
 
 # mldp-text's SynTF reads WordNet through NLTK, whose reader also needs index.sense (wordnet-sense-index).
 peers: $(STAMP) wordnet
-	-test -f /usr/share/wordnet/index.sense || apt-get install -y -q --no-install-recommends wordnet-sense-index
+	-test -f /usr/share/wordnet/index.sense || $(APT) install -y -q --no-install-recommends wordnet-sense-index
 	$(VENV)/bin/python -m benchmarks.peers
 
 # ruff, configured in ruff.toml: `make format` rewrites, `make test` checks.
