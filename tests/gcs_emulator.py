@@ -58,22 +58,40 @@ class _Metadata(http.server.BaseHTTPRequestHandler):
 
 @contextlib.contextmanager
 def gcs_emulator(bucket: str):
-    """Run the emulator with one bucket; yields the bucket's gs:// root."""
+    """Run the emulator with one bucket; yields the bucket's gs:// root. Whatever fails, everything
+    started is stopped: a storage server left running kept pytest from exiting (seen once in CI's
+    command, after a port taken between choosing it and binding it)."""
     from gcp_storage_emulator.server import create_server
 
-    port, metadata_port = _free_port(), _free_port()
-    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket)
-    server.start()
-    metadata = http.server.ThreadingHTTPServer(("127.0.0.1", metadata_port), _Metadata)
+    metadata = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Metadata)  # the OS picks: no race
+    metadata_port = metadata.server_address[1]
     threading.Thread(target=metadata.serve_forever, daemon=True).start()
-    env = {
-        "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}",
-        "GCE_METADATA_HOST": f"127.0.0.1:{metadata_port}",
-        "GCE_METADATA_IP": f"127.0.0.1:{metadata_port}",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    server = None
+    saved: dict = {}
     try:
+        for _ in range(5):
+            port = _free_port()
+            server = create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket)
+            # Its API thread binds the port it was given: if another process took that port since
+            # _free_port, the thread dies and Server.start() would wait forever. So start the thread
+            # as a daemon (never keeps the interpreter alive) and wait for it a bounded time.
+            api = server._api  # noqa: SLF001 -- the emulator has no public way to do either
+            api.daemon = True
+            api.start()
+            while api.is_alive() and not api.is_running.wait(0.1):
+                pass  # a thread that could not bind ends at once
+            if api.is_running.is_set():
+                break
+            server = None
+        else:
+            raise OSError("the storage emulator could not bind a free port in 5 attempts")
+        env = {
+            "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}",
+            "GCE_METADATA_HOST": f"127.0.0.1:{metadata_port}",
+            "GCE_METADATA_IP": f"127.0.0.1:{metadata_port}",
+        }
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
         yield f"gs://{bucket}"
     finally:
         for k, v in saved.items():
@@ -82,4 +100,6 @@ def gcs_emulator(bucket: str):
             else:
                 os.environ[k] = v
         metadata.shutdown()
-        server.stop()
+        metadata.server_close()
+        if server is not None:
+            server.stop()

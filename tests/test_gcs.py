@@ -348,3 +348,25 @@ def test_a_job_with_non_default_tables_on_a_gs_index(bucket):
     assert [json.loads(line)["id"] for line in shard_lines(output + "-*.jsonl")] == [1]
     names = sorted(e["name"] for e in json.loads(_get(f"{uri}/manifest.json"))["tables"].values())
     assert names == ["kde_log_prior", "knn_mutual"]
+
+
+def test_the_emulator_survives_a_port_taken_after_it_was_chosen(monkeypatch):
+    """Seen once in CI's command: a port chosen free was taken before the emulator bound it; its
+    server thread died, Server.start() waited forever and pytest never exited."""
+    import socket
+    import threading
+
+    import tests.gcs_emulator as helper
+
+    taken = socket.create_server(("127.0.0.1", 0))
+    ports = iter([taken.getsockname()[1]])
+    real = helper._free_port
+    monkeypatch.setattr(helper, "_free_port", lambda: next(ports, None) or real())
+    before = {t for t in threading.enumerate() if not t.daemon}
+    try:
+        with helper.gcs_emulator("port-race") as root:
+            _put(f"{root}/x", b"ok")
+            assert _get(f"{root}/x") == b"ok"
+    finally:
+        taken.close()
+    assert {t for t in threading.enumerate() if not t.daemon} <= before  # nothing keeps the process alive
