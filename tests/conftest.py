@@ -30,6 +30,19 @@ def dptext_counters(result) -> dict:
     return counters
 
 
+def identity_job_argv(input: str, output: str, index) -> list[str]:
+    """`dptext run` options of a job whose documents must match byte for byte across runners:
+    multivariate_laplace with exact search at an enormous epsilon maps every word to itself."""
+    return ["--input", input, "--output", output, "--index", str(index)] + [
+        "--mechanism",
+        "multivariate_laplace",
+        "--search",
+        "exact",
+        "--epsilon",
+        "1e9",
+    ]
+
+
 def build_random_index(path, n: int, d: int, neighbours: int, seed: int) -> EmbeddingIndex:
     """An index of n words "w0".."w{n-1}" with standard normal vectors, built in path."""
     vectors = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)

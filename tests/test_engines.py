@@ -22,7 +22,7 @@ import pytest
 
 from dptext.pipeline.engines.catalog import BEAM_VERSION, ENGINES
 from dptext.pipeline.engines.install import installed
-from tests.conftest import build_words_index, shard_lines
+from tests.conftest import build_words_index, identity_job_argv, shard_lines
 
 CANARY = "zanzibarite"  # in the vocabulary: goes through the mechanism, must stay out of everything else
 OOV_CANARY = "quokkaflux"  # out of the vocabulary: becomes the placeholder
@@ -77,21 +77,7 @@ def run_job(corpus: Path, output: str, runner_args: list[str], input: str | None
     from dptext.pipeline.run import execute, prepare
 
     options = parse_pipeline_options(
-        [
-            "--input",
-            input or str(corpus / "part-*.jsonl"),
-            "--output",
-            output,
-            "--index",
-            str(corpus / "idx"),
-            "--mechanism",
-            "multivariate_laplace",
-            "--search",
-            "exact",
-            "--epsilon",
-            "1e9",
-            *runner_args,
-        ]
+        [*identity_job_argv(input or str(corpus / "part-*.jsonl"), output, corpus / "idx"), *runner_args]
     )
     engine = apply_engine_defaults(options)
     job = prepare(options.view_as(DPTextOptions), engine)
@@ -458,9 +444,8 @@ def test_an_interrupted_flink_run_leaves_no_output_and_no_job_server(corpus):
 
     before = job_servers()
     output = corpus / "flink-interrupted" / "out"
-    argv = [sys.executable, "-m", "dptext.pipeline.cli", "run", "--input", str(corpus / "part-*.jsonl")]
-    argv += ["--output", str(output), "--index", str(corpus / "idx"), "--runner", "FlinkRunner"]
-    argv += ["--mechanism", "multivariate_laplace", "--search", "exact", "--epsilon", "1e9"]
+    argv = [sys.executable, "-m", "dptext.pipeline.cli", "run", "--runner", "FlinkRunner"]
+    argv += identity_job_argv(str(corpus / "part-*.jsonl"), str(output), corpus / "idx")
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 120
     while not (job_servers() - before):  # the job server is up: the job is being submitted or running

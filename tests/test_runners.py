@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from dptext.pipeline.run import run
-from tests.conftest import build_words_index, dptext_counters, shard_lines
+from tests.conftest import build_words_index, dptext_counters, identity_job_argv, shard_lines
 
 WORDS = "the cat sat on a mat dog ran to park hello world good bad day night".split()
 pytestmark = pytest.mark.timeout(300)  # a hung job service or worker pool fails instead of stalling CI
@@ -62,23 +62,7 @@ def corpus(tmp_path_factory):
 
 def _run_with(corpus: Path, name: str, runner_args: list[str]) -> dict:
     output = str(corpus / name / "out")
-    result = run(
-        [
-            "--input",
-            str(corpus / "part-*.jsonl"),
-            "--output",
-            output,
-            "--index",
-            str(corpus / "idx"),
-            "--mechanism",
-            "multivariate_laplace",
-            "--search",
-            "exact",
-            "--epsilon",
-            "1e9",
-            *runner_args,
-        ]
-    )
+    result = run([*identity_job_argv(str(corpus / "part-*.jsonl"), output, corpus / "idx"), *runner_args])
     report = json.loads(Path(output + ".privacy_report.json").read_text("utf-8"))
     return {
         "documents": sorted(shard_lines(output + "-*.jsonl")),
@@ -169,23 +153,7 @@ def _run_with_fault(corpus: Path, name: str, runner_args: list[str], error: str)
     from tests.faults import FlakyConfig
 
     output = str(corpus / name / "out")
-    options = PipelineOptions(
-        [
-            "--input",
-            str(corpus / "part-*.jsonl"),
-            "--output",
-            output,
-            "--index",
-            str(corpus / "idx"),
-            "--mechanism",
-            "multivariate_laplace",
-            "--search",
-            "exact",
-            "--epsilon",
-            "1e9",
-            *runner_args,
-        ]
-    )
+    options = PipelineOptions([*identity_job_argv(str(corpus / "part-*.jsonl"), output, corpus / "idx"), *runner_args])
     job = prepare(options.view_as(DPTextOptions))
     flag = corpus / f"{name}.fault"
     flaky = FlakyConfig(

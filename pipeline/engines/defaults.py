@@ -52,11 +52,11 @@ def apply_engine_defaults(options: PipelineOptions, cache=None) -> Optional[Engi
                 f"run `make engines` (it fetches the pinned jars with mvn into {engine.home(cache).parent}), "
                 f"or pass --{engine.jar_option} JAR"
             )
-        options.view_as(_runner_options(engine)).__setattr__(engine.jar_option, str(launcher))
+        setattr(options.view_as(_runner_options(engine)), engine.jar_option, str(launcher))
     master = all_options.get(engine.master_option)
     if master in (None, engine.beam_default_master):
         master = engine.local_master
-        options.view_as(_runner_options(engine)).__setattr__(engine.master_option, master)
+        setattr(options.view_as(_runner_options(engine)), engine.master_option, master)
     if not _is_local(engine, master):
         _check_reachable(engine, master)
     environment = options.view_as(PortableOptions).environment_type

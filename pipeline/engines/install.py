@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 from typing import Optional
 
-from dptext.pipeline.engines.catalog import ENGINES, Engine
+from dptext.pipeline.engines.catalog import BEAM_VERSION, ENGINES, Engine
 from dptext.transforms.errors import DptextError
 
 # Packages Spark and Flink reflect into on Java 17 (Spark's own JavaModuleOptions list); a jar
@@ -87,7 +87,7 @@ def installed(engine: Engine, cache: Optional[Path] = None) -> bool:
 def install(engine: Engine, cache: Optional[Path] = None, log=print) -> Path:
     """Resolve, verify and place the engine's jars; return its launcher jar."""
     if installed(engine, cache):
-        log(f"{engine.label} (Beam {engine.launcher(cache).stem.rsplit('-', 1)[-1]}): already installed")
+        log(f"{engine.label} (Beam {BEAM_VERSION}): already installed")
         return engine.launcher(cache)
     if shutil.which("mvn") is None:
         raise EngineInstallError("make engines needs Maven (`mvn`) on PATH to fetch the job-server jars")
