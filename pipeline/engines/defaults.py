@@ -44,7 +44,8 @@ def apply_engine_defaults(options: PipelineOptions, cache=None) -> Optional[Engi
     if engine is None:
         return None
     all_options = options.get_all_options()
-    if not all_options.get(engine.jar_option):
+    jar = all_options.get(engine.jar_option)
+    if not jar:
         launcher = engine.launcher(cache)
         if not launcher.is_file():
             raise EngineNotInstalled(
@@ -52,7 +53,8 @@ def apply_engine_defaults(options: PipelineOptions, cache=None) -> Optional[Engi
                 f"run `make engines` (it fetches the pinned jars with mvn into {engine.home(cache).parent}), "
                 f"or pass --{engine.jar_option} JAR"
             )
-        setattr(options.view_as(_runner_options(engine)), engine.jar_option, str(launcher))
+        jar = str(launcher)
+        setattr(options.view_as(_runner_options(engine)), engine.jar_option, jar)
     master = all_options.get(engine.master_option)
     if master in (None, engine.beam_default_master):
         master = engine.local_master
@@ -65,7 +67,7 @@ def apply_engine_defaults(options: PipelineOptions, cache=None) -> Optional[Engi
     return EngineRun(
         engine=engine.label,
         master=master,
-        job_server=str(options.get_all_options()[engine.jar_option]),
+        job_server=str(jar),
         environment=str(environment).upper(),
     )
 
